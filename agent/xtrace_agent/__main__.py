@@ -1,0 +1,3 @@
+from xtrace_agent.cli import main
+
+raise SystemExit(main())
