@@ -1,0 +1,237 @@
+"""The `xtrace-agent` command: flags and environment (XTrace-Catch compatible), then the pipeline.
+
+    collector (xdp | rdma | nccl) -> Report each interval -> sinks (stdout, remote write, /metrics)
+
+Exit codes: 0 done, 2 bad usage or config, 1 runtime failure; always one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from xtrace_agent import config as config_mod
+from xtrace_agent.config import AgentConfig, RemoteWriteTarget
+from xtrace_agent.errors import AgentFailure, UsageError
+from xtrace_agent.health import Health, describe
+from xtrace_agent.samples import Report
+from xtrace_agent.sinks.stdout import StdoutSink
+
+PROG = "xtrace-agent"
+log = logging.getLogger("xtrace")
+FLUSH_TIMEOUT = 10.0  # seconds the sinks get to deliver on shutdown (the pod's grace period is longer)
+
+describe("xtrace_sink_errors_total", "counter", "Reports a sink failed to accept (the sink is skipped, never the agent).")
+describe("xtrace_reports_total", "counter", "Collection intervals completed.")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints the whole usage otherwise)
+        raise UsageError(f"{message} (see {PROG} -h)")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0.05 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be between 0.05 and 3600 seconds, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="XTrace agent: per-flow XDP traffic counts and RDMA/InfiniBand counters, "
+                    "printed and pushed to VictoriaMetrics.",
+        epilog="Environment: NETWORK_INTERFACE (default -i), VICTORIAMETRICS_ENABLED=true with "
+               "VICTORIAMETRICS_REMOTE_WRITE=URL (same as --remote-write-url), NODE_NAME (node label).",
+    )
+    p.add_argument("-m", "--mode", choices=config_mod.MODES, default=None, help="xdp (default), rdma or nccl")
+    p.add_argument("-i", "--interface", action="append", metavar="IFACE[,IFACE...]",
+                   help="network interface(s) for xdp mode; repeatable (default: $NETWORK_INTERFACE, else eth0)")
+    p.add_argument("-d", "--device", action="append", metavar="DEV[,DEV...]",
+                   help="RDMA device(s) for rdma/nccl mode; repeatable (default: every device found)")
+    p.add_argument("-l", "--list", action="store_true", help="list network interfaces and RDMA devices, then exit")
+    p.add_argument("--interval", type=_positive_float, default=None, metavar="SECONDS",
+                   help="seconds between reports (default 5; fractions allowed)")
+    p.add_argument("--count", type=_positive_int, default=None, metavar="N",
+                   help="exit after N reports (every sink flushed first)")
+    p.add_argument("--output", choices=config_mod.OUTPUTS, default=None, help="stdout format: text (default) or json")
+    p.add_argument("--sysfs", default=None, metavar="PATH", help="sysfs root for rdma/nccl (default /sys)")
+    p.add_argument("--remote-write-url", action="append", default=None, metavar="URL",
+                   help="Prometheus remote-write URL (VictoriaMetrics /api/v1/write); repeatable")
+    p.add_argument("--config", default=None, metavar="FILE", help="agent YAML config (as the operator renders it)")
+    p.add_argument("--attach-mode", choices=config_mod.ATTACH_MODES, default=None,
+                   help="XDP attach mode: auto (native, else generic), native or generic")
+    p.add_argument("--http-listen", default=None, metavar="HOST:PORT",
+                   help="address for /metrics, /healthz, /readyz (default 0.0.0.0:9435; '' disables)")
+    p.add_argument("--spool-dir", default=None, metavar="DIR", help="remote-write spool directory (survives restarts)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return p
+
+
+def _split(values: list[str] | None) -> tuple[str, ...]:
+    out: list[str] = []
+    for v in values or ():
+        for part in v.split(","):
+            part = part.strip()
+            if not part:
+                raise UsageError(f"empty name in {v!r} (see {PROG} -h)")
+            if part not in out:
+                out.append(part)
+    return tuple(out)
+
+
+def build_config(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
+    """Config file first, then environment, then flags: the last one given wins."""
+    cfg = config_mod.load_file(args.config) if args.config else AgentConfig()
+    changes: dict = {}
+    if args.mode:
+        changes["mode"] = args.mode
+    if args.interface:
+        changes["interfaces"] = _split(args.interface)
+    elif not cfg.interfaces:
+        changes["interfaces"] = _split([env.get("NETWORK_INTERFACE") or "eth0"])
+    if args.device:
+        changes["devices"] = _split(args.device)
+    for flag in ("interval", "count", "output", "sysfs"):
+        if getattr(args, flag) is not None:
+            changes[flag] = getattr(args, flag)
+    if args.http_listen is not None:
+        if args.http_listen:
+            config_mod.parse_listen(args.http_listen)
+        changes["http_listen"] = args.http_listen
+    urls = list(args.remote_write_url or ())
+    enabled = env.get("VICTORIAMETRICS_ENABLED", "").strip().lower()
+    if enabled in ("1", "true", "yes", "on"):
+        url = env.get("VICTORIAMETRICS_REMOTE_WRITE", "").strip()
+        if not url:
+            raise UsageError("VICTORIAMETRICS_ENABLED=true but VICTORIAMETRICS_REMOTE_WRITE is not set")
+        urls.append(url)
+    elif enabled not in ("", "0", "false", "no", "off"):
+        raise UsageError(f"VICTORIAMETRICS_ENABLED must be true or false, got {enabled!r}")
+    if urls:
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise UsageError(f"remote-write URL must start with http:// or https://, got {url!r}")
+        changes["remote_write"] = cfg.remote_write + tuple(RemoteWriteTarget(url=u) for u in urls)
+    if args.spool_dir is not None:
+        changes["spool"] = dataclasses.replace(cfg.spool, path=args.spool_dir)
+    if args.attach_mode:
+        changes["xdp"] = dataclasses.replace(cfg.xdp, attach_mode=args.attach_mode)
+    return dataclasses.replace(cfg, **changes)
+
+
+def listing(cfg: AgentConfig) -> list[str]:
+    from xtrace_agent import netdev
+
+    lines = ["Network interfaces:"] + [f"  {line}" for line in netdev.listing()]
+    lines.append("RDMA devices:")
+    try:
+        from xtrace_agent.rdma.sysfs import list_devices
+    except ImportError:
+        list_devices = None
+    rdma = list_devices(cfg.sysfs) if list_devices else []
+    lines += [f"  {line}" for line in rdma] or ["  (none)"]
+    return lines
+
+
+def build_collector(cfg: AgentConfig, health: Health):
+    if cfg.mode == "xdp":
+        from xtrace_agent.collectors.xdp import XdpCollector
+        return XdpCollector(cfg, health)
+    from xtrace_agent.collectors.rdma import RdmaCollector
+    return RdmaCollector(cfg, health)
+
+
+def build_sinks(cfg: AgentConfig, health: Health) -> list:
+    sinks: list = [StdoutSink(cfg.output)]
+    if cfg.remote_write:
+        from xtrace_agent.sinks.remote_write import RemoteWriteSink
+        sinks += [RemoteWriteSink(target, cfg, health) for target in cfg.remote_write]
+    return sinks
+
+
+def _deliver(sinks: list, report: Report, health: Health) -> None:
+    for sink in sinks:
+        try:
+            sink.write(report)
+        except Exception as e:  # a sink's bug must not stop collection or the other sinks
+            health.inc("xtrace_sink_errors_total", labels={"sink": type(sink).__name__})
+            log.error("%s failed: %s", type(sink).__name__, e)
+
+
+def run(cfg: AgentConfig, stop: threading.Event) -> int:
+    """The agent's loop: collect every interval, deliver to every sink, until --count or a signal."""
+    health = Health()
+    server = None
+    if cfg.http_listen:
+        from xtrace_agent.sinks.http import MetricsServer
+        server = MetricsServer(cfg, health)
+        server.start()  # first, so /healthz answers while the program compiles
+    sinks = build_sinks(cfg, health) + ([server] if server else [])
+    collector = build_collector(cfg, health)
+    try:
+        collector.start()
+        reports = 0
+        next_tick = time.monotonic() + cfg.interval
+        while True:
+            stopped = stop.wait(max(0.0, next_tick - time.monotonic()))
+            next_tick += cfg.interval
+            # also on a signal: one last collection, so what the kernel counted since the
+            # previous interval reaches the sinks before we detach
+            report = collector.collect(time.time())
+            _deliver(sinks, report, health)
+            reports += 1
+            health.inc("xtrace_reports_total")
+            if stopped or (cfg.count and reports >= cfg.count):
+                break
+            if next_tick < time.monotonic():  # a slow interval: skip ticks rather than burst
+                next_tick = time.monotonic() + cfg.interval
+    finally:
+        collector.close()
+        for sink in sinks:
+            try:
+                sink.close(FLUSH_TIMEOUT)
+            except Exception as e:
+                log.error("%s failed to flush: %s", type(sink).__name__, e)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    stop = threading.Event()
+    try:
+        args = parser().parse_args(argv)
+        logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        cfg = build_config(args, dict(os.environ))
+        if args.list:
+            print("\n".join(listing(cfg)))
+            return 0
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        return run(cfg, stop)
+    except (UsageError, AgentFailure) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 0
+    except Exception as e:
+        if os.environ.get("XTRACE_DEBUG"):
+            raise
+        print(f"{PROG}: internal error: {type(e).__name__}: {e} (set XTRACE_DEBUG=1 for details)", file=sys.stderr)
+        return 1

@@ -1,0 +1,178 @@
+"""Test hosts: two network namespaces joined by a veth pair, made and removed by fixtures.
+
+    ns "<tag>-a" (sender, veth end "xa<tag>", 198.18.<n>.1, fd00:<n>::1)
+    ns "<tag>-b" (agent side, veth end "xb<tag>", 198.18.<n>.2, fd00:<n>::2)
+
+Traffic always crosses the veth from a to b: a socket in b's own namespace would go over
+loopback and never reach XDP. Sockets are opened inside a namespace from a helper thread
+that joins it (setns is per thread), so tests need no `ip netns exec` for traffic.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from tests.conftest import need
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+_counter = itertools.count(1)
+AGENT = os.path.join(os.path.dirname(sys.executable), "xtrace-agent")
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def run_in_netns(ns: str, fn, *args):
+    """Call fn(*args) on a thread that has joined network namespace `ns`; return its result."""
+    box: dict = {}
+
+    def body():
+        try:
+            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns({ns}) failed")
+            finally:
+                os.close(fd)
+            box["value"] = fn(*args)
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@dataclass
+class VethPair:
+    tag: str
+    n: int
+
+    @property
+    def ns_a(self) -> str:
+        return f"xt{self.tag}-a"
+
+    @property
+    def ns_b(self) -> str:
+        return f"xt{self.tag}-b"
+
+    @property
+    def dev_a(self) -> str:
+        return f"xa{self.tag}"
+
+    @property
+    def dev_b(self) -> str:
+        return f"xb{self.tag}"
+
+    @property
+    def ip4_a(self) -> str:
+        return f"198.18.{self.n}.1"
+
+    @property
+    def ip4_b(self) -> str:
+        return f"198.18.{self.n}.2"
+
+    @property
+    def ip6_a(self) -> str:
+        return f"fd00:{self.n}::1"
+
+    @property
+    def ip6_b(self) -> str:
+        return f"fd00:{self.n}::2"
+
+    def mac(self, side: str) -> bytes:
+        ns, dev = (self.ns_a, self.dev_a) if side == "a" else (self.ns_b, self.dev_b)
+        out = ip("-n", ns, "-j", "link", "show", dev).stdout
+        import json
+        return bytes.fromhex(json.loads(out)[0]["address"].replace(":", ""))
+
+    def socket(self, side: str, *args) -> socket.socket:
+        """A socket created inside namespace a or b."""
+        return run_in_netns(self.ns_a if side == "a" else self.ns_b, socket.socket, *args)
+
+    def raw_socket(self) -> socket.socket:
+        """An AF_PACKET socket bound to a's veth end: sends crafted frames to b as they are."""
+        s = self.socket("a", socket.AF_PACKET, socket.SOCK_RAW)
+        s.bind((self.dev_a, 0))
+        return s
+
+    def create(self) -> None:
+        ip("netns", "add", self.ns_a)
+        ip("netns", "add", self.ns_b)
+        self.create_link()
+        for ns in (self.ns_a, self.ns_b):
+            ip("-n", ns, "link", "set", "lo", "up")
+
+    def create_link(self) -> None:
+        """(Re)create the veth pair with addresses; also used to recreate it under a running agent."""
+        ip("-n", self.ns_a, "link", "add", self.dev_a, "type", "veth", "peer", "name", self.dev_b,
+           "netns", self.ns_b)
+        for ns, dev, v4, v6 in ((self.ns_a, self.dev_a, self.ip4_a, self.ip6_a),
+                                (self.ns_b, self.dev_b, self.ip4_b, self.ip6_b)):
+            # no IPv6 autoconf noise: no router solicitations, no DAD delay before the address works
+            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                            f"net.ipv6.conf.{dev}.router_solicitations=0",
+                            f"net.ipv6.conf.{dev}.accept_ra=0"], capture_output=True)
+            ip("-n", ns, "addr", "add", f"{v4}/24", "dev", dev)
+            ip("-n", ns, "addr", "add", f"{v6}/64", "dev", dev, "nodad")
+            ip("-n", ns, "link", "set", dev, "up")
+        # static neighbours: no ARP/ND frames in the middle of counted traffic
+        ip("-n", self.ns_a, "neigh", "replace", self.ip4_b, "lladdr", self.mac("b").hex(":"), "dev", self.dev_a)
+        ip("-n", self.ns_a, "neigh", "replace", self.ip6_b, "lladdr", self.mac("b").hex(":"), "dev", self.dev_a)
+        ip("-n", self.ns_b, "neigh", "replace", self.ip4_a, "lladdr", self.mac("a").hex(":"), "dev", self.dev_b)
+        ip("-n", self.ns_b, "neigh", "replace", self.ip6_a, "lladdr", self.mac("a").hex(":"), "dev", self.dev_b)
+
+    def delete_link(self) -> None:
+        ip("-n", self.ns_a, "link", "del", self.dev_a, check=False)
+
+    def destroy(self) -> None:
+        for ns in (self.ns_a, self.ns_b):
+            ip("netns", "del", ns, check=False)
+
+    def agent(self, *args: str, **kwargs) -> subprocess.Popen:
+        """Start the real xtrace-agent binary inside namespace b."""
+        return subprocess.Popen(["ip", "netns", "exec", self.ns_b, AGENT, *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+    def agent_run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.ns_b, AGENT, *args],
+                              capture_output=True, text=True, timeout=timeout)
+
+
+def _kernel_ready() -> None:
+    need(os.geteuid() == 0, "kernel tests need root")
+    need(shutil.which("ip") is not None, "iproute2 (ip) is not installed")
+    probe = f"xtprobe{os.getpid()}"
+    ok = ip("netns", "add", probe, check=False).returncode == 0
+    if ok:
+        ip("netns", "del", probe, check=False)
+    need(ok, "cannot create network namespaces here")
+
+
+@pytest.fixture
+def veth():
+    """A fresh pair of test hosts joined by a veth; removed afterwards, whatever happened."""
+    _kernel_ready()
+    n = next(_counter) + (os.getpid() % 50) * 4
+    pair = VethPair(tag=uuid.uuid4().hex[:6], n=n % 250 + 1)
+    try:
+        pair.create()
+        yield pair
+    finally:
+        pair.destroy()

@@ -1,0 +1,100 @@
+"""The command line: flags, environment, config merging, and one-line errors for bad input."""
+
+import subprocess
+import sys
+
+import pytest
+
+from xtrace_agent import cli
+from xtrace_agent.errors import UsageError
+
+AGENT = [sys.executable, "-m", "xtrace_agent"]
+
+
+def run(*args, env=None):
+    import os
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("VICTORIAMETRICS", "NETWORK_INTERFACE"))}
+    full_env.update(env or {})
+    return subprocess.run([*AGENT, *args], capture_output=True, text=True, env=full_env, timeout=60)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--interval", "0"], "--interval"),
+    (["--interval", "abc"], "--interval"),
+    (["--count", "0"], "--count"),
+    (["--count", "-3"], "--count"),
+    (["-m", "tcp"], "-m"),
+    (["--output", "xml"], "--output"),
+    (["--bogus"], "--bogus"),
+    (["-i", "eth0,,eth1"], "empty name"),
+    (["--http-listen", "nonsense"], "httpListen"),
+    (["--remote-write-url", "ftp://x"], "http://"),
+    (["-i", "xt-no-such-if0"], "unknown interface 'xt-no-such-if0'"),
+])
+def test_bad_flags_give_one_line_and_exit_2(args, needle):
+    r = run(*args, "--http-listen", "") if "--http-listen" not in args else run(*args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert needle in lines[0] and lines[0].startswith("xtrace-agent: error:")
+    assert "Traceback" not in r.stderr
+
+
+def test_victoriametrics_enabled_without_url_is_usage_error():
+    r = run("-i", "lo", env={"VICTORIAMETRICS_ENABLED": "true"})
+    assert r.returncode == 2
+    assert "VICTORIAMETRICS_REMOTE_WRITE" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bad_config_file_names_the_field(tmp_path):
+    bad = tmp_path / "agent.yaml"
+    bad.write_text("mode: xdp\nxdp:\n  sampling: 0\n")
+    r = run("--config", str(bad))
+    assert r.returncode == 2 and "xdp.sampling" in r.stderr
+    bad.write_text("mode: [unclosed\n")
+    r = run("--config", str(bad))
+    assert r.returncode == 2 and "not valid YAML" in r.stderr
+    r = run("--config", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2 and "cannot read" in r.stderr
+    bad.write_text("mode: xdp\nflowTable: 3\n")
+    r = run("--config", str(bad))
+    assert r.returncode == 2 and "flowTable: unknown field" in r.stderr
+
+
+def test_list_prints_interfaces_and_rdma_devices():
+    r = run("-l", "--sysfs", "/nonexistent")
+    assert r.returncode == 0, r.stderr
+    assert "Network interfaces:" in r.stdout and "lo" in r.stdout
+    assert "RDMA devices:" in r.stdout
+
+
+def test_help_exits_0():
+    r = run("-h")
+    assert r.returncode == 0 and "-m" in r.stdout and "NETWORK_INTERFACE" in r.stdout
+
+
+def _cfg(argv, env=None):
+    return cli.build_config(cli.parser().parse_args(argv), env or {})
+
+
+def test_interfaces_from_flags_env_and_default():
+    assert _cfg(["-i", "eth1,eth2", "-i", "eth3"]).interfaces == ("eth1", "eth2", "eth3")
+    assert _cfg([], {"NETWORK_INTERFACE": "ens5,ens6"}).interfaces == ("ens5", "ens6")
+    assert _cfg([]).interfaces == ("eth0",)
+
+
+def test_heritage_environment_enables_remote_write():
+    cfg = _cfg([], {"VICTORIAMETRICS_ENABLED": "true",
+                    "VICTORIAMETRICS_REMOTE_WRITE": "http://vm:8428/api/v1/import/prometheus"})
+    assert [t.url for t in cfg.remote_write] == ["http://vm:8428/api/v1/import/prometheus"]
+    assert _cfg([], {"VICTORIAMETRICS_ENABLED": "false", "VICTORIAMETRICS_REMOTE_WRITE": "http://x"}).remote_write == ()
+    with pytest.raises(UsageError):
+        _cfg([], {"VICTORIAMETRICS_ENABLED": "maybe"})
+
+
+def test_flags_override_config_file(tmp_path):
+    f = tmp_path / "a.yaml"
+    f.write_text("mode: rdma\ninterval: 2\ndevices: [mlx5_0]\nxdp: {attachMode: native}\n")
+    cfg = _cfg(["--config", str(f), "--interval", "0.5", "--attach-mode", "generic"])
+    assert cfg.mode == "rdma" and cfg.interval == 0.5 and cfg.devices == ("mlx5_0",)
+    assert cfg.xdp.attach_mode == "generic" and cfg.from_file
