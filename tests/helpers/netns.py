@@ -1,17 +1,19 @@
-"""Test hosts: two network namespaces joined by a veth pair, made and removed by fixtures.
+"""Test hosts: a network namespace joined to this host by a veth pair, made and removed by fixtures.
 
-    ns "<tag>-a" (sender, veth end "xa<tag>", 198.18.<n>.1, fd00:<n>::1)
-    ns "<tag>-b" (agent side, veth end "xb<tag>", 198.18.<n>.2, fd00:<n>::2)
+    ns "xt<tag>-a" (the remote host: sender, veth end "xa<tag>", 198.18.<n>.1, fd00:<n>::1)
+    this namespace  (the node the agent watches: veth end "xb<tag>", 198.18.<n>.2, fd00:<n>::2)
 
-Traffic always crosses the veth from a to b: a socket in b's own namespace would go over
-loopback and never reach XDP. Sockets are opened inside a namespace from a helper thread
-that joins it (setns is per thread), so tests need no `ip netns exec` for traffic.
+The agent runs in the test's own namespace, as on a node, so it reaches a VictoriaMetrics on
+127.0.0.1. Traffic always crosses the veth from a to b. Sockets are opened inside namespace a
+from a helper thread that joins it (setns is per thread), so tests need no `ip netns exec`.
+The addresses are from 198.18.0.0/15 and fd00::/8, ranges no real network routes here.
 """
 
 from __future__ import annotations
 
 import ctypes
 import itertools
+import json
 import os
 import shutil
 import socket
@@ -68,9 +70,7 @@ class VethPair:
     def ns_a(self) -> str:
         return f"xt{self.tag}-a"
 
-    @property
-    def ns_b(self) -> str:
-        return f"xt{self.tag}-b"
+    ns_b = None  # the agent's side is this namespace
 
     @property
     def dev_a(self) -> str:
@@ -96,15 +96,17 @@ class VethPair:
     def ip6_b(self) -> str:
         return f"fd00:{self.n}::2"
 
+    def ip(self, side: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return ip("-n", self.ns_a, *args, check=check) if side == "a" else ip(*args, check=check)
+
     def mac(self, side: str) -> bytes:
-        ns, dev = (self.ns_a, self.dev_a) if side == "a" else (self.ns_b, self.dev_b)
-        out = ip("-n", ns, "-j", "link", "show", dev).stdout
-        import json
+        dev = self.dev_a if side == "a" else self.dev_b
+        out = self.ip(side, "-j", "link", "show", dev).stdout
         return bytes.fromhex(json.loads(out)[0]["address"].replace(":", ""))
 
     def socket(self, side: str, *args) -> socket.socket:
-        """A socket created inside namespace a or b."""
-        return run_in_netns(self.ns_a if side == "a" else self.ns_b, socket.socket, *args)
+        """A socket created on host a (inside its namespace) or b (this namespace)."""
+        return run_in_netns(self.ns_a, socket.socket, *args) if side == "a" else socket.socket(*args)
 
     def raw_socket(self) -> socket.socket:
         """An AF_PACKET socket bound to a's veth end: sends crafted frames to b as they are."""
@@ -114,45 +116,39 @@ class VethPair:
 
     def create(self) -> None:
         ip("netns", "add", self.ns_a)
-        ip("netns", "add", self.ns_b)
+        ip("-n", self.ns_a, "link", "set", "lo", "up")
         self.create_link()
-        for ns in (self.ns_a, self.ns_b):
-            ip("-n", ns, "link", "set", "lo", "up")
 
     def create_link(self) -> None:
         """(Re)create the veth pair with addresses; also used to recreate it under a running agent."""
-        ip("-n", self.ns_a, "link", "add", self.dev_a, "type", "veth", "peer", "name", self.dev_b,
-           "netns", self.ns_b)
-        for ns, dev, v4, v6 in ((self.ns_a, self.dev_a, self.ip4_a, self.ip6_a),
-                                (self.ns_b, self.dev_b, self.ip4_b, self.ip6_b)):
+        ip("link", "add", self.dev_b, "type", "veth", "peer", "name", self.dev_a, "netns", self.ns_a)
+        for side, dev, v4, v6 in (("a", self.dev_a, self.ip4_a, self.ip6_a), ("b", self.dev_b, self.ip4_b, self.ip6_b)):
             # no IPv6 autoconf noise: no router solicitations, no DAD delay before the address works
-            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
-                            f"net.ipv6.conf.{dev}.router_solicitations=0",
-                            f"net.ipv6.conf.{dev}.accept_ra=0"], capture_output=True)
-            ip("-n", ns, "addr", "add", f"{v4}/24", "dev", dev)
-            ip("-n", ns, "addr", "add", f"{v6}/64", "dev", dev, "nodad")
-            ip("-n", ns, "link", "set", dev, "up")
+            sysctl = ["sysctl", "-qw", f"net.ipv6.conf.{dev}.router_solicitations=0", f"net.ipv6.conf.{dev}.accept_ra=0"]
+            subprocess.run((["ip", "netns", "exec", self.ns_a] if side == "a" else []) + sysctl, capture_output=True)
+            self.ip(side, "addr", "add", f"{v4}/24", "dev", dev)
+            self.ip(side, "addr", "add", f"{v6}/64", "dev", dev, "nodad")
+            self.ip(side, "link", "set", dev, "up")
         # static neighbours: no ARP/ND frames in the middle of counted traffic
-        ip("-n", self.ns_a, "neigh", "replace", self.ip4_b, "lladdr", self.mac("b").hex(":"), "dev", self.dev_a)
-        ip("-n", self.ns_a, "neigh", "replace", self.ip6_b, "lladdr", self.mac("b").hex(":"), "dev", self.dev_a)
-        ip("-n", self.ns_b, "neigh", "replace", self.ip4_a, "lladdr", self.mac("a").hex(":"), "dev", self.dev_b)
-        ip("-n", self.ns_b, "neigh", "replace", self.ip6_a, "lladdr", self.mac("a").hex(":"), "dev", self.dev_b)
+        mac_a, mac_b = self.mac("a").hex(":"), self.mac("b").hex(":")
+        for addr in (self.ip4_b, self.ip6_b):
+            self.ip("a", "neigh", "replace", addr, "lladdr", mac_b, "dev", self.dev_a)
+        for addr in (self.ip4_a, self.ip6_a):
+            self.ip("b", "neigh", "replace", addr, "lladdr", mac_a, "dev", self.dev_b)
 
     def delete_link(self) -> None:
-        ip("-n", self.ns_a, "link", "del", self.dev_a, check=False)
+        ip("link", "del", self.dev_b, check=False)
 
     def destroy(self) -> None:
-        for ns in (self.ns_a, self.ns_b):
-            ip("netns", "del", ns, check=False)
+        ip("link", "del", self.dev_b, check=False)
+        ip("netns", "del", self.ns_a, check=False)
 
     def agent(self, *args: str, **kwargs) -> subprocess.Popen:
-        """Start the real xtrace-agent binary inside namespace b."""
-        return subprocess.Popen(["ip", "netns", "exec", self.ns_b, AGENT, *args],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+        """Start the real xtrace-agent binary on host b (this namespace)."""
+        return subprocess.Popen([AGENT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
     def agent_run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.ns_b, AGENT, *args],
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run([AGENT, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def _kernel_ready() -> None:
