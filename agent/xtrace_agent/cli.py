@@ -166,10 +166,13 @@ def build_sinks(cfg: AgentConfig, health: Health) -> list:
     return sinks
 
 
-def _deliver(sinks: list, report: Report, health: Health) -> None:
+def _deliver(sinks: list, report: Report, health: Health, server=None) -> None:
+    # the agent's own health travels with the data (stdout JSON shows exactly what is pushed);
+    # /metrics reads the live health at scrape time instead, so it gets the bare report
+    pushed = Report(report.timestamp, report.samples + health.samples(report.timestamp), report.text)
     for sink in sinks:
         try:
-            sink.write(report)
+            sink.write(report if sink is server else pushed)
         except Exception as e:  # a sink's bug must not stop collection or the other sinks
             health.inc("xtrace_sink_errors_total", labels={"sink": type(sink).__name__})
             log.error("%s failed: %s", type(sink).__name__, e)
@@ -195,7 +198,7 @@ def run(cfg: AgentConfig, stop: threading.Event) -> int:
             # also on a signal: one last collection, so what the kernel counted since the
             # previous interval reaches the sinks before we detach
             report = collector.collect(time.time())
-            _deliver(sinks, report, health)
+            _deliver(sinks, report, health, server)
             reports += 1
             health.inc("xtrace_reports_total")
             if stopped or (cfg.count and reports >= cfg.count):

@@ -32,7 +32,11 @@ DEFAULT_IDLE_TIMEOUT = 300.0  # a flow idle this long stops being exported (5 mi
 DEFAULT_MAX_FLOWS = 20000  # per-node series budget for flows (x2 series: packets and bytes)
 DEFAULT_HTTP_LISTEN = "0.0.0.0:9435"
 DEFAULT_MAX_PUSH_AGE = 120.0
-DEFAULT_SPOOL_BYTES = 64 * 1024 * 1024
+# One hour of outage at the default interval with the full flow budget: 720 intervals x 40k
+# samples x ~10 B (the spool groups samples by series) ~= 290 MB. Only on disk: without a spool
+# path the in-memory fallback is capped at MEMORY_SPOOL_BYTES to keep the agent small.
+DEFAULT_SPOOL_BYTES = 320 * 1024 * 1024
+MEMORY_SPOOL_BYTES = 64 * 1024 * 1024
 DEFAULT_QUEUE_SAMPLES = 1_000_000
 
 

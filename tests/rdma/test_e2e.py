@@ -24,10 +24,11 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 def normalise(line: str) -> dict:
-    """The report without what changes from run to run: its timestamp (samples carry none in JSON)."""
+    """The report's RDMA data, without what changes from run to run: its timestamp, and the agent's
+    self-metrics that travel with it (durations, wrap/reset counters)."""
     doc = json.loads(line)
     doc["timestamp"] = 0
-    doc["samples"] = [s for s in doc["samples"] if s["name"].startswith("xtrace_rdma_")]
+    doc["samples"] = [s for s in doc["samples"] if s["name"].startswith("xtrace_rdma_") and s["labels"]]
     return doc
 
 

@@ -1,0 +1,137 @@
+"""The agent's HTTP endpoints: /metrics (pull), /healthz (alive), /readyz (doing its job).
+
+/metrics serves the latest report's samples and the agent's own health metrics in the
+Prometheus text format (0.0.4), without timestamps: the scraper stamps its scrape time.
+It adds no `node`/`monitor` label: in the pull model the scraper knows the target (pod, node)
+from service discovery and adds those itself; a `node` label here would clash with it and
+come back as `exported_node`. The monitor's extra labels (`cfg.labels`) are added, as the
+remote-write sink adds them, because only the agent knows them.
+
+/readyz answers 200 "ok", or 503 with one "component: reason" line per problem
+(health.reasons(): XDP not attached, last push too old, ...).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from xtrace_agent import health as health_registry
+from xtrace_agent.config import AgentConfig, parse_listen
+from xtrace_agent.errors import AgentFailure
+from xtrace_agent.health import Health
+from xtrace_agent.samples import Report, Sample
+from xtrace_agent.sinks.prompb import format_value
+
+log = logging.getLogger("xtrace.http")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _help_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def exposition(samples: list[Sample], extra: dict[str, str] | None = None) -> str:
+    """Samples in the Prometheus text format, one HELP/TYPE block per metric name."""
+    by_name: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_name.setdefault(s.name, []).append(s)
+    lines = []
+    for name, group in by_name.items():
+        described = health_registry.description(name)
+        kind, help_text = described or ("counter" if name.endswith("_total") else "gauge", f"XTrace metric {name}.")
+        lines.append(f"# HELP {name} {_help_escape(help_text)}")
+        lines.append(f"# TYPE {name} {kind}")
+        for s in group:
+            labels = {**extra, **s.labels} if extra else s.labels
+            pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()) if v != "")
+            lines.append(f"{name}{{{pairs}}} {format_value(float(s.value))}" if pairs
+                         else f"{name} {format_value(float(s.value))}")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+class MetricsServer:
+    """A Sink that keeps the latest report and serves it with the health endpoints."""
+
+    def __init__(self, cfg: AgentConfig, health: Health):
+        self.cfg = cfg
+        self.health = health
+        self.host, self.port = parse_listen(cfg.http_listen)
+        self._latest: list[Sample] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def write(self, report: Report) -> None:
+        self._latest = report.samples  # one reference swap: readers see the old or the new list
+
+    def metrics_text(self) -> str:
+        samples = list(self._latest) + self.health.samples(time.time())
+        return exposition(samples, self.cfg.labels)
+
+    def start(self) -> None:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "xtrace-agent"
+
+            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._answer(200, owner.metrics_text(), CONTENT_TYPE)
+                elif path == "/healthz":
+                    self._answer(200, "ok\n")
+                elif path == "/readyz":
+                    reasons = owner.health.reasons()
+                    if reasons:
+                        self._answer(503, "".join(f"{c}: {r}\n" for c, r in sorted(reasons.items())))
+                    else:
+                        self._answer(200, "ok\n")
+                else:
+                    self._answer(404, "not found: try /metrics, /healthz or /readyz\n")
+
+            def _answer(self, status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> None:
+                body = text.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args) -> None:  # scrapes every few seconds: keep quiet
+                pass
+
+        server_class = ThreadingHTTPServer
+        if ":" in self.host:
+            class server_class(ThreadingHTTPServer):  # noqa: N801
+                address_family = socket.AF_INET6
+        try:
+            self._server = server_class((self.host, self.port), Handler)
+        except OSError as e:
+            where = f"{self.host}:{self.port}"
+            if e.errno == errno.EADDRINUSE:
+                raise AgentFailure(f"http: port {self.port} is already in use ({where}): "
+                                   "set httpListen to a free address") from None
+            raise AgentFailure(f"http: cannot listen on {where}: {e.strerror}: set httpListen") from None
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]  # the real one when 0 was asked
+        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+        self._thread.start()
+        log.info("serving /metrics, /healthz, /readyz on %s:%d", self.host, self.port)
+
+    def close(self, timeout: float) -> None:
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.shutdown()
+        server.server_close()
+        if self._thread:
+            self._thread.join(timeout)

@@ -1,0 +1,278 @@
+"""Prometheus remote write 1.0 bodies: a small hand-written protobuf encoder (and decoder).
+
+Why hand-written rather than the `protobuf` library with code generated from remote.proto
+(measured by bench/bench_remote_write.py, one core, snappy included):
+
+    hand-written, labels cached per series    0.73 M samples/s (100k batch), 1.26 M (10k)
+    protobuf 7 (upb), generated code           0.11 M samples/s (100k batch), 0.12 M (10k)
+
+The library must build a Python message object per series, label and sample on every send and
+then serialize them; almost all of that work repeats each interval, because a flow's labels
+never change. Here a series' labels are encoded once (`SeriesEncoder.labels`, a cached `bytes`
+that is also the series' identity), and each send only appends 16-18 bytes per sample. The wire
+format is tiny (three messages, two field types), so the code stays short, and the tests decode
+every body with the protobuf library and remote.proto as an independent check.
+
+Snappy must be the *block* format (`cramjam.snappy.compress_raw`); `cramjam.snappy.compress`
+writes the framed format, which remote-write receivers reject.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping
+
+import cramjam
+
+_DOUBLE = struct.Struct("<d")
+_VARINT1 = [bytes([i]) for i in range(128)]
+
+
+def varint(n: int) -> bytes:
+    """Protobuf base-128 varint; negative int64 values take ten bytes, as the spec says."""
+    if 0 <= n < 128:
+        return _VARINT1[n]
+    if n < 0:
+        n += 1 << 64
+    out = bytearray()
+    while n > 127:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field_bytes(tag: int, data: bytes) -> bytes:
+    return bytes((tag,)) + varint(len(data)) + data
+
+
+def encode_labels(pairs: Iterable[tuple[str, str]]) -> bytes:
+    """The repeated `labels` fields of a TimeSeries, for (name, value) pairs already sorted."""
+    out = []
+    for name, value in pairs:
+        label = _field_bytes(0x0A, name.encode()) + _field_bytes(0x12, value.encode())
+        out.append(_field_bytes(0x0A, label))
+    return b"".join(out)
+
+
+def series_pairs(name: str, labels: Mapping[str, str], extra: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Sorted label pairs of one series: `extra` (added by the sink) unless the sample has the
+    label itself, plus `__name__`; empty values are dropped (an empty label is an absent one)."""
+    merged = {**extra, **labels, "__name__": name}
+    return sorted((k, v) for k, v in merged.items() if v != "")
+
+
+class SeriesEncoder:
+    """Turns samples into `(labels_bytes, value, timestamp_ms)` entries and entries into bodies.
+
+    `labels_bytes` is the encoded, sorted label set: cached per (name, labels) so a series is
+    encoded once, and used as the series' identity (equal label sets give equal bytes).
+    """
+
+    def __init__(self, extra: Mapping[str, str] | None = None, cache_limit: int = 1_000_000):
+        self.extra = dict(extra or {})
+        self.cache_limit = cache_limit
+        self._cache: dict[tuple, bytes] = {}
+
+    def labels(self, name: str, labels: Mapping[str, str]) -> bytes:
+        key = (name, *labels.items())
+        cached = self._cache.get(key)
+        if cached is None:
+            if len(self._cache) >= self.cache_limit:
+                self._cache.clear()  # flows churn: forget them all rather than track ages
+            cached = self._cache[key] = encode_labels(series_pairs(name, labels, self.extra))
+        return cached
+
+    def encode_samples(self, samples: Iterable) -> bytes:
+        """An uncompressed WriteRequest with one TimeSeries per sample, in the given order.
+
+        The hot path (one interval, each series once): no grouping, and per sample only a cache
+        lookup, one float pack and five byte strings joined at the end. A series that appears
+        more than once becomes several TimeSeries, which receivers merge; the caller keeps
+        each series' samples in time order.
+        """
+        cache, labels_of, pack = self._cache, self.labels, _DOUBLE.pack
+        tails: dict[float, tuple[bytes, bytes]] = {}
+        heads: dict[int, bytes] = {}
+        out: list[bytes] = []
+        extend = out.extend
+        for name, labels, value, seconds in samples:
+            lb = cache.get((name, *labels.items()))
+            if lb is None:
+                lb = labels_of(name, labels)
+            tail = tails.get(seconds)
+            if tail is None:
+                ts = varint(round(seconds * 1000))
+                # TimeSeries field 2 (len) + Sample field 1 (double) ... Sample field 2 (varint).
+                tail = tails[seconds] = (b"\x12" + _VARINT1[10 + len(ts)] + b"\x09", b"\x10" + ts)
+            size = len(lb) + 11 + len(tail[1])
+            head = heads.get(size)
+            if head is None:
+                head = heads[size] = b"\x0a" + varint(size)
+            extend((head, lb, tail[0], pack(value), tail[1]))
+        return b"".join(out)
+
+    def entries(self, samples: Iterable) -> list[tuple[bytes, float, int]]:
+        """Samples (name, labels, value, seconds) -> entries with millisecond timestamps."""
+        lab = self.labels
+        return [(lab(s[0], s[1]), s[2], round(s[3] * 1000)) for s in samples]
+
+
+def group(entries: Iterable[tuple[bytes, float, int]]) -> dict[bytes, list[tuple[float, int]]]:
+    """Entries by series, each series' points in time order (input order breaks ties)."""
+    series: dict[bytes, list[tuple[float, int]]] = {}
+    for labels, value, ts in entries:
+        points = series.get(labels)
+        if points is None:
+            series[labels] = [(value, ts)]
+        else:
+            points.append((value, ts))
+    for points in series.values():
+        if len(points) > 1:
+            points.sort(key=lambda p: p[1])
+    return series
+
+
+def encode_write_request(series: Mapping[bytes, list[tuple[float, int]]]) -> bytes:
+    """An uncompressed WriteRequest for grouped series (`group()` output)."""
+    pack = _DOUBLE.pack
+    ts_cache: dict[int, bytes] = {}
+    out = []
+    append = out.append
+    for labels, points in series.items():
+        parts = [labels]
+        for value, ts in points:
+            tail = ts_cache.get(ts)
+            if tail is None:
+                tail = ts_cache[ts] = varint(ts)
+            # Sample = 0x09 <double> 0x10 <varint ts>, wrapped as TimeSeries field 2.
+            parts.append(b"\x12" + _VARINT1[10 + len(tail)] + b"\x09" + pack(value) + b"\x10" + tail)
+        body = b"".join(parts)
+        append(b"\x0a" + varint(len(body)) + body)
+    return b"".join(out)
+
+
+def compress(body: bytes) -> bytes:
+    """Snappy block format, as remote write requires."""
+    return bytes(cramjam.snappy.compress_raw(body))
+
+
+def decompress(data: bytes) -> bytes:
+    return bytes(cramjam.snappy.decompress_raw(data))
+
+
+def chunks(series: Mapping[bytes, list[tuple[float, int]]], max_samples: int) -> list[dict]:
+    """Split grouped series into groups of at most `max_samples` points, never splitting a series
+    (one series with more points than that gets a group of its own)."""
+    out: list[dict] = []
+    current: dict = {}
+    size = 0
+    for labels, points in series.items():
+        if current and size + len(points) > max_samples:
+            out.append(current)
+            current, size = {}, 0
+        current[labels] = points
+        size += len(points)
+    if current:
+        out.append(current)
+    return out
+
+
+# --- decoding: for the spool (rescuing the newest values of dropped blocks) and for the text
+# --- format of the legacy import endpoint -----------------------------------------------------
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: bytes, start: int = 0, end: int | None = None):
+    """(field number, wire type, value) for every field; value is an int or a bytes slice."""
+    pos, end = start, len(buf) if end is None else end
+    while pos < end:
+        key, pos = _read_varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _read_varint(buf, pos)
+        elif wire == 1:
+            value, pos = buf[pos:pos + 8], pos + 8
+        elif wire == 2:
+            n, pos = _read_varint(buf, pos)
+            value, pos = buf[pos:pos + n], pos + n
+        elif wire == 5:
+            value, pos = buf[pos:pos + 4], pos + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        yield field, wire, value
+
+
+def decode_write_request(body: bytes) -> dict[bytes, list[tuple[float, int]]]:
+    """Uncompressed WriteRequest -> {labels_bytes: [(value, timestamp_ms)]} (inverse of encode)."""
+    out: dict[bytes, list[tuple[float, int]]] = {}
+    for field, wire, ts_bytes in _fields(body):
+        if field != 1 or wire != 2:
+            continue
+        labels = []
+        points = []
+        for f, w, v in _fields(ts_bytes):
+            if f == 1 and w == 2:
+                labels.append(_field_bytes(0x0A, bytes(v)))
+            elif f == 2 and w == 2:
+                value, ts = 0.0, 0
+                for sf, _sw, sv in _fields(v):
+                    if sf == 1:
+                        value = _DOUBLE.unpack(sv)[0]
+                    elif sf == 2:
+                        ts = sv - (1 << 64) if sv >= 1 << 63 else sv
+                points.append((value, ts))
+        out.setdefault(b"".join(labels), []).extend(points)
+    return out
+
+
+def decode_labels(labels: bytes) -> list[tuple[str, str]]:
+    """labels_bytes -> [(name, value)]."""
+    pairs = []
+    for _f, _w, label in _fields(labels):
+        name = value = ""
+        for f, _w2, v in _fields(label):
+            if f == 1:
+                name = bytes(v).decode()
+            elif f == 2:
+                value = bytes(v).decode()
+        pairs.append((name, value))
+    return pairs
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def format_value(value: float) -> str:
+    value = float(value)
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def to_text(series: Mapping[bytes, list[tuple[float, int]]]) -> bytes:
+    """Prometheus text exposition with millisecond timestamps (for /api/v1/import/prometheus)."""
+    lines = []
+    for labels, points in series.items():
+        name = ""
+        rest = []
+        for k, v in decode_labels(labels):
+            if k == "__name__":
+                name = v
+            else:
+                rest.append(f'{k}="{_escape(v)}"')
+        head = f"{name}{{{','.join(rest)}}}" if rest else name
+        lines.extend(f"{head} {format_value(v)} {ts}\n" for v, ts in points)
+    return "".join(lines).encode()
