@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -23,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests import frames  # noqa: E402
 from tests.helpers.netns import AGENT, VethPair  # noqa: E402
-from tests.helpers.vm import VictoriaMetrics  # noqa: E402
+from tests.helpers.vm import VictoriaMetrics, free_port  # noqa: E402
 
 INTERVAL = 1.0
 
@@ -44,9 +46,18 @@ def traffic(veth: VethPair, rounds: int) -> None:
     roce = frames.ethernet(dst_mac, src_mac, frames.ipv4(
         veth.ip4_a, veth.ip4_b, frames.udp(49152, 4791, frames.roce_bth(opcode=0x0A, dest_qp=0x11) + b"r" * 256)))
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind((veth.ip4_b, 8080))
+    server.bind((veth.ip4_b, 0))
     server.listen(4)
-    threading.Thread(target=lambda: [c.recv(65536) for c, _ in iter(server.accept, None)], daemon=True).start()
+    port = server.getsockname()[1]
+
+    def serve():
+        while True:
+            conn, _ = server.accept()
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nhello\n")
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
     for _ in range(rounds):
         for _ in range(10):
             udp4.sendto(b"x" * 100, (veth.ip4_b, 9999))
@@ -55,8 +66,9 @@ def traffic(veth: VethPair, rounds: int) -> None:
         raw.send(vlan)
         raw.send(roce)
         tcp = veth.socket("a", socket.AF_INET, socket.SOCK_STREAM)
-        tcp.connect((veth.ip4_b, 8080))
+        tcp.connect((veth.ip4_b, port))
         tcp.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        tcp.recv(4096)
         tcp.close()
         time.sleep(INTERVAL)
 
@@ -66,7 +78,8 @@ def main() -> int:
         print("make demo needs root (it creates a network namespace and attaches XDP)", file=sys.stderr)
         return 1
     veth = VethPair(tag=f"d{os.getpid() % 10000}", n=77)
-    vm = VictoriaMetrics()
+    data_dir = tempfile.mkdtemp(prefix="xtrace-demo-vm-")
+    vm = VictoriaMetrics(data_dir, free_port())
     agent = None
     try:
         say(f"test host: namespace {veth.ns_a} <-> veth {veth.dev_b} on this machine")
@@ -91,11 +104,11 @@ def main() -> int:
         agent.wait(30)
         printer.join(5)
         say("in VictoriaMetrics: sum by (src_ip, dst_ip, dst_port, protocol, traffic_type) (xtrace_network_packets_total)")
-        vm.force_flush()
-        result = vm.query("sum by (src_ip, dst_ip, dst_port, protocol, traffic_type) (xtrace_network_packets_total)")
+        result = settled(vm, "sum by (src_ip, dst_ip, dst_port, protocol, traffic_type) (xtrace_network_packets_total)")
         for series in sorted(result, key=lambda r: -float(r["value"][1])):
             m = series["metric"]
-            print(f"    {m.get('src_ip')} -> {m.get('dst_ip')}:{m.get('dst_port')} proto={m.get('protocol')} "
+            dst = f"[{m.get('dst_ip')}]" if ":" in m.get("dst_ip", "") else m.get("dst_ip")
+            print(f"    {m.get('src_ip')} -> {dst}:{m.get('dst_port')} proto={m.get('protocol')} "
                   f"type={m.get('traffic_type')}: {series['value'][1]} packets")
         say(f"{len(result)} flows queryable in VictoriaMetrics; agent exit code {agent.returncode}")
         return 0 if result and agent.returncode == 0 else 1
@@ -103,8 +116,22 @@ def main() -> int:
         if agent and agent.poll() is None:
             agent.kill()
         vm.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
         veth.destroy()
         say("cleaned up: namespace, veth and VictoriaMetrics removed")
+
+
+def settled(vm: VictoriaMetrics, expr: str, timeout: float = 15.0) -> list[dict]:
+    """The query's answer once ingestion has caught up (it is asynchronous): unchanged for 1 s."""
+    deadline, last = time.monotonic() + timeout, None
+    while True:
+        vm.force_flush()
+        result = vm.query(expr)
+        values = sorted((json.dumps(r["metric"], sort_keys=True), r["value"][1]) for r in result)
+        if values == last or time.monotonic() > deadline:
+            return result
+        last = values
+        time.sleep(1.0)
 
 
 def _attached(dev: str) -> bool:
