@@ -283,3 +283,46 @@ def test_no_permission_is_one_line_and_nothing_attached(veth):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert xdp_prog(veth.dev_b) is None
+
+
+def test_vlan_qinq_roce_and_malformed_frames(veth):
+    """Frames crafted on a raw socket (this kernel has no 802.1Q device) cross the veth to the agent."""
+    from tests import frames
+
+    agent = start_attached(veth)
+    try:
+        raw = veth.raw_socket()
+        dst, src = veth.mac("b"), veth.mac("a")
+        vlan = frames.ethernet(dst, src, frames.ipv4(veth.ip4_a, veth.ip4_b, frames.udp(41001, 9999, b"v" * 50)),
+                               vlans=[100])
+        qinq = frames.ethernet(dst, src, frames.ipv6(veth.ip6_a, veth.ip6_b, frames.udp(41002, 9999, b"q" * 30)),
+                               vlans=[200, 100])
+        roce = frames.ethernet(dst, src, frames.roce(veth.ip4_a, veth.ip4_b, opcode=0x04, dest_qp=0x1234,
+                                                     payload=b"r" * 64, sport=41003))
+        ipv4 = frames.ethernet(dst, src, frames.ipv4(veth.ip4_a, veth.ip4_b, frames.udp(41004, 9999, b"m" * 20)))
+        cut = ipv4[:14 + 10]  # IPv4 header cut short
+        bad_ihl = bytearray(ipv4)
+        bad_ihl[14] = 0x43  # IHL 3 (< 5): invalid
+        sent = [(vlan, 3), (qinq, 2), (roce, 4), (cut, 5), (bytes(bad_ihl), 2)]
+        for frame, n in sent:
+            for _ in range(n):
+                raw.send(frame)
+        time.sleep(0.6)
+    finally:
+        rc, err = agent.stop()
+    assert rc == 0, err
+    packets = agent.latest("xtrace_network_packets_total")
+    bytes_ = agent.latest("xtrace_network_bytes_total")
+    k = flow_labels(veth.dev_b, veth.ip4_a, veth.ip4_b, 41001, 9999, 17)
+    assert (packets[k], bytes_[k]) == (3, 3 * len(vlan)) and len(vlan) == 14 + 4 + 20 + 8 + 50
+    k = flow_labels(veth.dev_b, veth.ip6_a, veth.ip6_b, 41002, 9999, 17)
+    assert (packets[k], bytes_[k]) == (2, 2 * len(qinq)) and len(qinq) == 14 + 8 + 40 + 8 + 30
+    k = flow_labels(veth.dev_b, veth.ip4_a, veth.ip4_b, 41003, 4791, 17, "roce", rdma_opcode=4, dest_qp=0x1234)
+    assert (packets[k], bytes_[k]) == (4, 4 * len(roce))
+    malformed = agent.latest("xtrace_xdp_malformed_packets_total")[()]
+    assert malformed == 7
+    iface_packets = agent.latest("xtrace_interface_packets_total")[(("interface", veth.dev_b),)]
+    iface_bytes = agent.latest("xtrace_interface_bytes_total")[(("interface", veth.dev_b),)]
+    assert iface_packets >= sum(n for _, n in sent)
+    assert iface_bytes >= sum(len(f) * n for f, n in sent)
+    assert not any(41004 == int(dict(k)["src_port"]) for k in packets), "malformed frames make no flow"
