@@ -218,6 +218,9 @@ def replay(frames: list[bytes]) -> tuple[dict[Key, list[int]], tuple[int, int], 
         agent = subprocess.Popen(["ip", "netns", "exec", hosts.ns_b, AGENT, "-i", hosts.dev_b, "--interval", "0.5",
                                   "--output", "json", "--http-listen", ""],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out_lines: list[str] = []
+        reader = threading.Thread(target=lambda: out_lines.extend(agent.stdout), daemon=True)
+        reader.start()
         try:
             deadline = time.monotonic() + 120
             while not _xdp_attached(hosts.ns_b, hosts.dev_b):
@@ -232,8 +235,10 @@ def replay(frames: list[bytes]) -> tuple[dict[Key, list[int]], tuple[int, int], 
             time.sleep(1.0)
         finally:
             agent.send_signal(signal.SIGTERM)
-            out, err = agent.communicate(timeout=60)
-    reports = [json.loads(line) for line in out.splitlines() if line.strip()]
+            agent.wait(60)
+            reader.join(10)
+            err = agent.stderr.read()
+    reports = [json.loads(line) for line in out_lines if line.strip()]
     if agent.returncode != 0 or not reports:
         raise SystemExit(f"agent failed (exit {agent.returncode}): {err.strip()}")
     flows: dict[Key, list[int]] = {}

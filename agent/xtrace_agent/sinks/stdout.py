@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import TextIO
 
@@ -20,6 +21,14 @@ def json_line(report: Report) -> str:
     }, separators=(", ", ": "))
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte. A report can exceed a pipe's buffer, and a signal arriving while we wait
+    for the reader must not cut it: io's buffered writer was seen to drop the unwritten rest."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class StdoutSink:
     """Writes reports to a stream; a closed stream (`| head`) disables the sink, never the agent."""
 
@@ -33,8 +42,16 @@ class StdoutSink:
             return
         text = json_line(report) + "\n" if self.output == "json" else "".join(f"{line}\n" for line in report.text)
         try:
-            self.stream.write(text)
             self.stream.flush()
+            fd = self.stream.fileno()
+        except (OSError, ValueError, AttributeError):
+            fd = None  # not a real file (a test's StringIO)
+        try:
+            if fd is None:
+                self.stream.write(text)
+                self.stream.flush()
+            else:
+                _write_all(fd, text.encode())
         except (BrokenPipeError, ValueError):
             self.closed = True
 
