@@ -7,6 +7,11 @@ Rules (DESIGN.md §5): a pushed counter never goes backwards. So a flow that exp
 comes back resumes from its last value (kept in a bounded "tombstone" memory), and a flow that
 does not fit in the budget is folded into one `other` flow per interface, whose counter keeps
 growing: the interface's traffic is never lost, only its detail.
+
+Under budget pressure the lowest-traffic flows give way: after an interval in which flows were
+folded, each live flow that moved fewer bytes in that interval than a folded one is retired
+(its series stops; its value is kept as a tombstone), so the busier newcomer gets a series
+next time.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ class Accumulator:
         self.max_flows = max_flows
         self.idle_timeout = idle_timeout
         self._other_of = other_of
-        # key -> [packets, bytes, last_seen]
+        # key -> [packets, bytes, last_seen, bytes in the last interval it was seen]
         self._live: dict[Hashable, list] = {}
         self._others: dict[Hashable, list] = {}
         self._tombstones: OrderedDict[Hashable, tuple[int, int]] = OrderedDict()
@@ -31,21 +36,37 @@ class Accumulator:
 
     def add(self, deltas: dict[Hashable, tuple[int, int]], now: float) -> None:
         live = self._live
+        folded: list[int] = []
         for key, (packets, bytes_) in deltas.items():
             entry = live.get(key)
             if entry is None:
                 if len(live) >= self.max_flows:
                     self._fold(key, packets, bytes_, now)
+                    folded.append(bytes_)
                     continue
                 old = self._tombstones.pop(key, None)
-                entry = live[key] = [old[0], old[1], now] if old else [0, 0, now]
+                entry = live[key] = [old[0], old[1], now, 0] if old else [0, 0, now, 0]
             entry[0] += packets
             entry[1] += bytes_
             entry[2] = now
+            entry[3] = bytes_
+        if folded:
+            self._make_room(folded, now)
+
+    def _make_room(self, folded: list[int], now: float) -> None:
+        """Retire the quietest live flows, each one only for a folded flow that moved more bytes."""
+        def recent(item):
+            _, e = item
+            return e[3] if e[2] == now else -1  # idle this interval: first to go
+        quietest = sorted(self._live.items(), key=recent)[:len(folded)]
+        for (key, entry), newcomer in zip(quietest, sorted(folded, reverse=True), strict=False):
+            if recent((key, entry)) >= newcomer:
+                break
+            self._retire(key)
 
     def _fold(self, key: Hashable, packets: int, bytes_: int, now: float) -> None:
         self.folded_flows += 1
-        other = self._others.setdefault(self._other_of(key), [0, 0, now])
+        other = self._others.setdefault(self._other_of(key), [0, 0, now, 0])
         other[0] += packets
         other[1] += bytes_
         other[2] = now
@@ -55,8 +76,7 @@ class Accumulator:
         cutoff = now - self.idle_timeout
         idle = [k for k, e in self._live.items() if e[2] < cutoff]
         for key in idle:
-            packets, bytes_, _ = self._live.pop(key)
-            self._tombstones[key] = (packets, bytes_)
+            self._retire(key)
         # tombstones are bounded like the live table: past that, a very old flow that returns
         # starts a fresh series, long after any query engine considered the old one stale
         while len(self._tombstones) > self.max_flows:
@@ -64,14 +84,18 @@ class Accumulator:
         self.expired_flows += len(idle)
         return len(idle)
 
+    def _retire(self, key: Hashable) -> None:
+        packets, bytes_, _, _ = self._live.pop(key)
+        self._tombstones[key] = (packets, bytes_)
+
     def __len__(self) -> int:
         return len(self._live)
 
     def items(self) -> Iterator[tuple[Hashable, int, int, bool]]:
         """(key, packets, bytes, is_other) for every live flow and every `other` bucket."""
-        for key, (p, b, _) in self._live.items():
+        for key, (p, b, _, _) in self._live.items():
             yield key, p, b, False
-        for key, (p, b, _) in self._others.items():
+        for key, (p, b, _, _) in self._others.items():
             yield key, p, b, True
 
 
