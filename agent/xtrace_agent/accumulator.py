@@ -23,11 +23,13 @@ from collections.abc import Callable, Hashable, Iterator
 class Accumulator:
     """Cumulative (packets, bytes) per key, for at most `max_flows` keys plus one `other` key per group."""
 
-    def __init__(self, max_flows: int, idle_timeout: float, other_of: Callable[[Hashable], Hashable]):
+    def __init__(self, max_flows: int, idle_timeout: float, other_of: Callable[[Hashable], Hashable],
+                 describe: Callable[[Hashable], object] = lambda key: None):
         self.max_flows = max_flows
         self.idle_timeout = idle_timeout
         self._other_of = other_of
-        # key -> [packets, bytes, last_seen, bytes in the last interval it was seen]
+        self._describe = describe  # key -> what a sink needs (labels), made once per live entry
+        # key -> [packets, bytes, last_seen, bytes in the last interval it was seen, description]
         self._live: dict[Hashable, list] = {}
         self._others: dict[Hashable, list] = {}
         self._tombstones: OrderedDict[Hashable, tuple[int, int]] = OrderedDict()
@@ -45,7 +47,7 @@ class Accumulator:
                     folded.append(bytes_)
                     continue
                 old = self._tombstones.pop(key, None)
-                entry = live[key] = [old[0], old[1], now, 0] if old else [0, 0, now, 0]
+                entry = live[key] = [old[0], old[1], now, 0, None] if old else [0, 0, now, 0, None]
             entry[0] += packets
             entry[1] += bytes_
             entry[2] = now
@@ -66,7 +68,7 @@ class Accumulator:
 
     def _fold(self, key: Hashable, packets: int, bytes_: int, now: float) -> None:
         self.folded_flows += 1
-        other = self._others.setdefault(self._other_of(key), [0, 0, now, 0])
+        other = self._others.setdefault(self._other_of(key), [0, 0, now, 0, None])
         other[0] += packets
         other[1] += bytes_
         other[2] = now
@@ -85,18 +87,32 @@ class Accumulator:
         return len(idle)
 
     def _retire(self, key: Hashable) -> None:
-        packets, bytes_, _, _ = self._live.pop(key)
-        self._tombstones[key] = (packets, bytes_)
+        entry = self._live.pop(key)
+        self._tombstones[key] = (entry[0], entry[1])
 
     def __len__(self) -> int:
         return len(self._live)
 
+    def keys(self):
+        return self._live.keys()
+
     def items(self) -> Iterator[tuple[Hashable, int, int, bool]]:
         """(key, packets, bytes, is_other) for every live flow and every `other` bucket."""
-        for key, (p, b, _, _) in self._live.items():
-            yield key, p, b, False
-        for key, (p, b, _, _) in self._others.items():
-            yield key, p, b, True
+        for key, e in self._live.items():
+            yield key, e[0], e[1], False
+        for key, e in self._others.items():
+            yield key, e[0], e[1], True
+
+    def described(self) -> Iterator[tuple[object, int, int]]:
+        """(description, packets, bytes) for every live flow and `other` bucket; descriptions are
+        made once per entry and reused every interval."""
+        describe = self._describe
+        for table in (self._live, self._others):
+            for key, e in table.items():
+                d = e[4]
+                if d is None:
+                    d = e[4] = describe(key)
+                yield d, e[0], e[1]
 
 
 class Totals:
