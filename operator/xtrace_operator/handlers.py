@@ -1,0 +1,151 @@
+"""The kopf handlers: each one validates, builds, adopts, applies and reports, and nothing more.
+
+- `reconcile` (create, update, resume: one idempotent function) applies the children.
+- Watch streams feed three in-memory indexes: every monitor's claim (for conflicts), our
+  DaemonSets' status, and our agent pods that are not ready. No handler polls the API.
+- `flush` runs per monitor every few seconds, computes the status from those indexes and writes
+  it only when it changed: one write per monitor per flush at most, whatever the node count.
+  It also re-applies children when they are missing (a conflict cleared, a DaemonSet deleted
+  by hand) and removes the DaemonSet of a monitor that lost a conflict.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from xtrace_operator import GROUP, PLURAL, VERSION, conflict, kube, model, render
+from xtrace_operator import status as status_mod
+
+MONITORS = (GROUP, VERSION, PLURAL)
+DAEMONSETS = ("apps", "v1", "daemonsets")
+PODS = ("v1", "pods")
+LAST_APPLIED = "xtrace.io/last-applied"
+FLUSH_SECONDS = float(os.environ.get("XTRACE_STATUS_FLUSH_SECONDS", "3"))
+OWNED_FILTER = dict(render.OWNED)
+
+
+class _QuietFlush(logging.Filter):
+    """Drops kopf's "Timer 'flush' succeeded" line: every few seconds per monitor it would drown the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timer 'flush' succeeded" not in record.getMessage()
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    log = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, _QuietFlush) for f in log.filters):
+        log.addFilter(_QuietFlush())
+    # Server-side filtering: only our DaemonSets and agent pods travel over the watch streams.
+    selector = ",".join(f"{k}={v}" for k, v in sorted(render.OWNED.items()))
+    settings.watching.label_selectors[DAEMONSETS] = selector
+    settings.watching.label_selectors[PODS] = selector
+    # Handler chatter as Kubernetes events would flood large clusters: warnings and errors only.
+    settings.posting.level = logging.WARNING
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="xtrace.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="xtrace.io", key="last-handled-configuration")
+
+
+# --- indexes, fed by watch streams --------------------------------------------------------------
+
+@kopf.index(*MONITORS)
+def claims(name: str, namespace: str, spec: Any, meta: Any, **_: Any) -> dict:
+    # {} (not None, which kopf reads as "keep the old value") drops a monitor that became invalid.
+    try:
+        monitor = model.parse(name, namespace, dict(spec), created=meta.get("creationTimestamp", ""))
+    except model.InvalidSpec:
+        return {}
+    return {None: conflict.Claim.of(monitor)}
+
+
+@kopf.index(*DAEMONSETS, labels=OWNED_FILTER)
+def agent_sets(namespace: str, labels: Any, meta: Any, status: Any, **_: Any) -> dict:
+    return {(namespace, labels.get(render.INSTANCE_LABEL)): status_mod.counts(dict(meta), dict(status))}
+
+
+@kopf.index(*PODS, labels=OWNED_FILTER)
+def agent_problems(namespace: str, labels: Any, spec: Any, status: Any, **_: Any) -> dict:
+    problem = status_mod.pod_problem(dict(spec), dict(status))
+    return {(namespace, labels.get(render.INSTANCE_LABEL)): problem} if problem else {}
+
+
+# --- reconcile ----------------------------------------------------------------------------------
+
+def _examine(body: Any, claims: kopf.Index) -> tuple[model.Monitor | None, str | None, str | None]:
+    """(monitor, invalid-spec message, conflict message) for a monitor body."""
+    meta = body["metadata"]
+    try:
+        monitor = model.parse(meta["name"], meta["namespace"], dict(body.get("spec") or {}),
+                              uid=meta.get("uid", ""), created=meta.get("creationTimestamp", ""))
+    except model.InvalidSpec as e:
+        return None, str(e), None
+    return monitor, None, conflict.find(conflict.Claim.of(monitor), list(claims.get(None, [])))
+
+
+def _apply_children(monitor: model.Monitor, body: Any, logger: Any) -> str:
+    objs = render.objects(monitor)
+    kopf.adopt(objs, owner=body)
+    try:
+        for obj in objs:
+            outcome = kube.apply(obj, LAST_APPLIED)
+            if outcome != "unchanged":
+                logger.info(f"{obj['kind']} {obj['metadata']['name']} {outcome}")
+    except kube.ApiError as e:
+        raise kopf.TemporaryError(f"applying the agent objects failed: {e}", delay=10) from None
+    return render.config_hash(monitor)
+
+
+def _status(body: Any, invalid: str | None, clash: str | None, agent_sets: kopf.Index,
+            agent_problems: kopf.Index, generation: int, config_hash: str | None) -> dict[str, Any]:
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    counts = next(iter(agent_sets.get(key, [])), None)
+    return status_mod.compute(
+        generation=generation, invalid=invalid, conflict=clash, counts_=counts,
+        problems=list(agent_problems.get(key, [])), config_hash=config_hash,
+        previous=dict(body.get("status") or {}))
+
+
+def _write(patch: kopf.Patch, body: Any, desired: dict[str, Any]) -> None:
+    for k, v in status_mod.diff(dict(body.get("status") or {}), desired).items():
+        patch.status[k] = v
+
+
+@kopf.on.resume(*MONITORS)
+@kopf.on.create(*MONITORS)
+@kopf.on.update(*MONITORS)
+def reconcile(body: kopf.Body, meta: Any, patch: kopf.Patch, logger: Any, claims: kopf.Index,
+              agent_sets: kopf.Index, agent_problems: kopf.Index, **_: Any) -> None:
+    monitor, invalid, clash = _examine(body, claims)
+    config_hash = None
+    if monitor is not None and clash is None:
+        config_hash = _apply_children(monitor, body, logger)
+    elif clash is not None:
+        kube.delete("apps/v1", "DaemonSet", meta["namespace"], render.child_name(monitor))
+        kopf.warn(body, reason="Conflict", message=clash)
+    _write(patch, body, _status(body, invalid, clash, agent_sets, agent_problems,
+                                meta.get("generation") or 0, config_hash))
+    if invalid:
+        raise kopf.PermanentError(invalid)
+
+
+@kopf.timer(*MONITORS, interval=FLUSH_SECONDS, initial_delay=FLUSH_SECONDS)
+def flush(body: kopf.Body, meta: Any, status: Any, patch: kopf.Patch, logger: Any, claims: kopf.Index,
+          agent_sets: kopf.Index, agent_problems: kopf.Index, **_: Any) -> None:
+    monitor, invalid, clash = _examine(body, claims)
+    key = (meta["namespace"], meta["name"])
+    config_hash = status.get("configHash") or None
+    if monitor is not None:
+        has_set = key in agent_sets
+        if clash is None and not has_set and status.get("observedGeneration") is not None:
+            config_hash = _apply_children(monitor, body, logger)
+        elif clash is not None and has_set:
+            kube.delete("apps/v1", "DaemonSet", meta["namespace"], render.child_name(monitor))
+    generation = status.get("observedGeneration") or 0
+    if clash is not None and status.get("reason") != "Conflict":
+        generation = meta.get("generation") or 0
+    _write(patch, body, _status(body, invalid, clash, agent_sets, agent_problems, generation, config_hash))

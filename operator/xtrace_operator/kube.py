@@ -1,0 +1,144 @@
+"""The few Kubernetes API calls the operator makes on its children: get, create, patch, delete.
+
+Plain dicts in and out, through the `kubernetes` client's transport (authentication, TLS,
+in-cluster or kubeconfig). Configuration is loaded on first use, not at import: the client
+reads KUBECONFIG when loaded, and tests point it at their API server first with `configure()`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import kubernetes
+
+_lock = threading.Lock()
+_client: kubernetes.client.ApiClient | None = None
+
+PATHS = {
+    ("v1", "ConfigMap"): "/api/v1/namespaces/{ns}/configmaps",
+    ("v1", "ServiceAccount"): "/api/v1/namespaces/{ns}/serviceaccounts",
+    ("apps/v1", "DaemonSet"): "/apis/apps/v1/namespaces/{ns}/daemonsets",
+}
+
+
+class ApiError(Exception):
+    """A non-2xx answer from the API server."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(f"HTTP {status}: {reason}")
+        self.status = status
+
+
+def configure(host: str | None = None, *, verify_ssl: bool = True) -> None:
+    """Use this API server (tests), or the in-cluster / kubeconfig configuration when host is None."""
+    global _client
+    with _lock:
+        if host is None:
+            try:
+                kubernetes.config.load_incluster_config()
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config()
+            cfg = kubernetes.client.Configuration.get_default_copy()
+        else:
+            cfg = kubernetes.client.Configuration(host=host)
+            cfg.verify_ssl = verify_ssl
+        _client = kubernetes.client.ApiClient(cfg)
+
+
+def _api() -> kubernetes.client.ApiClient:
+    if _client is None:
+        configure()
+    assert _client is not None
+    return _client
+
+
+def request(method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None,
+            content_type: str = "application/json") -> dict | None:
+    """One API call; JSON in and out. A GET of a missing object is None, other errors raise ApiError."""
+    api = _api()
+    headers = {"Accept": "application/json", "Content-Type": content_type}
+    _, url, headers, data, _ = api.param_serialize(method, path, query_params=query or [],
+                                                   header_params=headers, body=body,
+                                                   auth_settings=["BearerToken"])
+    resp = api.call_api(method, url, header_params=headers, body=data, _request_timeout=30)
+    raw = resp.read()
+    if resp.status == 404 and method == "GET":
+        return None
+    if not 200 <= resp.status < 300:
+        try:
+            reason = json.loads(raw).get("message") or raw.decode(errors="replace")
+        except (ValueError, AttributeError):
+            reason = raw.decode(errors="replace") if raw else ""
+        raise ApiError(resp.status, reason[:300])
+    return json.loads(raw) if raw else {}
+
+
+def _collection(obj: dict[str, Any]) -> str:
+    return PATHS[obj["apiVersion"], obj["kind"]].format(ns=obj["metadata"]["namespace"])
+
+
+def get(api_version: str, kind: str, namespace: str, name: str) -> dict | None:
+    return request("GET", f"{PATHS[api_version, kind].format(ns=namespace)}/{name}")
+
+
+def delete(api_version: str, kind: str, namespace: str, name: str) -> None:
+    try:
+        request("DELETE", f"{PATHS[api_version, kind].format(ns=namespace)}/{name}",
+              body={"propagationPolicy": "Background"})
+    except ApiError as e:
+        if e.status != 404:
+            raise
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """The RFC 7386 merge patch that turns `old` into `new` (None: nothing to change)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return None if old == new else new
+    patch: dict[str, Any] = {k: None for k in old.keys() - new.keys()}
+    for k, v in new.items():
+        if k not in old:
+            patch[k] = v
+        else:
+            sub = merge_patch(old[k], v)
+            if sub is not None and sub != {}:
+                patch[k] = sub
+    return patch or None
+
+
+def apply(obj: dict[str, Any], last_applied_annotation: str) -> str:
+    """Make the object exist as given; returns 'created', 'patched' or 'unchanged'.
+
+    Like `kubectl apply`: the object keeps a copy of what the operator last wrote, and an update
+    is the merge patch from that copy to the new object, so a removed nodeSelector key or
+    toleration disappears (a plain merge patch would keep it) while fields that other actors
+    or the API server's defaulting set are left alone. A resume after an operator restart
+    finds nothing to change and costs one GET per child.
+    """
+    meta = obj["metadata"]
+    desired = json.loads(json.dumps(obj))  # a plain copy: kopf.adopt may leave its own types behind
+    text = json.dumps(desired, sort_keys=True, separators=(",", ":"))
+    body = {**desired, "metadata": {**desired["metadata"], "annotations": {
+        **(desired["metadata"].get("annotations") or {}), last_applied_annotation: text}}}
+    current = get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+    if current is None:
+        try:
+            request("POST", _collection(obj), body)
+            return "created"
+        except ApiError as e:
+            if e.status != 409:
+                raise
+            current = get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]) or {}
+    last_text = (current.get("metadata", {}).get("annotations") or {}).get(last_applied_annotation)
+    try:
+        last = json.loads(last_text) if last_text else {}
+    except ValueError:
+        last = {}
+    patch = merge_patch(last, desired)
+    if patch is None and last_text == text:
+        return "unchanged"
+    patch = patch or {}
+    patch.setdefault("metadata", {}).setdefault("annotations", {})[last_applied_annotation] = text
+    request("PATCH", f"{_collection(obj)}/{meta['name']}", patch, content_type="application/merge-patch+json")
+    return "patched"

@@ -1,0 +1,249 @@
+"""Pure builders for the objects a monitor owns: the agent ConfigMap, ServiceAccount and DaemonSet.
+
+Each builder takes the validated `Monitor` and returns a plain dict, ready for the API or for
+`yaml.safe_dump`. Nothing here talks to a cluster; the handlers add owner references
+(`kopf.adopt`) and apply the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import yaml
+
+from xtrace_agent import config as agent_config
+from xtrace_operator.model import Monitor
+
+CONFIG_PATH = "/etc/xtrace"
+CONFIG_FILE = "agent.yaml"
+SECRETS_PATH = "/etc/xtrace/secrets"
+HOST_SYS = "/host/sys"
+SPOOL_MOUNT = "/var/lib/xtrace/spool"
+HASH_ANNOTATION = "xtrace.io/config-hash"
+CAPABILITIES = ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_RESOURCE"]
+
+NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+AGENT = "xtrace-agent"
+OPERATOR = "xtrace-operator"
+# What the operator watches: every object it creates carries both.
+OWNED = {NAME_LABEL: AGENT, MANAGED_BY_LABEL: OPERATOR}
+
+
+def child_name(monitor: Monitor) -> str:
+    return f"xtrace-{monitor.name}"
+
+
+def selector_labels(monitor: Monitor) -> dict[str, str]:
+    """The DaemonSet's pod selector: immutable, so it holds only what never changes."""
+    return {NAME_LABEL: AGENT, INSTANCE_LABEL: monitor.name}
+
+
+def labels(monitor: Monitor) -> dict[str, str]:
+    return {
+        **selector_labels(monitor),
+        "app.kubernetes.io/component": "agent",
+        "app.kubernetes.io/part-of": "xtrace",
+        MANAGED_BY_LABEL: OPERATOR,
+        "xtrace.io/mode": monitor.mode,
+    }
+
+
+def _metadata(monitor: Monitor) -> dict[str, Any]:
+    return {"name": child_name(monitor), "namespace": monitor.namespace, "labels": labels(monitor)}
+
+
+def spool_host_path(monitor: Monitor) -> str | None:
+    vm = monitor.victoria_metrics
+    if vm is None or vm.spool_max_bytes == 0:
+        return None
+    return f"{vm.spool_host_path.rstrip('/')}/{monitor.namespace}-{monitor.name}"
+
+
+def _secret_dir(kind: str) -> str:
+    return f"{SECRETS_PATH}/{kind}"
+
+
+def agent_config_of(monitor: Monitor) -> agent_config.AgentConfig:
+    """The agent's configuration for this monitor; secrets appear only as file paths."""
+    targets: list[agent_config.RemoteWriteTarget] = []
+    vm = monitor.victoria_metrics
+    if vm is not None:
+        basic = None
+        if vm.basic is not None:
+            d = _secret_dir("basic")
+            basic = agent_config.BasicAuth(
+                username=vm.basic.username or "",
+                username_file=None if vm.basic.username else f"{d}/{vm.basic.username_key}",
+                password_file=f"{d}/{vm.basic.password_key}")
+        bearer = f"{_secret_dir('bearer')}/{vm.bearer.key}" if vm.bearer else None
+        ca = f"{_secret_dir('ca')}/{vm.ca.key}" if vm.ca else None
+        for i, url in enumerate(vm.urls):
+            targets.append(agent_config.RemoteWriteTarget(
+                url=url, name="victoriametrics" if len(vm.urls) == 1 else f"victoriametrics-{i}",
+                basic_auth=basic, bearer_token_file=bearer, ca_file=ca,
+                insecure_skip_verify=vm.insecure_skip_verify, headers=dict(vm.headers)))
+    x = monitor.xdp
+    spool = spool_host_path(monitor)
+    return agent_config.AgentConfig(
+        mode=monitor.mode, interfaces=monitor.interfaces, devices=monitor.devices,
+        interval=float(monitor.interval), output=monitor.output,
+        sysfs=HOST_SYS, monitor=monitor.name, namespace=monitor.namespace,
+        labels=dict(vm.extra_labels) if vm else {},
+        xdp=agent_config.XdpConfig(attach_mode=x.attach_mode, flow_table_size=x.flow_table_size,
+                                   sampling=x.sampling, idle_timeout=float(x.idle_timeout),
+                                   max_flows=x.max_flows),
+        remote_write=tuple(targets),
+        queue_samples=vm.queue_samples if vm else agent_config.DEFAULT_QUEUE_SAMPLES,
+        spool=agent_config.SpoolConfig(path=SPOOL_MOUNT if spool else None,
+                                       max_bytes=vm.spool_max_bytes if vm else agent_config.DEFAULT_SPOOL_BYTES),
+        http_listen=f"0.0.0.0:{monitor.port}",
+        max_push_age=float(vm.max_push_age) if vm else agent_config.DEFAULT_MAX_PUSH_AGE,
+    )
+
+
+def agent_yaml(monitor: Monitor) -> str:
+    return yaml.safe_dump(agent_config.to_dict(agent_config_of(monitor)), sort_keys=False)
+
+
+def configmap(monitor: Monitor) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(monitor),
+            "data": {CONFIG_FILE: agent_yaml(monitor)}}
+
+
+def serviceaccount(monitor: Monitor) -> dict[str, Any]:
+    # The agent calls no API: no token in its pods.
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(monitor),
+            "automountServiceAccountToken": False}
+
+
+def config_hash(monitor: Monitor) -> str:
+    """What rolls the agents: the config file plus everything mounted beside it (secret refs)."""
+    vm = monitor.victoria_metrics
+    mounts = _secret_volumes(monitor) if vm else []
+    blob = json.dumps({"config": agent_yaml(monitor), "secrets": mounts}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _secret_volumes(monitor: Monitor) -> list[dict[str, Any]]:
+    vm = monitor.victoria_metrics
+    if vm is None:
+        return []
+    out = []
+    if vm.basic is not None:
+        keys = [vm.basic.password_key] + ([] if vm.basic.username else [vm.basic.username_key])
+        out.append(("basic", vm.basic.secret, keys))
+    if vm.bearer is not None:
+        out.append(("bearer", vm.bearer.name, [vm.bearer.key]))
+    if vm.ca is not None:
+        out.append(("ca", vm.ca.name, [vm.ca.key]))
+    return [{"name": f"secret-{kind}",
+             "secret": {"secretName": secret, "defaultMode": 0o400,
+                        "items": [{"key": k, "path": k} for k in dict.fromkeys(keys)]}}
+            for kind, secret, keys in out]
+
+
+def _host(name: str, path: str, kind: str = "Directory") -> dict[str, Any]:
+    return {"name": name, "hostPath": {"path": path, "type": kind}}
+
+
+def daemonset(monitor: Monitor, hash_: str | None = None) -> dict[str, Any]:
+    """The agent DaemonSet: one pod per selected node, on the host network, rolled by config hash."""
+    hash_ = hash_ or config_hash(monitor)
+    volumes = [
+        {"name": "config", "configMap": {"name": child_name(monitor)}},
+        _host("host-sys", "/sys"),
+        # BCC resolves kernel headers through /lib/modules/$(uname -r)/build -> /usr/src/...:
+        # mounted at the same paths so the symlinks resolve inside the container.
+        _host("lib-modules", "/lib/modules"),
+        _host("usr-src", "/usr/src"),
+        _host("bpffs", "/sys/fs/bpf"),
+        # The root filesystem is read-only; BCC and Python still need a scratch directory.
+        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+        *_secret_volumes(monitor),
+    ]
+    mounts = [
+        {"name": "config", "mountPath": CONFIG_PATH, "readOnly": True},
+        {"name": "host-sys", "mountPath": HOST_SYS, "readOnly": True},
+        {"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True},
+        {"name": "usr-src", "mountPath": "/usr/src", "readOnly": True},
+        {"name": "bpffs", "mountPath": "/sys/fs/bpf", "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        *({"name": v["name"], "mountPath": _secret_dir(v["name"].removeprefix("secret-")), "readOnly": True}
+          for v in _secret_volumes(monitor)),
+    ]
+    spool = spool_host_path(monitor)
+    if spool:
+        volumes.append(_host("spool", spool, "DirectoryOrCreate"))
+        mounts.append({"name": "spool", "mountPath": SPOOL_MOUNT})
+    if monitor.privileged:
+        security: dict[str, Any] = {"privileged": True}
+    else:
+        security = {"privileged": False, "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"], "add": list(CAPABILITIES)}}
+    security["readOnlyRootFilesystem"] = True
+
+    def probe(path: str, period: int, failures: int) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": monitor.port, "scheme": "HTTP"},
+                "periodSeconds": period, "timeoutSeconds": 3, "failureThreshold": failures}
+
+    container = {
+        "name": "agent",
+        "image": monitor.image,
+        "imagePullPolicy": monitor.image_pull_policy,
+        "args": ["--config", f"{CONFIG_PATH}/{CONFIG_FILE}"],
+        "env": [
+            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "PYTHONUNBUFFERED", "value": "1"},
+        ],
+        "ports": [{"name": "metrics", "containerPort": monitor.port, "protocol": "TCP"}],
+        "resources": monitor.resources,
+        "securityContext": security,
+        "volumeMounts": mounts,
+        # BCC compiles the program at start-up (several seconds): liveness waits for it.
+        "startupProbe": probe("/healthz", 5, 24),
+        "livenessProbe": probe("/healthz", 10, 3),
+        "readinessProbe": probe("/readyz", 5, 2),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": child_name(monitor),
+        "automountServiceAccountToken": False,
+        "hostNetwork": True,
+        "dnsPolicy": "ClusterFirstWithHostNet",
+        # The agent detaches XDP and flushes its queue on SIGTERM; this bounds how long it may take.
+        "terminationGracePeriodSeconds": monitor.termination_grace_period,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if monitor.node_selector:
+        pod_spec["nodeSelector"] = dict(monitor.node_selector)
+    if monitor.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in monitor.tolerations]
+    if monitor.priority_class_name:
+        pod_spec["priorityClassName"] = monitor.priority_class_name
+    if monitor.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in monitor.image_pull_secrets]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {**_metadata(monitor), "annotations": {HASH_ANNOTATION: hash_}},
+        "spec": {
+            "selector": {"matchLabels": selector_labels(monitor)},
+            # One node at a time by default behaviour would take hours on 1000 nodes; 10% keeps
+            # most of the fleet observed during a rollout.
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}},
+            "template": {
+                "metadata": {"labels": labels(monitor), "annotations": {HASH_ANNOTATION: hash_}},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def objects(monitor: Monitor) -> list[dict[str, Any]]:
+    """Every object the operator creates for a monitor, in apply order."""
+    return [serviceaccount(monitor), configmap(monitor), daemonset(monitor)]

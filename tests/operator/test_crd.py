@@ -1,0 +1,137 @@
+"""The CRD: a valid apiextensions object whose schema and CEL rules admit the samples and refuse mistakes.
+
+The API server's admission (defaulting, structural schema, CEL) is emulated by tests/operator/schema.py;
+the operator's own validation (model.py) must agree with it on every case here.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import kubernetes_validate
+import pytest
+
+from tests.operator.schema import admit
+from xtrace_operator import model
+
+K8S_VERSION = "1.33"
+
+
+def monitor(spec: dict, name: str = "m") -> dict:
+    return {"apiVersion": "xtrace.io/v1alpha1", "kind": "XTraceMonitor",
+            "metadata": {"name": name, "namespace": "ns"}, "spec": spec}
+
+
+def test_crd_is_a_valid_customresourcedefinition(crd):
+    kubernetes_validate.validate(crd, K8S_VERSION, strict=True)
+    version = crd["spec"]["versions"][0]
+    assert crd["spec"]["names"]["shortNames"] == ["xtm"] and crd["spec"]["scope"] == "Namespaced"
+    assert version["subresources"] == {"status": {}}
+    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert columns == ["Mode", "Ready", "Desired", "Reason", "Age"]
+
+
+def test_printer_columns_point_at_schema_fields(crd):
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for column in crd["spec"]["versions"][0]["additionalPrinterColumns"]:
+        if column["jsonPath"].startswith(".metadata."):
+            continue  # ObjectMeta: not part of the CRD's schema
+        node = schema
+        for part in column["jsonPath"].lstrip(".").split("."):
+            node = (node.get("properties") or {}).get(part)
+            assert node is not None, column["jsonPath"]
+
+
+def test_samples_are_admitted(crd, sample):
+    stored, errors = admit(crd, sample)
+    assert errors == []
+    assert stored["spec"]["interval"] > 0 and stored["spec"]["image"]
+    model.from_body(stored)
+
+
+def test_defaults_mirror_the_model(crd):
+    """Defaults applied by the API server and by the model give the same monitor."""
+    specs = [
+        {"interfaces": ["eth0"], "xdp": {}},
+        {"mode": "rdma", "victoriaMetrics": {"url": "http://vm:8428", "spool": {},
+                                             "auth": {"basic": {"secretName": "s"}},
+                                             "tls": {"caSecret": {"name": "ca"}}}},
+        {"mode": "nccl", "victoriaMetrics": {"url": "http://vm:8428", "auth": {"bearer": {"secretName": "t"}}}},
+        {"interfaces": ["eth0"], "tolerations": [{"key": "k", "value": "v"}]},
+    ]
+    for spec in specs:
+        stored, errors = admit(crd, monitor(spec))
+        assert errors == []
+        assert model.from_body(stored) == model.from_body(monitor(spec)), spec
+
+
+INVALID = [
+    # (spec, message from the API server, message from the operator)
+    ({"mode": "xdp"}, "xdp mode needs at least one interface", "xdp mode needs at least one interface"),
+    ({"mode": "xdp", "interfaces": []}, "xdp mode needs at least one interface", "needs at least one interface"),
+    ({"mode": "rdma", "interfaces": ["eth0"]}, "spec.interfaces: rdma and nccl modes read RDMA devices",
+     "spec.interfaces: rdma mode reads RDMA devices"),
+    ({"mode": "nccl", "interfaces": ["ib0"]}, "use spec.devices", "use spec.devices"),
+    ({"interfaces": ["eth0"], "devices": ["mlx5_0"]}, "only rdma and nccl modes read RDMA devices",
+     "only rdma and nccl modes read RDMA devices"),
+    ({"mode": "rdma", "xdp": {"sampling": 2}}, "spec.xdp: only valid in xdp mode", "spec.xdp: only valid in xdp mode"),
+    ({"mode": "tcp"}, "spec.mode", "spec.mode: must be one of"),
+    ({"interfaces": ["eth 0"]}, "spec.interfaces.0", "spec.interfaces[0]"),
+    ({"interfaces": ["eth0"], "interval": 0}, "spec.interval", "spec.interval: must be between"),
+    ({"interfaces": ["eth0"], "xdp": {"sampling": 0}}, "spec.xdp.sampling", "spec.xdp.sampling"),
+    ({"interfaces": ["eth0"], "xdp": {"flowTableSize": 100}}, "spec.xdp.flowTableSize", "spec.xdp.flowTableSize"),
+    ({"interfaces": ["eth0"], "xdp": {"attachMode": "offload"}}, "spec.xdp.attachMode", "spec.xdp.attachMode"),
+    ({"interfaces": ["eth0"], "port": 80}, "spec.port", "spec.port"),
+    ({"interfaces": ["eth0"], "bogus": 1}, "'bogus' was unexpected", "spec.bogus: unknown field"),
+    ({"interfaces": ["eth0"], "victoriaMetrics": {"url": "http://a", "auth": {
+        "basic": {"secretName": "b"}, "bearer": {"secretName": "t"}}}},
+     "set basic or bearer, not both", "set basic or bearer, not both"),
+    ({"interfaces": ["eth0"], "victoriaMetrics": {"url": "ftp://a"}}, "spec.victoriaMetrics.url",
+     "must be an http:// or https:// URL"),
+    ({"interfaces": ["eth0"], "victoriaMetrics": {}}, "set exactly one of url or urls", "set exactly one of url or urls"),
+    ({"interfaces": ["eth0"], "victoriaMetrics": {"url": "http://a", "urls": ["http://b"]}},
+     "set exactly one of url or urls", "set exactly one of url or urls"),
+    ({"interfaces": ["eth0"], "victoriaMetrics": {"url": "http://a", "tenant": "abc"}},
+     "spec.victoriaMetrics.tenant", "spec.victoriaMetrics.tenant"),
+    ({"interfaces": ["eth0"], "victoriaMetrics": {"url": "http://a", "headers": {"Authorization": "Bearer x"}}},
+     "Authorization must not be set here", "Authorization must not be set here"),
+    ({"interfaces": ["eth0"], "victoriaMetrics": {"url": "http://a", "extraLabels": {"__name__": "x"}}},
+     "keys must be Prometheus label names", "not a valid Prometheus label name"),
+    ({"interfaces": ["eth0"], "tolerations": [{"operator": "Equal", "value": "x"}]},
+     "without a key, operator must be Exists", "without a key, operator must be Exists"),
+    ({"interfaces": ["eth0"], "imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy", "spec.imagePullPolicy"),
+    ({"interfaces": ["eth0"], "resources": {"limits": {"memory": "lots"}}}, "spec.resources.limits.memory",
+     "is not a quantity"),
+]
+
+
+@pytest.mark.parametrize("spec,server_says,operator_says", INVALID, ids=[str(i) for i in range(len(INVALID))])
+def test_invalid_specs_are_refused_by_both(crd, spec, server_says, operator_says):
+    _, errors = admit(crd, monitor(spec))
+    assert errors, "the API server would have admitted it"
+    assert any(server_says in e for e in errors), errors
+    with pytest.raises(model.InvalidSpec, match=None) as exc:
+        model.from_body(monitor(spec))
+    assert operator_says in str(exc.value)
+
+
+def test_long_names_are_refused(crd):
+    name = "a" * 57
+    _, errors = admit(crd, monitor({"interfaces": ["eth0"]}, name=name))
+    assert any("at most 56 characters" in e for e in errors)
+    with pytest.raises(model.InvalidSpec, match="metadata.name"):
+        model.from_body(monitor({"interfaces": ["eth0"]}, name=name))
+
+
+def test_every_spec_field_has_a_description_or_is_obvious(crd):
+    """Top-level spec fields are documented in the schema (kubectl explain shows them)."""
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    undocumented = [k for k, v in spec.items() if "description" not in v
+                    and k not in ("imagePullPolicy", "imagePullSecrets")]
+    assert undocumented == []
+
+
+def test_schema_admission_does_not_mutate_input(crd, sample):
+    before = copy.deepcopy(sample)
+    admit(crd, sample)
+    assert sample == before
