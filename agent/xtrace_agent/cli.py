@@ -72,7 +72,7 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds between reports (default 5; fractions allowed)")
     p.add_argument("--count", type=_positive_int, default=None, metavar="N",
                    help="exit after N reports (every sink flushed first)")
-    p.add_argument("--output", choices=config_mod.OUTPUTS, default=None, help="stdout format: text (default) or json")
+    p.add_argument("--output", choices=config_mod.OUTPUTS, default=None, help="stdout format: text (default), json, or none")
     p.add_argument("--sysfs", default=None, metavar="PATH", help="sysfs root for rdma/nccl (default /sys)")
     p.add_argument("--remote-write-url", action="append", default=None, metavar="URL",
                    help="Prometheus remote-write URL (VictoriaMetrics /api/v1/write); repeatable")
@@ -161,7 +161,7 @@ def build_collector(cfg: AgentConfig, health: Health):
 
 
 def build_sinks(cfg: AgentConfig, health: Health) -> list:
-    sinks: list = [StdoutSink(cfg.output)]
+    sinks: list = [StdoutSink(cfg.output)] if cfg.output != "none" else []
     if cfg.remote_write:
         from xtrace_agent.sinks.remote_write import RemoteWriteSink
         sinks += [RemoteWriteSink(target, cfg, health) for target in cfg.remote_write]

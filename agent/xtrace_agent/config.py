@@ -20,7 +20,7 @@ from xtrace_agent.errors import UsageError
 
 MODES = ("xdp", "rdma", "nccl")
 ATTACH_MODES = ("auto", "native", "generic")
-OUTPUTS = ("text", "json")
+OUTPUTS = ("text", "json", "none")  # none: nothing on stdout (a DaemonSet's log stays small)
 
 # Defaults, with the reasoning that picked them (see README "Sizing").
 DEFAULT_INTERVAL = 5.0
