@@ -14,10 +14,13 @@ import struct
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
 from tests.helpers.netns import AGENT, VethPair, ip
+from tests.helpers.vm import free_port
 
 pytestmark = pytest.mark.kernel
 
@@ -48,7 +51,8 @@ class Agent:
     """A running xtrace-agent with JSON output, its reports collected by a reader thread."""
 
     def __init__(self, *args: str, env: dict | None = None):
-        self.proc = subprocess.Popen([AGENT, "--output", "json", "--http-listen", "", *args],
+        http = [] if any(a == "--config" for a in args) else ["--http-listen", ""]
+        self.proc = subprocess.Popen([AGENT, "--output", "json", *http, *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, **(env or {})})
         self.reports: list[dict] = []
@@ -244,19 +248,36 @@ def test_interface_recreated_under_running_agent(veth):
     assert agent.latest("xtrace_network_packets_total")[key] == 10, "counting goes on across the recreate"
 
 
+def readyz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 def test_config_file_waits_for_a_missing_interface(veth, tmp_path):
     missing = f"xl{veth.tag}"
+    port = free_port()
     cfg = tmp_path / "agent.yaml"
-    cfg.write_text(f"mode: xdp\ninterfaces: [{veth.dev_b}, {missing}]\ninterval: 0.3\nhttpListen: ''\n")
+    cfg.write_text(f"mode: xdp\ninterfaces: [{veth.dev_b}, {missing}]\ninterval: 0.3\n"
+                   f"httpListen: '127.0.0.1:{port}'\n")
     agent = Agent("--config", str(cfg))
     try:
         wait_for(lambda: xdp_prog(veth.dev_b), what="attach to the present interface")
         time.sleep(0.5)
         assert agent.proc.poll() is None
+        # reported: not ready, with the interface and the reason
+        code, body = readyz(port)
+        assert code == 503 and f"xdp:{missing}: interface not found" in body, body
         ip("link", "add", missing, "type", "veth", "peer", "name", f"xm{veth.tag}")
         try:
-            ip("link", "set", missing, "up")
             wait_for(lambda: xdp_prog(missing), timeout=5, what="attach once the interface appears")
+            code, body = readyz(port)  # attached, but its peer is down: still not ready, and why
+            assert code == 503 and f"xdp:{missing}: link down" in body, body
+            ip("link", "set", missing, "up")
+            ip("link", "set", f"xm{veth.tag}", "up")
+            wait_for(lambda: readyz(port)[0] == 200, timeout=5, what="ready once attached and up")
         finally:
             rc, err = agent.stop()
             ip("link", "del", missing, check=False)
@@ -326,3 +347,27 @@ def test_vlan_qinq_roce_and_malformed_frames(veth):
     assert iface_packets >= sum(n for _, n in sent)
     assert iface_bytes >= sum(len(f) * n for f, n in sent)
     assert not any(41004 == int(dict(k)["src_port"]) for k in packets), "malformed frames make no flow"
+
+
+def test_several_interfaces_at_once(veth):
+    second = VethPair(tag=veth.tag[:4] + "s2", n=(veth.n + 100) % 250 + 1)
+    second.create()
+    try:
+        agent = Agent("-i", f"{veth.dev_b},{second.dev_b}", "--interval", "0.3")
+        try:
+            wait_for(lambda: xdp_prog(veth.dev_b) and xdp_prog(second.dev_b), what="attach to both")
+            for pair, n in ((veth, 2), (second, 3)):
+                s = pair.socket("a", socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind((pair.ip4_a, 40031))
+                for _ in range(n):
+                    s.sendto(b"m" * 100, (pair.ip4_b, 9999))
+            time.sleep(0.6)
+        finally:
+            rc, err = agent.stop()
+        assert rc == 0, err
+        packets = agent.latest("xtrace_network_packets_total")
+        assert packets[flow_labels(veth.dev_b, veth.ip4_a, veth.ip4_b, 40031, 9999, 17)] == 2
+        assert packets[flow_labels(second.dev_b, second.ip4_a, second.ip4_b, 40031, 9999, 17)] == 3
+        assert xdp_prog(veth.dev_b) is None and xdp_prog(second.dev_b) is None
+    finally:
+        second.destroy()
