@@ -77,3 +77,21 @@ def test_budget_overflow_is_an_other_flow_and_counted():
 def test_ipv6_endpoints_are_bracketed():
     key = ("eth0", "fd00::1", "fd00::2", "5", "6", "17", "ethernet", None, None)
     assert text_line(key, 1, 2, with_interface=True) == "[fd00::1]:5 -> [fd00::2]:6 proto=17 packets=1 bytes=2 interface=eth0"
+
+
+def test_a_glob_that_matches_nothing_is_reported_not_ready():
+    from xtrace_agent.errors import UsageError
+
+    fake = FakeProgram()
+    cfg = AgentConfig(interfaces=("lo", "xtnomatch*"), from_file=True)
+    c = XdpCollector(cfg, Health(), program_loader=lambda _: fake)
+    c.start()
+    assert c.health.reasons() == {"xdp:xtnomatch*": "no interface matches"}
+    c.close()
+    strict = XdpCollector(AgentConfig(interfaces=("xtnomatch*",)), Health(), program_loader=lambda _: fake)
+    try:
+        strict.start()
+    except UsageError as e:
+        assert "no interface matches 'xtnomatch*'" in str(e)
+    else:
+        raise AssertionError("a glob matching nothing on the command line is a usage error")

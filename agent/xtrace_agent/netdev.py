@@ -57,12 +57,17 @@ def is_pattern(spec: str) -> bool:
     return any(c in spec for c in "*?[")
 
 
+def matching(spec: str, present: list[str]) -> list[str]:
+    """The names in `present` that a glob (or a plain name) selects."""
+    return [n for n in present if fnmatch.fnmatchcase(n, spec)]
+
+
 def expand(specs: tuple[str, ...] | list[str]) -> list[str]:
     """Names matching `specs` (plain names are kept even when absent, so callers can report them)."""
     present = names()
     out: list[str] = []
     for spec in specs:
-        matched = fnmatch.filter(present, spec) if is_pattern(spec) else [spec]
+        matched = matching(spec, present) if is_pattern(spec) else [spec]
         out.extend(n for n in matched if n not in out)
     return out
 

@@ -98,7 +98,12 @@ class XdpCollector:
         specs = self.cfg.interfaces
         if not self.cfg.from_file:
             # the command line, as in the old tool: a missing or down interface is the user's mistake
+            present = netdev.names()
             for name in specs:
+                if netdev.is_pattern(name):
+                    if not netdev.matching(name, present):
+                        raise UsageError(f"no interface matches {name!r} (found: {', '.join(present) or 'none'})")
+                    continue
                 li = netdev.link(name)
                 if li is None:
                     found = ", ".join(netdev.names()) or "none"
@@ -127,6 +132,12 @@ class XdpCollector:
         from xtrace_agent.xdp.program import AttachError
 
         wanted = netdev.expand(self.cfg.interfaces)
+        for spec in self.cfg.interfaces:
+            if netdev.is_pattern(spec):
+                if netdev.matching(spec, wanted):
+                    self._ok(spec, f"xdp:{spec}")
+                else:  # a glob that matches nothing (yet): not ready, so nobody believes it counts
+                    self._problem(spec, f"xdp:{spec}", "no interface matches")
         for name in wanted:
             li = netdev.link(name)
             component = f"xdp:{name}"
