@@ -5,7 +5,9 @@
 3. runs the real `xtrace-agent` with XDP on this machine's end of the veth, pushing by remote write,
 4. sends traffic from the test host (UDP/IPv4, UDP/IPv6, TCP, a VLAN-tagged frame, RoCEv2),
 5. prints the flows as the agent counts them, then queries VictoriaMetrics for what arrived,
-6. removes everything it made, whatever happened.
+6. runs the nccl mode on a sample sysfs tree (RDMA counters) into the same database,
+7. shows what the operator would create for a sample XTraceMonitor,
+8. removes everything it made, whatever happened.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 from tests import frames  # noqa: E402
 from tests.helpers.netns import AGENT, VethPair  # noqa: E402
@@ -111,7 +114,9 @@ def main() -> int:
             print(f"    {m.get('src_ip')} -> {dst}:{m.get('dst_port')} proto={m.get('protocol')} "
                   f"type={m.get('traffic_type')}: {series['value'][1]} packets")
         say(f"{len(result)} flows queryable in VictoriaMetrics; agent exit code {agent.returncode}")
-        return 0 if result and agent.returncode == 0 else 1
+        rdma_ok = rdma(vm)
+        operator_preview()
+        return 0 if result and agent.returncode == 0 and rdma_ok else 1
     finally:
         if agent and agent.poll() is None:
             agent.kill()
@@ -119,6 +124,33 @@ def main() -> int:
         shutil.rmtree(data_dir, ignore_errors=True)
         veth.destroy()
         say("cleaned up: namespace, veth and VictoriaMetrics removed")
+
+
+def rdma(vm: VictoriaMetrics) -> bool:
+    """nccl mode on the test suite's sysfs tree (mlx5 IB and RoCE, a bond, iWARP, a down port)."""
+    tree = os.path.join(ROOT, "tests", "fixtures", "sysfs")
+    say(f"RDMA: xtrace-agent -m nccl --sysfs {os.path.relpath(tree)} --count 1 (port + mlx5 hw counters)")
+    r = subprocess.run([AGENT, "-m", "nccl", "--sysfs", tree, "--count", "1", "--interval", "0.5",
+                        "--http-listen", "", "--remote-write-url", vm.write_url], capture_output=True, text=True)
+    for line in r.stdout.splitlines():
+        print("   ", line)
+    series = settled(vm, 'count({__name__=~"xtrace_rdma_.*", device!=""})')
+    count = series[0]["value"][1] if series else "0"
+    say(f"{count} RDMA series in VictoriaMetrics; agent exit code {r.returncode}")
+    return r.returncode == 0 and count != "0"
+
+
+def operator_preview() -> None:
+    """What the operator would create for a sample monitor (no cluster needed)."""
+    sample = os.path.join(ROOT, "deploy", "manifests", "samples", "xdp.yaml")
+    say(f"operator: xtrace-operator render -f {os.path.relpath(sample)}")
+    out = subprocess.run([os.path.join(os.path.dirname(AGENT), "xtrace-operator"), "render", "-f", sample],
+                         capture_output=True, text=True).stdout
+    for doc in out.split("\n---\n"):
+        kind = next((line.split(": ", 1)[1] for line in doc.splitlines() if line.startswith("kind:")), None)
+        name = next((line.split(": ", 1)[1] for line in doc.splitlines() if line.startswith("  name:")), None)
+        if kind:
+            print(f"    {kind}/{name}")
 
 
 def settled(vm: VictoriaMetrics, expr: str, timeout: float = 15.0) -> list[dict]:
