@@ -9,8 +9,9 @@ Guarantees (README "Reliability"):
 - `write()` never blocks and never does I/O. Past `cfg.queue_samples` queued samples the oldest
   are dropped and counted (`reason="queue_full"`).
 - 5xx, 429 (honouring Retry-After) and network errors: retried with exponential backoff and
-  jitter up to `max_backoff`. 401/403/404: kept and retried every `auth_retry` seconds with an
-  error line each time (credentials or the URL are fixable without losing data).
+  jitter up to `max_backoff`. 401/403/404 and an unverifiable TLS certificate: kept and retried
+  every `auth_retry` seconds with an error line each time (credentials, the URL or caFile are
+  fixable without losing data).
   400/409/415: the block is dropped with one error line and counted (`reason="rejected"`).
 - While the receiver is down, queued samples move to the spool every `spill_interval`
   seconds, grouped by series (one label set per series per block keeps the spool small). On
@@ -446,6 +447,10 @@ class RemoteWriteSink:
             status, text, retry_after, credential = self._post(body)
         except _AuthFileError as e:
             return self._retry(self.auth_retry, f"{e}: data stays queued", loud=True)
+        except ssl.SSLCertVerificationError as e:  # before OSError: a setting to fix, like a 401
+            return self._retry(self.auth_retry, f"cannot verify the TLS certificate of {redact(self.target.url)}: "
+                               f"{e.verify_message or e}: check caFile / insecureSkipVerify; data stays queued "
+                               f"and is retried every {self.auth_retry:g}s", loud=True)
         except (OSError, http.client.HTTPException) as e:
             return self._retry(self._backoff(), f"cannot reach {redact(self.target.url)}: {e or type(e).__name__}")
         if 200 <= status < 300:
