@@ -1,17 +1,22 @@
 """The `xtrace-operator` command: run the operator, or render a monitor's objects without a cluster.
 
-    xtrace-operator [run] [--namespace NS]... [--liveness URL] [--verbose]
+    xtrace-operator [run] [--namespace NS]... [--liveness URL] [--connect-timeout S] [--verbose]
     xtrace-operator render -f monitor.yaml [-f more.yaml]   (- reads stdin)
 
 `render` prints, as one YAML stream, every object the operator would create for each
 XTraceMonitor in the files (owner references aside: they need the live object's uid).
 Bad input is one line on stderr and exit code 2.
+
+`run` first waits (bounded) for the Kubernetes API to answer: without a configuration or an
+answer it exits 1 with one line, and the pod's restart backoff takes over. Left to itself, kopf
+would retry for about a minute and then die in a handful of tracebacks.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 import yaml
@@ -28,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
                             help="watch only this namespace (repeatable; default: all namespaces)")
         target.add_argument("--liveness", default=None, metavar="URL",
                             help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
+        target.add_argument("--connect-timeout", type=float, default=None, metavar="SECONDS",
+                            help="how long to wait at startup for the Kubernetes API (default 30)")
         target.add_argument("-v", "--verbose", action="store_true", default=None, help="log handler details")
     rend = sub.add_parser("render", help="print every object the operator would create for a monitor")
     rend.add_argument("-f", "--filename", action="append", required=True, metavar="FILE",
@@ -76,7 +83,57 @@ def render_files(paths: list[str]) -> str:
     return yaml.dump_all(out, Dumper=_Dumper, sort_keys=False)
 
 
+def _why(error: BaseException) -> str:
+    """The short reason behind a urllib3 connection error (it nests the OSError two levels down)."""
+    reason = getattr(error, "reason", None) or error
+    cause = reason.__cause__
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
+    return str(reason).split(": ", 1)[-1]
+
+
+def _reach_api(timeout: float) -> str | None:
+    """None once the Kubernetes API answers (any HTTP status), else the one line explaining why not.
+
+    The configuration is the one kopf's own login and the handlers' client use: in-cluster,
+    then KUBECONFIG / ~/.kube/config.
+    """
+    import kubernetes
+    import urllib3
+
+    from xtrace_operator import kube
+    try:
+        kube.configure()
+    except (kubernetes.config.ConfigException, OSError, yaml.YAMLError) as e:
+        return f"no Kubernetes configuration (not in a cluster, no usable kubeconfig): {e}"
+    cfg = kubernetes.client.Configuration.get_default_copy()
+    cfg.retries = 0  # the loop below is the retry, bounded by the deadline
+    version = kubernetes.client.VersionApi(kubernetes.client.ApiClient(cfg))
+    deadline = time.monotonic() + timeout
+    warned = False
+    while True:
+        try:
+            version.get_code(_request_timeout=(max(0.5, min(5.0, deadline - time.monotonic())), 10))
+            return None
+        except kubernetes.client.ApiException:
+            return None  # it answered: authentication and permissions are kopf's business
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            why = _why(e)
+        if time.monotonic() >= deadline:
+            return f"cannot reach the Kubernetes API at {cfg.host}: {why} (gave up after {timeout:g} s)"
+        if not warned:
+            print(f"xtrace-operator: waiting up to {timeout:g} s for the Kubernetes API at {cfg.host} ({why})",
+                  file=sys.stderr, flush=True)
+            warned = True
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
 def _run(args: argparse.Namespace) -> int:
+    problem = _reach_api(30.0 if args.connect_timeout is None else args.connect_timeout)
+    if problem:
+        print(f"xtrace-operator: {problem}", file=sys.stderr)
+        return 1
+
     import kopf
 
     import xtrace_operator.handlers  # noqa: F401  (registers the handlers)
