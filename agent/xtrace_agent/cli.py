@@ -19,6 +19,7 @@ import threading
 import time
 
 from xtrace_agent import config as config_mod
+from xtrace_agent import podstatus
 from xtrace_agent.config import AgentConfig, RemoteWriteTarget
 from xtrace_agent.errors import AgentFailure, UsageError
 from xtrace_agent.health import Health, describe
@@ -207,6 +208,9 @@ def run(cfg: AgentConfig, stop: threading.Event) -> int:
         server.start()  # first, so /healthz answers while the program compiles
     sinks = build_sinks(cfg, health) + ([server] if server else [])
     collector = build_collector(cfg, health)
+    reporter = podstatus.start(health)  # in a pod: readiness reason on the Pod's status, on change only
+    # not ready until the first report is out: compiling and attaching take a moment
+    health.not_ready("agent", "starting: no report yet")
     try:
         collector.start()
         reports = 0
@@ -223,11 +227,16 @@ def run(cfg: AgentConfig, stop: threading.Event) -> int:
             gc.collect(1)  # the interval's garbage is young: a cheap collection frees it
             reports += 1
             health.inc("xtrace_reports_total")
+            health.ready("agent")
+            if reporter:
+                reporter.observe()
             if stopped or (cfg.count and reports >= cfg.count):
                 break
             if next_tick < time.monotonic():  # a slow interval: skip ticks rather than burst
                 next_tick = time.monotonic() + cfg.interval
     finally:
+        if reporter:
+            reporter.close()
         collector.close()
         for sink in sinks:
             try:

@@ -1,4 +1,5 @@
-"""Pure builders for the objects a monitor owns: the agent ConfigMap, ServiceAccount and DaemonSet.
+"""Pure builders for the objects a monitor owns: the agent ServiceAccount, its Role and RoleBinding,
+the ConfigMap and the DaemonSet.
 
 Each builder takes the validated `Monitor` and returns a plain dict, ready for the API or for
 `yaml.safe_dump`. Nothing here talks to a cluster; the handlers add owner references
@@ -115,9 +116,30 @@ def configmap(monitor: Monitor) -> dict[str, Any]:
 
 
 def serviceaccount(monitor: Monitor) -> dict[str, Any]:
-    # The agent calls no API: no token in its pods.
+    # No token by default: only the agent pods, which say so in their spec, get one.
     return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _metadata(monitor),
             "automountServiceAccountToken": False}
+
+
+RBAC_API = "rbac.authorization.k8s.io"
+
+
+def role(monitor: Monitor) -> dict[str, Any]:
+    """The agents' only permission: write the AgentReady condition on their own pod's status.
+
+    Only `patch` on `pods/status` in the monitor's namespace. It cannot be narrowed to the agents'
+    own pods with resourceNames: the DaemonSet controller generates pod names (xtrace-NAME-x7k2p)
+    only when it creates the pods. The agent patches nothing but its own pod (POD_NAME from the
+    downward API); docs/operator.md shows an admission policy that enforces it.
+    """
+    return {"apiVersion": f"{RBAC_API}/v1", "kind": "Role", "metadata": _metadata(monitor),
+            "rules": [{"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]}]}
+
+
+def rolebinding(monitor: Monitor) -> dict[str, Any]:
+    return {"apiVersion": f"{RBAC_API}/v1", "kind": "RoleBinding", "metadata": _metadata(monitor),
+            "roleRef": {"apiGroup": RBAC_API, "kind": "Role", "name": child_name(monitor)},
+            "subjects": [{"kind": "ServiceAccount", "name": child_name(monitor), "namespace": monitor.namespace}]}
 
 
 def config_hash(monitor: Monitor) -> str:
@@ -197,6 +219,9 @@ def daemonset(monitor: Monitor, hash_: str | None = None) -> dict[str, Any]:
         "args": ["--config", f"{CONFIG_PATH}/{CONFIG_FILE}"],
         "env": [
             {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            # Where the agent writes its readiness reason (xtrace.io/AgentReady): its own pod.
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
         ],
         "ports": [{"name": "metrics", "containerPort": monitor.port, "protocol": "TCP"}],
@@ -211,7 +236,12 @@ def daemonset(monitor: Monitor, hash_: str | None = None) -> dict[str, Any]:
     }
     pod_spec: dict[str, Any] = {
         "serviceAccountName": child_name(monitor),
-        "automountServiceAccountToken": False,
+        # The token lets the agent patch its pod's status (and nothing else: see role()). It is the
+        # kubelet-rotated projected token; the agent re-reads it on every write.
+        # No readinessGates on AgentReady: the probe on /readyz already says the same thing, and a
+        # gate would tie readiness to the API server (an agent that cannot write its condition
+        # would stay unready, or stuck at its last value, while it monitors fine).
+        "automountServiceAccountToken": True,
         "hostNetwork": True,
         "dnsPolicy": "ClusterFirstWithHostNet",
         # The agent detaches XDP and flushes its queue on SIGTERM; this bounds how long it may take.
@@ -245,5 +275,5 @@ def daemonset(monitor: Monitor, hash_: str | None = None) -> dict[str, Any]:
 
 
 def objects(monitor: Monitor) -> list[dict[str, Any]]:
-    """Every object the operator creates for a monitor, in apply order."""
-    return [serviceaccount(monitor), configmap(monitor), daemonset(monitor)]
+    """Every object the operator creates for a monitor, in apply order (permissions before pods)."""
+    return [serviceaccount(monitor), role(monitor), rolebinding(monitor), configmap(monitor), daemonset(monitor)]

@@ -11,7 +11,11 @@ from __future__ import annotations
 import datetime
 from typing import Any, NamedTuple
 
+# One name on both sides: the condition each agent writes on its own pod.
+from xtrace_agent.podstatus import CONDITION_TYPE as AGENT_CONDITION
+
 CONDITION_TYPES = ("Ready", "Degraded", "InvalidSpec", "Conflict")
+MAX_AGENT_REASON = 512
 MAX_LISTED_NODES = 20  # keeps the status object small on a large broken fleet; notReadyCount has the total
 
 
@@ -52,10 +56,21 @@ def pod_problem(pod_spec: dict[str, Any], pod_status: dict[str, Any]) -> tuple[s
                 message = detail.get("message") or last.get("message") or ""
                 return node, f"{reason}: {_first_line(message)}" if message else reason
         if "running" in state and not cs.get("ready"):
-            # The readiness probe on /readyz fails: the agent says why in its log and /readyz body.
+            # The readiness probe on /readyz fails. The agent says why on its pod, written only when
+            # it changes; before its first write (or without RBAC for it) only the log says why.
+            agent = conditions.get(AGENT_CONDITION) or {}
+            if agent.get("status") == "False":
+                return node, _agent_reason(agent)
             return node, "AgentNotReady: /readyz failing (see the agent log)"
     phase = pod_status.get("phase") or "Pending"
     return node, f"Pod{phase}" if phase != "Running" else "Starting"
+
+
+def _agent_reason(cond: dict[str, Any]) -> str:
+    reason = cond.get("reason") or "AgentNotReady"
+    message = " ".join(str(cond.get("message") or "").split())
+    text = f"{reason}: {message}" if message else reason
+    return text if len(text) <= MAX_AGENT_REASON else text[: MAX_AGENT_REASON - 1] + "…"
 
 
 def _first_line(text: str, limit: int = 160) -> str:
@@ -102,7 +117,7 @@ def compute(*, generation: int, invalid: str | None, conflict: str | None, count
     listed = [{"node": n, "reason": r} for n, r in problems[:MAX_LISTED_NODES]]
     degraded_msg = ""
     if degraded:
-        shown = ", ".join(f"{p['node']} ({p['reason']})" for p in listed[:5])
+        shown = ", ".join(f"{p['node']} ({_first_line(p['reason'], 120)})" for p in listed[:5])
         more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
         degraded_msg = f"{desired - ready} of {desired} agents not ready" + (f": {shown}{more}" if shown else "")
     conditions = [

@@ -22,7 +22,7 @@ def test_render_every_sample():
     proc = run("render", *[a for p in SAMPLES for a in ("-f", str(p))])
     assert proc.returncode == 0, proc.stderr
     docs = list(yaml.safe_load_all(proc.stdout))
-    assert len(docs) == 3 * len(SAMPLES)
+    assert len(docs) == 5 * len(SAMPLES)  # ServiceAccount, Role, RoleBinding, ConfigMap, DaemonSet
     for doc in docs:
         kubernetes_validate.validate(doc, "1.33", strict=True)
     assert "agent.yaml: |" in proc.stdout  # the config is readable in a review

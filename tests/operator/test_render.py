@@ -59,7 +59,7 @@ def _validate(objs):
 @pytest.mark.parametrize("path", SAMPLES, ids=[p.stem for p in SAMPLES])
 def test_samples_render_valid_objects(path):
     objs = render.objects(model.from_body(load_sample(path)))
-    assert [o["kind"] for o in objs] == ["ServiceAccount", "ConfigMap", "DaemonSet"]
+    assert [o["kind"] for o in objs] == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "DaemonSet"]
     _validate(objs)
 
 
@@ -77,7 +77,7 @@ def test_daemonset_has_what_the_agent_needs():
     pod = _pod({**BASE, "victoriaMetrics": {"url": "http://vm"}})
     (c,) = pod["containers"]
     assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
-    assert pod["automountServiceAccountToken"] is False
+    assert pod["automountServiceAccountToken"] is True  # for the AgentReady condition (test_agent_report.py)
     assert c["args"] == ["--config", "/etc/xtrace/agent.yaml"]
     assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in c["env"]
     assert sorted(c["securityContext"]["capabilities"]["add"]) == sorted(render.CAPABILITIES)
