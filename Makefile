@@ -33,5 +33,11 @@ lint: setup
 demo: setup
 	$(PY) tools/demo.py
 
+# Opt-in, not part of `make test`: builds Dockerfile.agent and Dockerfile.operator with podman (no
+# registry) and runs both images for real; caches under /var/cache/xtrace-image-test.
+.PHONY: image-test
+image-test: setup
+	bash tools/image_test.sh $(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
