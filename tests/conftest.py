@@ -13,6 +13,9 @@ pytest_plugins = ["tests.helpers.vm", "tests.helpers.netns", "tests.helpers.bpf"
 
 REQUIRE_BPF = os.environ.get("XTRACE_REQUIRE_BPF") == "1"
 
+# Image tests build with podman (minutes, apt and a debootstrap): only `make image-test` runs them.
+collect_ignore = [] if os.environ.get("XTRACE_IMAGE_TESTS") == "1" else ["image"]
+
 
 def need(condition: bool, why: str) -> None:
     """Skip (or fail, under XTRACE_REQUIRE_BPF=1) when a kernel prerequisite is missing."""
