@@ -6,7 +6,6 @@ LLVM stays resident after the compile; NetObserv's agent runs at about 110 MiB p
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -16,15 +15,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.helpers.netns import AGENT, VethPair  # noqa: E402
+from tests.helpers.netns import AGENT, VethPair, xdp_prog  # noqa: E402
 
 FLOW_COUNTS = (2000, 20000)  # 20,000 = the default per-node series budget (xdp.maxFlows)
 INTERVAL = 1.0
-
-
-def attached(dev: str) -> bool:
-    out = subprocess.run(["ip", "-d", "-j", "link", "show", "dev", dev], capture_output=True, text=True).stdout
-    return bool(out and json.loads(out)[0].get("xdp"))
 
 
 def status_kib(pid: int, field: str) -> int:
@@ -44,7 +38,7 @@ def measure(flows: int) -> tuple[float, float, float]:
         began = time.monotonic()
         agent = subprocess.Popen([AGENT, "-i", veth.dev_b, "--interval", str(INTERVAL), "--http-listen", "",
                                   "--output", "json"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        while not attached(veth.dev_b):
+        while not xdp_prog(veth.dev_b):
             if agent.poll() is not None:
                 raise SystemExit(f"agent failed: {agent.stderr.read().decode()}")
             time.sleep(0.01)

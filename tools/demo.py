@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tests import frames  # noqa: E402
-from tests.helpers.netns import AGENT, VethPair  # noqa: E402
+from tests.helpers.netns import AGENT, VethPair, xdp_prog  # noqa: E402
 from tests.helpers.vm import VictoriaMetrics, free_port  # noqa: E402
 
 INTERVAL = 1.0
@@ -96,7 +96,7 @@ def main() -> int:
                                    daemon=True)
         printer.start()
         deadline = time.monotonic() + 60
-        while not _attached(veth.dev_b):
+        while not xdp_prog(veth.dev_b):
             if agent.poll() is not None or time.monotonic() > deadline:
                 print("the agent did not attach; see its error above", file=sys.stderr)
                 return 1
@@ -166,9 +166,6 @@ def settled(vm: VictoriaMetrics, expr: str, timeout: float = 15.0) -> list[dict]
         time.sleep(1.0)
 
 
-def _attached(dev: str) -> bool:
-    out = subprocess.run(["ip", "-d", "-j", "link", "show", "dev", dev], capture_output=True, text=True).stdout
-    return bool(out and json.loads(out)[0].get("xdp"))
 
 
 if __name__ == "__main__":

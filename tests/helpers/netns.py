@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -35,6 +36,25 @@ AGENT = os.path.join(os.path.dirname(sys.executable), "xtrace-agent")
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def xdp_prog(dev: str, netns: str | None = None) -> dict | None:
+    """The XDP program attached to `dev` ({'id', 'name', ...}), or None: what `ip -d -j link show` says."""
+    out = ip(*(["-n", netns] if netns else []), "-d", "-j", "link", "show", "dev", dev, check=False).stdout
+    if not out:
+        return None
+    return (json.loads(out)[0].get("xdp") or {}).get("prog")
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    """Poll `predicate` until it returns something true (returned), or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def run_in_netns(ns: str, fn, *args):

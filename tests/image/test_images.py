@@ -13,14 +13,13 @@ import os
 import random
 import socket
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers.netns import VethPair, ip
+from tests.helpers.netns import VethPair, wait_for, xdp_prog
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("XTRACE_IMAGE_TESTS") != "1",
@@ -37,25 +36,6 @@ ATTACH_TIMEOUT = 120.0
 
 def podman(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(["podman", *args], capture_output=True, text=True, **kwargs)
-
-
-def xdp_prog(dev: str, netns: str | None = None) -> dict | None:
-    """The XDP program attached to `dev` ({'id', 'name', ...}), or None; what `ip -d -j link show` says."""
-    args = (["-n", netns] if netns else []) + ["-d", "-j", "link", "show", "dev", dev]
-    out = ip(*args, check=False).stdout
-    if not out:
-        return None
-    return (json.loads(out)[0].get("xdp") or {}).get("prog")
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture

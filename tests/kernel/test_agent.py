@@ -19,32 +19,13 @@ import urllib.request
 
 import pytest
 
-from tests.helpers.netns import AGENT, VethPair, ip
+from tests.helpers.netns import AGENT, VethPair, ip, wait_for, xdp_prog
 from tests.helpers.vm import free_port
 
 pytestmark = pytest.mark.kernel
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
-
-
-def xdp_prog(dev: str) -> dict | None:
-    """The XDP program attached to `dev` in this namespace ({'id', 'name'}), or None."""
-    out = ip("-d", "-j", "link", "show", "dev", dev, check=False).stdout
-    if not out:
-        return None
-    xdp = json.loads(out)[0].get("xdp") or {}
-    return xdp.get("prog")
-
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Agent:
