@@ -132,6 +132,7 @@ class XdpCollector:
         from xtrace_agent.xdp.program import AttachError
 
         wanted = netdev.expand(self.cfg.interfaces)
+        live = self.program.attached()  # one kernel query per link, once per interval
         for spec in self.cfg.interfaces:
             if netdev.is_pattern(spec):
                 if netdev.matching(spec, wanted):
@@ -147,7 +148,7 @@ class XdpCollector:
                     del self._attached[name]
                 self._problem(name, component, "interface not found")
                 continue
-            if self._attached.get(name) == li.ifindex and li.ifindex in self.program.attached():
+            if self._attached.get(name) == li.ifindex and li.ifindex in live:
                 if li.is_down:
                     self._problem(name, component, "link down")
                 else:
