@@ -46,6 +46,7 @@ describe("xtrace_collector_duration_seconds", "gauge", "Time the last collection
 # A flow's identity in what we export: the label values (so a recreated interface, with a new
 # ifindex, continues the same series). Ports and protocol stay ints until they become labels.
 FlowLabels = tuple  # (interface, src_ip, dst_ip, src_port, dst_port, protocol, traffic_type, opcode, qp)
+_NO_BTH = (None, None)  # the BTH fields mean nothing outside RoCE: kept out of other flows' identity
 LABEL_NAMES = ("interface", "src_ip", "dst_ip", "src_port", "dst_port", "protocol", "traffic_type")
 
 
@@ -197,17 +198,21 @@ class XdpCollector:
     def collect(self, now: float) -> Report:
         began = time.monotonic()
         drained = self.program.drain()
-        deltas = {self._key(fk): counts for fk, counts in drained.flows.items()}
-        if len(deltas) < len(drained.flows):
+        flows = drained.flows
+        # one comprehension, no call per flow: at 100k flows every Python call costs ~5 ms
+        ifaces = {i: (self._iface_name(i),) for i in {fk[0] for fk in flows}}
+        deltas = {ifaces[fk[0]] + fk[1:7] + (fk[7:] if fk[6] == "roce" else _NO_BTH): c for fk, c in flows.items()}
+        if len(deltas) < len(flows):
             # two ifindexes under one name (a link recreated within the interval): add them up
             deltas = {}
-            for fk, (p, b) in drained.flows.items():
-                old = deltas.get(key := self._key(fk), (0, 0))
+            for fk, (p, b) in flows.items():
+                key = ifaces[fk[0]] + fk[1:7] + (fk[7:] if fk[6] == "roce" else _NO_BTH)
+                old = deltas.get(key, (0, 0))
                 deltas[key] = (old[0] + p, old[1] + b)
         self.flows.add(deltas, now)
         self.flows.expire(now)
         for ifindex, (p, b) in drained.interfaces.items():
-            self.ifaces.add(self._names.get(ifindex, f"ifindex{ifindex}"), p, b)
+            self.ifaces.add(self._iface_name(ifindex), p, b)
         for stat, value in drained.stats.items():
             self.stats.add(stat, value)
         # attach after the drain, so what a vanished link counted was read under its old name
@@ -216,11 +221,8 @@ class XdpCollector:
         self.health.set("xtrace_collector_duration_seconds", time.monotonic() - began, {"collector": "xdp"})
         return report
 
-    def _key(self, fk) -> FlowLabels:
-        iface = self._names.get(fk.ifindex) or f"ifindex{fk.ifindex}"
-        if fk.traffic_type == "roce":
-            return (iface, *fk[1:])
-        return (iface, *fk[1:7], None, None)  # BTH fields mean nothing outside RoCE
+    def _iface_name(self, ifindex: int) -> str:
+        return self._names.get(ifindex) or f"ifindex{ifindex}"
 
     def _report(self, now: float) -> Report:
         samples: list[Sample] = []
