@@ -8,7 +8,7 @@ nobody on this team wrote, many malformed on purpose. This tool:
 1. computes the ground truth with its own parser, written from the rules in SOURCE.md and sharing
    no code with the agent: per frame, the flow key it belongs to. Where the agent contract is
    silent (IP version, a third tag, AH, partial L4 header, IP length fields, more than 3 IPv6
-   extension headers) it parses the frame every such way; if the ways disagree, every key the
+   extension headers, a cut RoCEv2 BTH) it parses the frame every such way; if the ways disagree, every key the
    frame could land in is left unchecked, as are keys with both ports 0;
 2. sends every frame, byte for byte, from one network namespace over a veth to another, where
    the real `xtrace-agent` binary watches with XDP (IPv6 is disabled on both ends and no address
@@ -74,6 +74,7 @@ class Way:
     partial_l4: bool = False
     bound_by_ip_length: bool = False
     max_ext: int = 8
+    roce_needs_bth: bool = False  # a UDP/4791 packet whose 12-byte BTH is cut: no flow
 
 
 WAYS = (
@@ -84,6 +85,7 @@ WAYS = (
     Way(partial_l4=True),
     Way(bound_by_ip_length=True),
     Way(max_ext=3),
+    Way(roce_needs_bth=True),
 )
 
 IPV6_EXT = (0, 43, 44, 60)
@@ -145,6 +147,8 @@ def flow_key(f: bytes, way: Way) -> Key | None:
     if l4 + need > end:
         return None
     sport, dport = struct.unpack_from("!HH", f, l4)
+    if way.roce_needs_bth and proto == 17 and dport == 4791 and l4 + 8 + 12 > end:
+        return None
     return (src, dst, sport, dport, proto)
 
 
