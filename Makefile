@@ -10,7 +10,7 @@ STAMP := $(VENV)/.xtrace-installed
 setup: $(STAMP)
 
 # Debian packages first (BCC imports only in the system python), then a venv that sees them.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
