@@ -1,14 +1,13 @@
 """The rdma/nccl collector on fixture trees: metric names and values, counter truth across intervals,
 device selection, and everything real sysfs throws at it."""
 
-import errno
 import os
 import shutil
 
 import pytest
 
 from tests.fixtures import make_sysfs
-from tests.rdma.util import by_counter, counter_path, make, value, write_counter
+from tests.rdma.util import by_counter, counter_path, einval_on, make, value, write_counter
 from xtrace_agent.errors import UsageError
 from xtrace_agent.rdma import sysfs
 
@@ -203,17 +202,10 @@ def test_device_vanishing_between_listing_and_reading(tree, monkeypatch):
 
 
 def test_einval_on_one_counter_leaves_the_rest(tree, monkeypatch):
-    bad = counter_path(tree, "mlx5_1", 1, "hw_counters", "np_cnp_sent")
     real = sysfs._raw
-
-    def raw(path):
-        if path == bad:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real(path)
-
     c, health = make(tree)
     c.start()
-    monkeypatch.setattr(sysfs, "_raw", raw)
+    monkeypatch.setattr(sysfs, "_raw", einval_on(counter_path(tree, "mlx5_1", 1, "hw_counters", "np_cnp_sent")))
     r = c.collect(1.0)
     hw = by_counter(r, "xtrace_rdma_hw_counter_total", device="mlx5_1")
     assert "np_cnp_sent" not in hw and hw["rp_cnp_handled"] == 17

@@ -1,6 +1,5 @@
 """Parsing sysfs into typed values: formats, quirks, net devices and the committed fixture tree."""
 
-import errno
 import filecmp
 import os
 import shutil
@@ -8,7 +7,7 @@ import shutil
 import pytest
 
 from tests.fixtures import make_sysfs
-from tests.rdma.util import FIXTURE, counter_path
+from tests.rdma.util import FIXTURE, counter_path, einval_on
 from xtrace_agent.rdma import sysfs
 
 
@@ -99,15 +98,7 @@ def test_down_port(tree):
 def test_einval_on_read_is_absent_and_reported(tree, monkeypatch):
     # A live kernel answers some reads with EINVAL; a plain file cannot, so the one low-level read
     # raises what the kernel would, and everything above it runs for real.
-    bad = counter_path(tree, "mlx5_0", 1, "counters", "symbol_error")
-    real = sysfs._raw
-
-    def raw(path):
-        if path == bad:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real(path)
-
-    monkeypatch.setattr(sysfs, "_raw", raw)
+    monkeypatch.setattr(sysfs, "_raw", einval_on(counter_path(tree, "mlx5_0", 1, "counters", "symbol_error")))
     p = sysfs.read_port(tree, "mlx5_0", 1)
     assert p.counters["symbol_error"] is None
     assert p.counters["port_xmit_data"] == 250_000_000_000

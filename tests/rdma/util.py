@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 from xtrace_agent.config import AgentConfig
@@ -18,6 +19,21 @@ def counter_path(root: str, device: str, port: int, group: str, name: str) -> st
 def write_counter(root: str, device: str, port: int, group: str, name: str, text: str) -> None:
     with open(counter_path(root, device, port, group, name), "w") as f:
         f.write(text)
+
+
+def einval_on(path: str):
+    """A stand-in for sysfs._raw that fails one file with EINVAL, as a live kernel can (a plain file
+    cannot), and reads every other file for real."""
+    from xtrace_agent.rdma import sysfs
+
+    real = sysfs._raw
+
+    def raw(p: str):
+        if p == path:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(p)
+
+    return raw
 
 
 def make(root: str, mode: str = "nccl", **kw) -> tuple:
