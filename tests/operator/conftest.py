@@ -87,6 +87,22 @@ class Api:
     async def get(self, path: str) -> Any:
         return await self.call("GET", path)
 
+    # --- standing in for the DaemonSet controller and the kubelet (kmock has neither) ------------
+    async def set_daemonset_status(self, monitor: str, desired: int, ready: int) -> None:
+        await self.call("PATCH", f"/apis/apps/v1/namespaces/{{ns}}/daemonsets/xtrace-{monitor}/status", {"status": {
+            "desiredNumberScheduled": desired, "numberReady": ready, "updatedNumberScheduled": desired,
+            "currentNumberScheduled": desired, "numberMisscheduled": 0, "observedGeneration": 1}})
+
+    async def create_agent_pod(self, monitor: str, name: str, node: str, status: dict[str, Any]) -> None:
+        """An agent pod of `monitor` on `node`, labelled as the DaemonSet's pods are."""
+        from xtrace_operator import render
+        await self.call("POST", "/api/v1/namespaces/{ns}/pods", {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": self.namespace, "uid": f"pod-{name}", "resourceVersion": "1",
+                         "labels": {render.INSTANCE_LABEL: monitor, **render.OWNED}},
+            "spec": {"nodeName": node, "containers": [{"name": "agent", "image": "x"}]},
+            "status": status})
+
     async def eventually(self, check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
         """Wait until `check()` (an async callable) returns something truthy."""
         deadline = asyncio.get_running_loop().time() + timeout

@@ -149,17 +149,9 @@ async def test_agents_reason_reaches_the_monitor_status(api, operator, tmp_path)
     """
     await api.create_monitor("fleet", XDP)
     await api.eventually(lambda: api.get(DS % "fleet"), what="DaemonSet")
-    await api.call("PATCH", (DS % "fleet") + "/status", {"status": {
-        "desiredNumberScheduled": 2, "numberReady": 1, "updatedNumberScheduled": 2,
-        "currentNumberScheduled": 2, "numberMisscheduled": 0, "observedGeneration": 1}})
-    labels = {render.INSTANCE_LABEL: "fleet", **render.OWNED}
+    await api.set_daemonset_status("fleet", desired=2, ready=1)
     pod_name = "xtrace-fleet-x7k2p"
-    await api.call("POST", "/api/v1/namespaces/{ns}/pods", {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": pod_name, "namespace": api.namespace, "labels": labels,
-                     "uid": "pod-fleet-1", "resourceVersion": "1"},
-        "spec": {"nodeName": "gpu-7", "containers": [{"name": "agent", "image": "x"}]},
-        "status": _pod_status()})
+    await api.create_agent_pod("fleet", pod_name, "gpu-7", _pod_status())
 
     async def listed(expected: str):
         st = ((await api.get(MON % "fleet")) or {}).get("status") or {}

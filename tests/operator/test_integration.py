@@ -126,19 +126,11 @@ async def test_daemonset_status_flows_into_monitor_status(api, operator):
     """
     await api.create_monitor("fleet", XDP)
     await api.eventually(lambda: api.get(DS % "fleet"), what="DaemonSet")
-    await api.call("PATCH", (DS % "fleet") + "/status", {"status": {
-        "desiredNumberScheduled": 3, "numberReady": 2, "updatedNumberScheduled": 3,
-        "currentNumberScheduled": 3, "numberMisscheduled": 0, "observedGeneration": 1}})
-    labels = {render.INSTANCE_LABEL: "fleet", **render.OWNED}
-    await api.call("POST", "/api/v1/namespaces/{ns}/pods", {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "xtrace-fleet-abcde", "namespace": api.namespace, "labels": labels,
-                     "uid": "pod-1", "resourceVersion": "1"},
-        "spec": {"nodeName": "gpu-7", "containers": [{"name": "agent", "image": "x"}]},
-        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
-                   "containerStatuses": [{"name": "agent", "ready": False, "restartCount": 4, "image": "x",
-                                          "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff",
-                                                                               "message": "back-off 40s"}}}]}})
+    await api.set_daemonset_status("fleet", desired=3, ready=2)
+    await api.create_agent_pod("fleet", "xtrace-fleet-abcde", "gpu-7", {
+        "phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
+        "containerStatuses": [{"name": "agent", "ready": False, "restartCount": 4, "image": "x", "imageID": "",
+                               "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}}}]})
 
     async def counted():
         st = ((await api.get(MON % "fleet")) or {}).get("status") or {}
