@@ -15,6 +15,7 @@ import ctypes
 import itertools
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -171,6 +172,17 @@ class VethPair:
         return subprocess.run([AGENT, *args], capture_output=True, text=True, timeout=timeout)
 
 
+def _free_subnet() -> int:
+    """A 198.18.<n>.0/24 no interface of this namespace uses: test runs in parallel must not share one."""
+    used = set(re.findall(r"198\.18\.(\d+)\.", ip("-4", "-o", "addr", "show", check=False).stdout))
+    start = next(_counter) + (os.getpid() % 50) * 4
+    for i in range(250):
+        n = (start + i) % 250 + 1
+        if str(n) not in used:
+            return n
+    raise AssertionError("every 198.18.<n>.0/24 test subnet is in use: stale test interfaces? (ip -o addr)")
+
+
 def _kernel_ready() -> None:
     need(os.geteuid() == 0, "kernel tests need root")
     need(shutil.which("ip") is not None, "iproute2 (ip) is not installed")
@@ -185,8 +197,7 @@ def _kernel_ready() -> None:
 def veth():
     """A fresh pair of test hosts joined by a veth; removed afterwards, whatever happened."""
     _kernel_ready()
-    n = next(_counter) + (os.getpid() % 50) * 4
-    pair = VethPair(tag=uuid.uuid4().hex[:6], n=n % 250 + 1)
+    pair = VethPair(tag=uuid.uuid4().hex[:6], n=_free_subnet())
     try:
         pair.create()
         yield pair
