@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := python3-bpfcc python3-numpy python3-yaml python3-venv libbpf1 linux-headers-amd64 bpftool iproute2 victoria-metrics openssl xz-utils util-linux
+APT_PACKAGES := python3-bpfcc python3-numpy python3-yaml python3-venv libbpf1 linux-headers-amd64 bpftool iproute2 victoria-metrics openssl xz-utils util-linux python3-matplotlib
 STAMP := $(VENV)/.xtrace-installed
 
 .PHONY: setup test bench lint demo clean
@@ -32,6 +32,11 @@ lint: setup
 
 demo: setup
 	$(PY) tools/demo.py
+
+# deploy/dashboards/*.json and deploy/rules/ are generated: edit tools/dashboards.py or tools/rules.py, then this.
+.PHONY: dashboards
+dashboards: setup
+	$(PY) tools/rules.py && $(PY) tools/dashboards.py
 
 # Opt-in, not part of `make test`: builds Dockerfile.agent and Dockerfile.operator with podman (no
 # registry) and runs both images for real; caches under /var/cache/xtrace-image-test.

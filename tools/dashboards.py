@@ -1,0 +1,281 @@
+"""XTrace's Grafana dashboards as code (grafana-foundation-sdk): Traffic, RDMA fabric, XTrace health.
+
+    .venv/bin/python tools/dashboards.py            # (re)write deploy/dashboards/*.json
+    .venv/bin/python tools/dashboards.py --check    # exit 1 if the committed JSON differs
+
+Every query is PromQL that VictoriaMetrics (and Prometheus) answer; the panels only use metrics the
+agent exports (README "Metrics", docs/rdma-metrics.md). The tests run each panel's query against a
+VictoriaMetrics filled by the real agent and compare exact numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from grafana_foundation_sdk.builders import dashboard as gd
+from grafana_foundation_sdk.builders import prometheus, stat, table, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import prometheus as pm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rules import CONGESTION, PORT_ERRORS, ROOT, TRANSPORT_ERRORS, any_of, write_or_check  # noqa: E402
+
+OUT = os.path.join(ROOT, "deploy", "dashboards")
+DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
+RATE = "$__rate_interval"
+PUSH_AGE = 180  # seconds: as the XTraceAgentNotPushing alert
+
+
+# --- pod names on flows ------------------------------------------------------------------------
+def owner(side: str) -> str:
+    """IP -> `<side>_name` from kube-state-metrics' kube_pod_info: `namespace/pod` for a pod's own IP,
+    `node/<node>` for a node IP (host-network pods share it, so they never name it)."""
+    ip, name = f"{side}_ip", f"{side}_name"
+    pods = ('kube_pod_info{host_network="false", pod_ip!=""}\n'
+            '    unless on (cluster, namespace, pod) (kube_pod_status_phase{phase=~"Succeeded|Failed"} == 1)')
+    return (f'max by (cluster, {ip}, {name}) (label_replace(label_join(\n    {pods},\n'
+            f'  "{name}", "/", "namespace", "pod"), "{ip}", "$1", "pod_ip", "(.+)"))\n'
+            f"or on (cluster, {ip})\n"
+            f'max by (cluster, {ip}, {name}) (label_replace(label_replace(kube_pod_info{{host_ip!=""}},\n'
+            f'  "{name}", "node/$1", "node", "(.+)"), "{ip}", "$1", "host_ip", "(.+)"))')
+
+
+def with_owner(expr: str, side: str, keep: str) -> str:
+    """`expr` (series labelled <side>_ip) with <side>_name added where the IP is a pod's or a node's;
+    series of other IPs are kept as they are. `keep` lists expr's labels."""
+    return f"(\n{expr}\n  * on (cluster, {side}_ip) group_left ({side}_name) (\n{owner(side)}\n  )\nor on ({keep})\n{expr}\n)"
+
+
+# --- building blocks -----------------------------------------------------------------------------
+def sel(*matchers: str) -> str:
+    return "{" + ", ".join(matchers) + "}"
+
+
+def q(expr: str, legend: str = "", instant: bool = False) -> prometheus.Dataquery:
+    d = prometheus.Dataquery().expr(expr).legend_format(legend or "__auto").datasource(DS)
+    return d.instant().format(pm.PromQueryFormat.TABLE) if instant else d.range()
+
+
+def series(title: str, unit: str, *targets, description: str = "", width: int = 12) -> timeseries.Panel:
+    p = timeseries.Panel().title(title).unit(unit).datasource(DS).height(8).span(width)
+    for i, t in enumerate(targets):
+        p = p.with_target(t.ref_id(chr(ord("A") + i)))
+    return p.description(description) if description else p
+
+
+def tab(title: str, expr: str, description: str = "", width: int = 12) -> table.Panel:
+    p = table.Panel().title(title).datasource(DS).height(8).span(width).with_target(q(expr, instant=True).ref_id("A"))
+    return p.description(description) if description else p
+
+
+def var(name: str, label: str, query: str) -> gd.QueryVariable:
+    return (gd.QueryVariable(name).label(label).datasource(DS).query(query).multi(True).include_all(True)
+            .all_value(".*").refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(dm.VariableSort.ALPHABETICAL_ASC))
+
+
+def board(uid: str, title: str, description: str, variables, rows) -> gd.Dashboard:
+    d = (gd.Dashboard(title).uid(uid).description(description).tags(["xtrace"]).time("now-1h", "now")
+         .refresh("30s").timezone("browser").tooltip(dm.DashboardCursorSync.CROSSHAIR)
+         .with_variable(gd.DatasourceVariable("datasource").label("Data source").type("prometheus")))
+    for v in variables:
+        d = d.with_variable(v)
+    for row_title, panels in rows:
+        d = d.with_row(gd.Row(row_title))
+        for p in panels:
+            d = d.with_panel(p)
+    return d
+
+
+CLUSTER = var("cluster", "Cluster", "label_values(xtrace_reports_total, cluster)")
+NODE = var("node", "Node", 'label_values(xtrace_reports_total{cluster=~"$cluster"}, node)')
+C, N = 'cluster=~"$cluster"', 'node=~"$node"'
+
+
+# --- Traffic ----------------------------------------------------------------------------------
+def traffic() -> gd.Dashboard:
+    iface = sel(C, N, 'interface=~"$interface"')
+    flows = sel(C, N, 'interface=~"$interface"', 'dst_port=~"$port"')
+    named = sel(C, N, 'interface=~"$interface"', 'dst_port=~"$port"', 'src_ip!="other"')
+    roce = sel(C, N, 'interface=~"$interface"', 'traffic_type="roce"')
+    other = sel(C, N, 'interface=~"$interface"', 'src_ip="other"')
+
+    def top(by: str) -> str:
+        return f"sum by (cluster, {by}) (rate(xtrace_network_bytes_total{named}[{RATE}]))"
+
+    pairs = with_owner(with_owner(top("src_ip, dst_ip"), "src", "cluster, src_ip, dst_ip"), "dst",
+                       "cluster, src_ip, dst_ip")
+    rows = [
+        ("Throughput", [
+            series("Bytes per second by node and interface", "Bps",
+                   q(f"sum by (node, interface) (rate(xtrace_interface_bytes_total{iface}[{RATE}]))",
+                     "{{node}} {{interface}}"),
+                   description="Every frame XDP saw (L2 length), parsable or not: xtrace_interface_bytes_total."),
+            series("Packets per second by node and interface", "pps",
+                   q(f"sum by (node, interface) (rate(xtrace_interface_packets_total{iface}[{RATE}]))",
+                     "{{node}} {{interface}}")),
+        ]),
+        ("Top talkers (pods named through kube-state-metrics' kube_pod_info)", [
+            series("Top sources", "Bps", q(f"topk(10, {with_owner(top('src_ip'), 'src', 'cluster, src_ip')})",
+                                           "{{src_name}} {{src_ip}}"), width=8),
+            series("Top destinations", "Bps", q(f"topk(10, {with_owner(top('dst_ip'), 'dst', 'cluster, dst_ip')})",
+                                                "{{dst_name}} {{dst_ip}}"), width=8),
+            series("Top pairs", "Bps", q(f"topk(10, {pairs})", "{{src_name}} {{src_ip}} → {{dst_name}} {{dst_ip}}"),
+                   width=8, description="Names come from kube_pod_info: namespace/pod for pod IPs, node/<name> "
+                                        "for node IPs (host-network pods); other IPs stay bare."),
+        ]),
+        ("Protocols and RoCEv2", [
+            series("Protocol mix", "Bps",
+                   q(f"sum by (protocol, traffic_type) (rate(xtrace_network_bytes_total{flows}[{RATE}]))",
+                     "proto {{protocol}} {{traffic_type}}"),
+                   description="protocol is the IANA number (6 TCP, 17 UDP, 58 ICMPv6); traffic_type other is "
+                               "the series-budget flow."),
+            series("RoCEv2 packets by opcode and destination QP", "pps",
+                   q(f"sum by (rdma_opcode, dest_qp) (rate(xtrace_network_packets_total{roce}[{RATE}]))",
+                     "opcode {{rdma_opcode}} QP {{dest_qp}}"),
+                   description="Only RoCEv2 that reaches the kernel (soft-RoCE, mirrored, forwarded): offloaded "
+                               "RDMA is in the RDMA fabric dashboard."),
+        ]),
+        ("Series budget and kernel table", [
+            series("`other` share of bytes (budget pressure)", "percentunit",
+                   q(f"sum by (node, interface) (rate(xtrace_network_bytes_total{other}[{RATE}]))\n"
+                     f"/ sum by (node, interface) (rate(xtrace_interface_bytes_total{iface}[{RATE}]))",
+                     "{{node}} {{interface}}"),
+                   description="Traffic counted in the interface's `other` flow because xdp.maxFlows was full.",
+                   width=8),
+            series("Flows exported", "short",
+                   q(f"sum by (node, interface) (xtrace_flows_tracked{iface})", "{{node}} {{interface}}"), width=8),
+            series("Kernel flow table: evicted flows and untracked packets per second", "short",
+                   q(f"sum by (node) (rate(xtrace_xdp_flows_evicted_total{sel(C, N)}[{RATE}]))", "{{node}} evicted"),
+                   q(f"sum by (node) (rate(xtrace_xdp_table_full_packets_total{sel(C, N)}[{RATE}]))",
+                     "{{node}} table full"),
+                   description="Non-zero: xdp.flowTableSize is too small for one interval's flows.", width=8),
+        ]),
+    ]
+    variables = [CLUSTER, NODE,
+                 var("interface", "Interface", 'label_values(xtrace_interface_bytes_total{cluster=~"$cluster", node=~"$node"}, interface)'),
+                 var("port", "Destination port", 'label_values(xtrace_network_bytes_total{cluster=~"$cluster", node=~"$node"}, dst_port)')]
+    return board("xtrace-traffic", "XTrace / Traffic", "XDP flow counts per node, interface and flow.", variables, rows)
+
+
+# --- RDMA fabric ----------------------------------------------------------------------------------
+def rdma() -> gd.Dashboard:
+    port = sel(C, N, 'device=~"$device"', 'port=~"$port"')
+
+    def counters(metric: str, names) -> str:
+        return metric + sel(C, N, 'device=~"$device"', 'port=~"$port"', f'counter=~"{any_of(names)}"')
+
+    by = "node, device, port"
+    rows = [
+        ("Throughput", [
+            series("Bytes per second per port", "Bps",
+                   q(f"sum by ({by}) (rate(xtrace_rdma_port_transmit_bytes_total{port}[{RATE}]))", "{{node}} {{device}}/{{port}} tx"),
+                   q(f"sum by ({by}) (rate(xtrace_rdma_port_receive_bytes_total{port}[{RATE}]))", "{{node}} {{device}}/{{port}} rx"),
+                   description="port_xmit_data / port_rcv_data count 4-octet words; the agent already multiplied "
+                               "by 4, so these are bytes. All RDMA traffic, which XDP never sees."),
+            series("Packets per second per port", "pps",
+                   q(f"sum by ({by}) (rate(xtrace_rdma_port_transmit_packets_total{port}[{RATE}]))", "{{node}} {{device}}/{{port}} tx"),
+                   q(f"sum by ({by}) (rate(xtrace_rdma_port_receive_packets_total{port}[{RATE}]))", "{{node}} {{device}}/{{port}} rx")),
+        ]),
+        ("Errors and discards", [
+            series("Port errors and discards (per interval)", "short",
+                   q(f"sum by ({by}, counter) (increase({counters('xtrace_rdma_port_counter_total', PORT_ERRORS)}[{RATE}]))",
+                     "{{node}} {{device}}/{{port}} {{counter}}"),
+                   description="PMA error counters (symbol_error, link_downed, port_rcv_errors, port_xmit_discards, ...)."),
+            series("Transport errors and retransmissions (per interval)", "short",
+                   q(f"sum by ({by}, counter) (increase({counters('xtrace_rdma_hw_counter_total', TRANSPORT_ERRORS)}[{RATE}]))",
+                     "{{node}} {{device}}/{{port}} {{counter}}"),
+                   description="mlx5 hw_counters (nccl mode): out_of_sequence, packet_seq_err, out_of_buffer, ..."),
+        ]),
+        ("Congestion", [
+            series("Congestion notifications per second", "short",
+                   q(f"sum by ({by}, counter) (rate({counters('xtrace_rdma_hw_counter_total', CONGESTION)}[{RATE}]))",
+                     "{{node}} {{device}}/{{port}} {{counter}}"),
+                   description="RoCE DCQCN: np_cnp_sent (we saw ECN marks), rp_cnp_handled (we slowed down)."),
+            series("Transmit wait (ticks per second)", "short",
+                   q(f'sum by ({by}) (rate({counters("xtrace_rdma_port_counter_total", ["port_xmit_wait"])}[{RATE}]))',
+                     "{{node}} {{device}}/{{port}}"),
+                   description="Ticks with data to send but no credits; a tick's length is hardware-specific."),
+        ]),
+        ("Links", [
+            tab("Link state and rate", f"max by ({by}, state, phys_state, link_layer, rate) (xtrace_rdma_port_info{port})"),
+            series("Link rate", "bps",
+                   q(f"max by ({by}) (xtrace_rdma_port_rate_bytes_per_second{port}) * 8", "{{node}} {{device}}/{{port}}"),
+                   width=6),
+            tab("Saturated counters", f"max by ({by}, counter) (xtrace_rdma_counter_saturated{port}) == 1",
+                description="Stuck at their maximum: they no longer count. Clear them (perfquery -R).", width=6),
+        ]),
+    ]
+    variables = [CLUSTER, NODE,
+                 var("device", "Device", 'label_values(xtrace_rdma_port_info{cluster=~"$cluster", node=~"$node"}, device)'),
+                 var("port", "Port", 'label_values(xtrace_rdma_port_info{cluster=~"$cluster", node=~"$node", device=~"$device"}, port)')]
+    return board("xtrace-rdma", "XTrace / RDMA fabric", "RDMA port and mlx5 hardware counters (rdma and nccl modes).",
+                 variables, rows)
+
+
+# --- XTrace health ------------------------------------------------------------------------------
+def health() -> gd.Dashboard:
+    s = sel(C, N)
+    last = f"max by (node) (max_over_time(xtrace_remote_write_last_success_timestamp_seconds{s}[6h]))"
+    rows = [
+        ("Pushing", [
+            stat.Panel().title("Agents pushing").datasource(DS).height(6).span(6).with_target(
+                q(f"count((time() - {last}) < {PUSH_AGE})").ref_id("A")),
+            series("Age of the last successful push", "s", q(f"time() - {last}", "{{node}}"), width=18),
+            series("Remote-write queue (samples)", "short",
+                   q(f"sum by (node, target) (xtrace_remote_write_queue_samples{s})", "{{node}} {{target}}"), width=8),
+            series("Spool (bytes)", "bytes",
+                   q(f"sum by (node, target) (xtrace_remote_write_spool_bytes{s})", "{{node}} {{target}}"), width=8),
+            series("Samples dropped (per interval)", "short",
+                   q(f"sum by (node, target, reason) (increase(xtrace_remote_write_samples_dropped_total{s}[{RATE}]))",
+                     "{{node}} {{target}} {{reason}}"), width=8),
+        ]),
+        ("Collection", [
+            series("Kernel table overflow (per interval)", "short",
+                   q(f"sum by (node) (increase(xtrace_xdp_flows_evicted_total{s}[{RATE}]))", "{{node}} evicted flows"),
+                   q(f"sum by (node) (increase(xtrace_xdp_table_full_packets_total{s}[{RATE}]))", "{{node}} untracked packets"),
+                   width=8),
+            series("Collector duration", "s",
+                   q(f"max by (node, collector) (xtrace_collector_duration_seconds{s})", "{{node}} {{collector}}"), width=8),
+            series("Collector and sink errors (per interval)", "short",
+                   q(f"sum by (node, collector) (increase(xtrace_collector_errors_total{s}[{RATE}]))", "{{node}} {{collector}}"),
+                   q(f"sum by (node, sink) (increase(xtrace_sink_errors_total{s}[{RATE}]))", "{{node}} sink {{sink}}"),
+                   width=8),
+        ]),
+    ]
+    return board("xtrace-health", "XTrace / Health", "Is every agent collecting and pushing, and what did it lose?",
+                 [CLUSTER, NODE], rows)
+
+
+def render() -> dict[str, str]:
+    out = {}
+    for name, build in (("traffic", traffic), ("rdma", rdma), ("health", health)):
+        out[f"xtrace-{name}.json"] = JSONEncoder(sort_keys=True, indent=2).encode(build().build()) + "\n"
+    return out
+
+
+def panel_queries(doc: dict) -> list[tuple[str, str]]:
+    """(panel title, expr) of every query in a generated dashboard, in order."""
+    return [(p["title"], t["expr"]) for p in doc["panels"] for t in p.get("targets", [])]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    parser.add_argument("--out", default=OUT)
+    parser.add_argument("--queries", action="store_true", help="print every panel's query")
+    args = parser.parse_args(argv)
+    files = render()
+    if args.queries:
+        for name, text in files.items():
+            for title, expr in panel_queries(json.loads(text)):
+                print(f"# {name}: {title}\n{expr}\n")
+        return 0
+    return write_or_check(files, args.out, args.check, "tools/dashboards.py")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,221 @@
+"""XTrace's recording and alerting rules: one source, rendered as a vmalert/Prometheus rule file and
+as the `VMRule` and `PrometheusRule` objects of the two operators people run.
+
+    .venv/bin/python tools/rules.py            # (re)write deploy/rules/
+    .venv/bin/python tools/rules.py --check    # exit 1 if deploy/rules/ differs from this source
+    .venv/bin/python tools/rules.py --timing fast --out DIR   # seconds-scale windows, for the tests
+
+Every expression is plain PromQL (no MetricsQL extension), so Prometheus and vmalert read the same
+file. The `fast` timing keeps every expression and threshold and only shortens windows, `for`
+durations and the push-age limit, so a test can watch each alert fire and resolve in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import sys
+from dataclasses import dataclass
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "deploy", "rules")
+
+PORT = "cluster, node, device, port"  # an RDMA port's identity once pushed
+# PMA error counters (counters/): each increase is a real fault on the link or the port.
+PORT_ERRORS = ("symbol_error", "link_error_recovery", "link_downed", "port_rcv_errors",
+               "port_rcv_remote_physical_errors", "port_rcv_switch_relay_errors", "port_xmit_discards",
+               "port_xmit_constraint_errors", "port_rcv_constraint_errors", "local_link_integrity_errors",
+               "excessive_buffer_overrun_errors", "VL15_dropped")
+# mlx5 transport counters (hw_counters/, nccl mode): retransmissions, sequence errors, receiver drops.
+TRANSPORT_ERRORS = ("out_of_sequence", "packet_seq_err", "duplicate_request", "local_ack_timeout_err",
+                    "out_of_buffer", "req_transport_retries_exceeded", "rnr_nak_retry_err")
+# RoCE congestion control (DCQCN): CNPs we sent (we saw ECN marks) and CNPs we acted on.
+CONGESTION = ("np_cnp_sent", "rp_cnp_handled", "np_ecn_marked_roce_packets")
+
+
+def any_of(names) -> str:
+    return "|".join(names)
+
+
+@dataclass(frozen=True)
+class Timing:
+    rate: str = "1m"           # recording rules' rate window
+    interval: str = "30s"      # group evaluation interval
+    push_age: int = 180        # seconds without a push (the agent's maxPushAge is 120)
+    history: str = "6h"        # how far back an agent that stopped is still remembered
+    window: str = "10m"        # increase() windows of the error alerts
+    flap_window: str = "15m"
+    short_for: str = "0s"      # facts (a saturated counter) fire at once
+    long_for: str = "10m"      # rates must last before they page
+    cnp_per_second: int = 1000
+
+
+TIMINGS = {"production": Timing(),
+           "fast": Timing(rate="2s", interval="1s", push_age=3, history="1h", window="3s", flap_window="4s",
+                          long_for="0s", cnp_per_second=100)}
+
+
+def recording_rules(t: Timing) -> list[dict]:
+    """What the dashboards aggregate, precomputed for long ranges and for the alerts."""
+    r = t.rate
+    return [
+        {"record": "node_interface:xtrace_interface_bytes:rate" + r,
+         "expr": f"sum by (cluster, node, interface) (rate(xtrace_interface_bytes_total[{r}]))"},
+        {"record": "node_interface:xtrace_interface_packets:rate" + r,
+         "expr": f"sum by (cluster, node, interface) (rate(xtrace_interface_packets_total[{r}]))"},
+        {"record": "node_interface:xtrace_other_bytes:ratio_rate" + r,
+         "expr": f'sum by (cluster, node, interface) (rate(xtrace_network_bytes_total{{src_ip="other"}}[{r}]))\n'
+                 f"/ sum by (cluster, node, interface) (rate(xtrace_interface_bytes_total[{r}]))"},
+        {"record": "node_protocol:xtrace_network_bytes:rate" + r,
+         "expr": f"sum by (cluster, node, protocol, traffic_type) (rate(xtrace_network_bytes_total[{r}]))"},
+        {"record": "node_port:xtrace_rdma_transmit_bytes:rate" + r,
+         "expr": f"sum by ({PORT}) (rate(xtrace_rdma_port_transmit_bytes_total[{r}]))"},
+        {"record": "node_port:xtrace_rdma_receive_bytes:rate" + r,
+         "expr": f"sum by ({PORT}) (rate(xtrace_rdma_port_receive_bytes_total[{r}]))"},
+        {"record": "node_port:xtrace_rdma_congestion:rate" + r,
+         "expr": f'sum by ({PORT}, counter) (rate(xtrace_rdma_hw_counter_total{{counter=~"{any_of(CONGESTION)}"}}[{r}]))'},
+        {"record": "node_port:xtrace_rdma_errors:rate" + r,
+         "expr": f'sum by ({PORT}, counter) (rate(xtrace_rdma_port_counter_total{{counter=~"{any_of(PORT_ERRORS)}"}}[{r}]))'},
+    ]
+
+
+# The newest xtrace_rdma_port_info of a port says "not ACTIVE". The state is a label, so a port that
+# changes state starts a new series and the old one lingers for the query's lookback: compare the two
+# series' sample times instead of trusting whichever is still visible.
+PORT_NOT_ACTIVE = (
+    f'max by ({PORT}) (xtrace_rdma_port_info{{state!="ACTIVE"}})\n'
+    f'unless on ({PORT}) (\n'
+    f'  max by ({PORT}) (timestamp(xtrace_rdma_port_info{{state="ACTIVE"}}))\n'
+    f'  > on ({PORT}) max by ({PORT}) (timestamp(xtrace_rdma_port_info{{state!="ACTIVE"}}))\n'
+    f')'
+)
+
+
+def alerting_rules(t: Timing) -> list[dict]:
+    def alert(name, expr, for_, severity, summary, description):
+        return {"alert": name, "expr": expr, "for": for_, "labels": {"severity": severity},
+                "annotations": {"summary": summary, "description": description}}
+
+    w = t.window
+    return [
+        alert("XTraceAgentNotPushing",
+              f"time() - max by (cluster, node) (max_over_time(xtrace_remote_write_last_success_timestamp_seconds[{t.history}]))"
+              f" > {t.push_age}",
+              t.short_for, "warning", "XTrace agent on {{ $labels.node }} stopped pushing",
+              f"No successful remote write from {{{{ $labels.node }}}} for {{{{ $value | humanizeDuration }}}} "
+              f"(limit {t.push_age}s). Check the agent pod's readiness reasons (/readyz)."),
+        alert("XTraceSamplesDropped",
+              f"sum by (cluster, node, target, reason) (increase(xtrace_remote_write_samples_dropped_total[{w}])) > 0",
+              t.short_for, "warning", "XTrace agent on {{ $labels.node }} dropped samples ({{ $labels.reason }})",
+              "{{ $value }} samples for target {{ $labels.target }} were dropped in the last " + w + "."),
+        alert("XTraceFlowTableOverflow",
+              f"sum by (cluster, node) (increase(xtrace_xdp_flows_evicted_total[{w}]))\n"
+              f"+ sum by (cluster, node) (increase(xtrace_xdp_table_full_packets_total[{w}])) > 0",
+              t.short_for, "warning", "XDP flow table overflowing on {{ $labels.node }}",
+              "Flows were evicted from the kernel table before a drain: raise xdp.flowTableSize or lower "
+              "the interval. Interface totals stay exact."),
+        alert("XTraceOtherShareHigh",
+              f'sum by (cluster, node, interface) (rate(xtrace_network_bytes_total{{src_ip="other"}}[{w}]))\n'
+              f"/ sum by (cluster, node, interface) (rate(xtrace_interface_bytes_total[{w}])) > 0.2",
+              t.long_for, "info", "Over 20% of {{ $labels.node }}/{{ $labels.interface }} traffic is in the `other` flow",
+              "The series budget (xdp.maxFlows) is full: raise it, or accept less per-flow detail."),
+        alert("XTraceRdmaLinkDown",
+              f"{PORT_NOT_ACTIVE}\nand on ({PORT}) max by ({PORT}) (max_over_time(xtrace_rdma_port_info{{state=\"ACTIVE\"}}[{t.history}]))",
+              t.short_for, "critical", "RDMA link {{ $labels.node }} {{ $labels.device }}/{{ $labels.port }} is down",
+              f"The port was ACTIVE within {t.history} and is not any more."),
+        alert("XTraceRdmaLinkFlapping",
+              f'sum by ({PORT}) (increase(xtrace_rdma_port_counter_total{{counter="link_downed"}}[{t.flap_window}])) >= 2',
+              t.short_for, "warning", "RDMA link {{ $labels.node }} {{ $labels.device }}/{{ $labels.port }} is flapping",
+              "link_downed rose {{ $value }} times in " + t.flap_window + ": check the cable and transceiver."),
+        alert("XTraceRdmaPortErrors",
+              f'sum by ({PORT}, counter) (increase(xtrace_rdma_port_counter_total{{counter=~"{any_of(PORT_ERRORS)}"}}[{w}])) > 0',
+              t.short_for, "warning", "RDMA port errors on {{ $labels.node }} {{ $labels.device }}/{{ $labels.port }}",
+              "{{ $labels.counter }} rose by {{ $value }} in the last " + w + "."),
+        alert("XTraceRdmaTransportErrors",
+              f'sum by ({PORT}, counter) (increase(xtrace_rdma_hw_counter_total{{counter=~"{any_of(TRANSPORT_ERRORS)}"}}[{w}])) > 0',
+              t.short_for, "warning",
+              "RDMA retransmissions or drops on {{ $labels.node }} {{ $labels.device }}/{{ $labels.port }}",
+              "{{ $labels.counter }} rose by {{ $value }} in the last " + w + " (nccl mode, mlx5)."),
+        alert("XTraceRdmaCongestion",
+              f'sum by ({PORT}, counter) (rate(xtrace_rdma_hw_counter_total{{counter=~"np_cnp_sent|rp_cnp_handled"}}[{w}]))'
+              f" > {t.cnp_per_second}",
+              t.long_for, "warning", "RoCE congestion on {{ $labels.node }} {{ $labels.device }}/{{ $labels.port }}",
+              "{{ $labels.counter }} at {{ $value }}/s (limit " + str(t.cnp_per_second) + "/s): DCQCN is throttling."),
+        alert("XTraceRdmaCounterSaturated",
+              f"max by ({PORT}, counter) (xtrace_rdma_counter_saturated) == 1",
+              t.short_for, "warning",
+              "{{ $labels.counter }} saturated on {{ $labels.node }} {{ $labels.device }}/{{ $labels.port }}",
+              "The counter sits at its maximum and stopped counting: clear it (perfquery -R or a port reset)."),
+    ]
+
+
+def groups(t: Timing) -> list[dict]:
+    return [{"name": "xtrace.records", "interval": t.interval, "rules": recording_rules(t)},
+            {"name": "xtrace.alerts", "interval": t.interval, "rules": alerting_rules(t)}]
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str(dumper, value: str):
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def dump(doc) -> str:
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=200)
+
+
+HEADER = "# Generated by tools/rules.py from one source; edit that, then run it. Do not edit by hand.\n"
+
+
+def render(t: Timing) -> dict[str, str]:
+    """File name -> content."""
+    gs = groups(t)
+    meta = {"name": "xtrace", "namespace": "xtrace-system", "labels": {"app.kubernetes.io/name": "xtrace"}}
+    return {
+        "xtrace.rules.yml": HEADER + dump({"groups": gs}),
+        "vmrule.yaml": HEADER + dump({"apiVersion": "operator.victoriametrics.com/v1beta1", "kind": "VMRule",
+                                      "metadata": meta, "spec": {"groups": gs}}),
+        "prometheusrule.yaml": HEADER + dump({"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+                                              "metadata": meta, "spec": {"groups": gs}}),
+    }
+
+
+def write_or_check(files: dict[str, str], out: str, check: bool, regenerate: str) -> int:
+    """Write the files into `out`, or (check) compare them with what is there: 1 and a diff if not equal."""
+    if not check:
+        os.makedirs(out, exist_ok=True)
+        for name, text in files.items():
+            with open(os.path.join(out, name), "w") as f:
+                f.write(text)
+        return 0
+    stale = 0
+    for name, text in files.items():
+        path = os.path.join(out, name)
+        old = open(path).read() if os.path.exists(path) else ""
+        if old != text:
+            stale += 1
+            sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), text.splitlines(True), path, "generated"))
+    if stale:
+        print(f"{stale} generated file(s) in {os.path.relpath(out, ROOT)} are stale: run {regenerate}", file=sys.stderr)
+    return 1 if stale else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    parser.add_argument("--timing", choices=sorted(TIMINGS), default="production")
+    parser.add_argument("--out", default=OUT)
+    args = parser.parse_args(argv)
+    return write_or_check(render(TIMINGS[args.timing]), args.out, args.check, "tools/rules.py")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
