@@ -134,3 +134,55 @@ def test_version_distance():
     assert headers.version_tuple("garbage") == ()
     assert headers.distance("6.12.0", "6.18.44") < headers.distance("6.1.0", "6.18.44")
     assert headers.distance("6.17.0", "6.18.0") < headers.distance("5.18.0", "6.18.0")
+
+
+def image_fallback(root: Path, release: str) -> Path:
+    """The agent image's fallback: one complete (subset) tree per release."""
+    d = root / "fallback" / release
+    (d / "include/linux").mkdir(parents=True)
+    (d / "include/linux/kconfig.h").write_text("")
+    (d / "arch/x86/include/generated").mkdir(parents=True)
+    return d
+
+
+def test_image_fallback_when_the_host_has_no_headers(tmp_path):
+    fb = image_fallback(tmp_path, "6.1.0-41-amd64")
+    env: dict = {}
+    path = headers.resolve("6.18.44-fc", str(tmp_path / "lib/modules"), str(tmp_path / "usr/src"),
+                           str(tmp_path / "cache"), env, fallback_root=str(tmp_path / "fallback"))
+    # a complete tree: used in place, no merged copy needed (the pod's root filesystem is read-only)
+    assert path == str(fb) and env["BCC_KERNEL_SOURCE"] == str(fb)
+    assert not (tmp_path / "cache").exists()
+    line = headers.summary("6.18.44-fc", str(tmp_path / "lib/modules"), str(tmp_path / "usr/src"),
+                           str(tmp_path / "fallback"), {})
+    assert line == f"6.1.0-41-amd64 from the image's fallback {fb} (closest to the running 6.18.44-fc)"
+
+
+def test_host_headers_win_a_tie_and_lose_to_a_closer_fallback(tmp_path):
+    debian(tmp_path, "6.1.0-57-amd64")
+    image_fallback(tmp_path, "6.1.0-41-amd64")
+    args = (str(tmp_path / "lib/modules"), str(tmp_path / "usr/src"), str(tmp_path / "fallback"))
+    assert headers.choose("6.18.44", *args).origin == "host"  # same 6.1.0 distance: the host's
+    assert headers.choose("6.1.0-57-amd64", *args).trees == (str(tmp_path / "lib/modules/6.1.0-57-amd64/build"),)
+    image_fallback(tmp_path, "6.12.9-1-amd64")
+    chosen = headers.choose("6.18.44", *args)
+    assert (chosen.origin, chosen.release) == ("image", "6.12.9-1-amd64")
+    own = headers.summary("6.1.0-57-amd64", *args, environ={})
+    assert own.startswith("6.1.0-57-amd64 from the host's ") and own.endswith("(the running kernel's own)")
+
+
+def test_summary_names_a_given_tree_and_no_headers(tmp_path):
+    assert headers.summary("6.18.44", environ={"BCC_KERNEL_SOURCE": str(tmp_path)}) == \
+        f"{tmp_path} (BCC_KERNEL_SOURCE)"
+    empty = str(tmp_path / "none")
+    assert headers.summary("6.18.44", empty, empty, empty, {}) == "none for kernel 6.18.44"
+
+
+def test_a_compile_error_names_the_headers_it_was_compiled_against():
+    from xtrace_agent.xdp import compiler
+
+    err = (f"{compiler.HEADERS_LINE}6.1.0-41-amd64 from the image's fallback /f (closest to the running 6.18)\n"
+           "/virtual/main.c:3:10: fatal error: 'linux/nope.h' file not found\n"
+           "xtrace-compiler: Failed to compile BPF module b'/x.c'\n")
+    assert compiler.summarize(err, 1) == ("compile error: 'linux/nope.h' file not found (kernel headers: "
+                                          "6.1.0-41-amd64 from the image's fallback /f (closest to the running 6.18))")

@@ -150,6 +150,8 @@ def listing(cfg: AgentConfig) -> list[str]:
         list_devices = None
     rdma = list_devices(cfg.sysfs) if list_devices else []
     lines += [f"  {line}" for line in rdma] or ["  (none)"]
+    from xtrace_agent.xdp import headers
+    lines += ["Kernel headers (XDP compile):", f"  {headers.summary()}"]
     return lines
 
 

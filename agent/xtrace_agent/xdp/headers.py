@@ -1,9 +1,15 @@
 """Kernel header resolution: finds headers BCC can compile the XDP program against.
 
 Order: the running kernel's headers (/lib/modules/$(uname -r)/build, BCC's default; in a pod the
-host's /lib/modules and /usr/src are mounted at the same paths), else the installed headers whose
-version is closest to the running kernel (an XDP program only needs stable UAPI headers), else
-AgentFailure naming the fix.
+host's /lib/modules and /usr/src may be mounted at the same paths), else the headers whose version
+is closest to the running kernel (an XDP program only needs stable UAPI headers), the host's on a
+tie with the image's, else AgentFailure naming the fix.
+
+The agent image carries a fallback (/usr/share/xtrace/kernel-headers/<release>, $XTRACE_KERNEL_HEADERS):
+the few hundred files of one Debian linux-headers release that compiling bpf/xtrace.c reads
+(tools/rootfs.py picks them at build time), one complete tree per release. So a node with no
+headers at all (Container-Optimized OS, Bottlerocket, Talos, Flatcar...) still compiles.
+`summary()` says in one line which headers a compile uses (`xtrace-agent -l`, compile errors).
 
 Debian and Ubuntu split headers into an arch tree (generated config, Makefile) and a common tree
 (the sources). BCC_KERNEL_SOURCE takes one directory, so we build a merged symlink tree in a cache
@@ -23,6 +29,8 @@ from xtrace_agent.errors import AgentFailure
 
 ENV = "BCC_KERNEL_SOURCE"
 CACHE_ENV = "XTRACE_HEADERS_CACHE"
+FALLBACK_ENV = "XTRACE_KERNEL_HEADERS"
+DEFAULT_FALLBACK = "/usr/share/xtrace/kernel-headers"
 DEFAULT_CACHE = "/tmp/xtrace-kernel-headers-{uid}"  # per user: root never trusts a tree someone else made
 FIX = ("no kernel headers found for kernel {release}: install linux-headers-{release} (or linux-headers-amd64), "
        "or mount the host's /lib/modules and /usr/src into the pod")
@@ -30,10 +38,12 @@ FIX = ("no kernel headers found for kernel {release}: install linux-headers-{rel
 
 @dataclass(frozen=True)
 class Headers:
-    """One usable header set: `trees` are merged in order (later ones override)."""
+    """One usable header set: `trees` are merged in order (later ones override); `origin` is
+    "host" (installed or mounted) or "image" (the fallback shipped with the agent)."""
 
     release: str
     trees: tuple[str, ...]
+    origin: str = "host"
 
     @property
     def single(self) -> bool:
@@ -119,15 +129,39 @@ def candidates(modules_root: str = "/lib/modules", src_root: str = "/usr/src") -
     return list(found.values())
 
 
-def choose(release: str, modules_root: str = "/lib/modules", src_root: str = "/usr/src") -> Headers | None:
-    """The running kernel's own headers if present, else the closest installed version, else None."""
+def fallbacks(root: str | None = None) -> list[Headers]:
+    """The complete trees shipped in the image, one directory per release."""
+    base = Path(root or os.environ.get(FALLBACK_ENV) or DEFAULT_FALLBACK)
+    if not base.is_dir():
+        return []
+    return [Headers(d.name, (str(d),), "image") for d in sorted(base.iterdir()) if (d / "include").is_dir()]
+
+
+def choose(release: str, modules_root: str = "/lib/modules", src_root: str = "/usr/src",
+           fallback_root: str | None = None) -> Headers | None:
+    """The running kernel's own headers if present, else the closest version (the host's on a tie), else None."""
     own = Path(modules_root) / release / "build"
     if own.is_dir():
         return Headers(release, (str(own),))
-    found = candidates(modules_root, src_root)
+    found = candidates(modules_root, src_root) + fallbacks(fallback_root)
     if not found:
         return None
-    return min(found, key=lambda h: (distance(h.release, release), h.release))
+    return min(found, key=lambda h: (distance(h.release, release), h.origin != "host", h.release))
+
+
+def summary(release: str | None = None, modules_root: str = "/lib/modules", src_root: str = "/usr/src",
+            fallback_root: str | None = None, environ: dict | None = None) -> str:
+    """Which kernel headers a compile here uses, in one line for people."""
+    given = (os.environ if environ is None else environ).get(ENV)
+    if given and os.path.isdir(given):
+        return f"{given} (BCC_KERNEL_SOURCE)"
+    release = release or os.uname().release
+    h = choose(release, modules_root, src_root, fallback_root)
+    if h is None:
+        return f"none for kernel {release}"
+    where = "the image's fallback" if h.origin == "image" else "the host's"
+    closeness = "the running kernel's own" if h.release == release else f"closest to the running {release}"
+    return f"{h.release} from {where} {h.trees[-1]} ({closeness})"
 
 
 def merge(dst: Path, trees: list[Path]) -> None:
@@ -178,7 +212,7 @@ def merged_tree(headers: Headers, cache_dir: str | None = None) -> str:
 
 
 def resolve(release: str | None = None, modules_root: str = "/lib/modules", src_root: str = "/usr/src",
-            cache_dir: str | None = None, environ: dict | None = None) -> str | None:
+            cache_dir: str | None = None, environ: dict | None = None, fallback_root: str | None = None) -> str | None:
     """Make BCC find kernel headers; returns the BCC_KERNEL_SOURCE it set (None: BCC's default).
 
     A BCC_KERNEL_SOURCE already set to an existing directory is respected.
@@ -188,7 +222,7 @@ def resolve(release: str | None = None, modules_root: str = "/lib/modules", src_
     if given and os.path.isdir(given):
         return given
     release = release or os.uname().release
-    headers = choose(release, modules_root, src_root)
+    headers = choose(release, modules_root, src_root, fallback_root)
     if headers is None:
         raise AgentFailure(FIX.format(release=release))
     if headers.release == release and headers.trees == (str(Path(modules_root) / release / "build"),):
