@@ -19,10 +19,11 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from tests.remote_write import remote_pb2
 from xtrace_agent.config import AgentConfig, RemoteWriteTarget  # noqa: E402
 from xtrace_agent.health import Health  # noqa: E402
 from xtrace_agent.samples import Report, Sample  # noqa: E402
-from xtrace_agent.sinks import prompb, remote_pb2  # noqa: E402
+from xtrace_agent.sinks import prompb  # noqa: E402
 from xtrace_agent.sinks.remote_write import RemoteWriteSink  # noqa: E402
 
 EXTRA = {"node": "gpu-node-017", "monitor": "default", "namespace": "xtrace"}

@@ -7,8 +7,10 @@
 
 Deduplication (-dedup.minScrapeInterval=1ms) is on, because a sink resends a block whose
 answer was lost; this is the setting the README recommends for VictoriaMetrics too.
-The binaries come from the Debian package; CI installs it, so under XTRACE_REQUIRE_BPF=1 a
-missing binary fails instead of skipping.
+The binaries are the current release built from the VictoriaMetrics Go module by
+tools/vm/build.sh (`make vm`, a prerequisite of `make test`), cached under
+${XTRACE_CACHE:-/var/cache/xtrace}/vm/<version>/bin; under XTRACE_REQUIRE_BPF=1 a missing binary
+fails instead of skipping.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -28,8 +29,23 @@ import pytest
 
 from tests.conftest import need
 
-VM_BIN = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
-VMAUTH_BIN = shutil.which("vmauth") or "/usr/bin/vmauth"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    with open(os.path.join(REPO, "tools", "vm", "versions.env")) as f:
+        for line in f:
+            key, sep, value = line.strip().partition("=")
+            if sep and not key.startswith("#"):
+                out[key] = value
+    return out
+
+
+VM_VERSION = _versions()["VM_VERSION"]
+VM_BIN_DIR = os.path.join(os.environ.get("XTRACE_CACHE") or "/var/cache/xtrace", "vm", VM_VERSION, "bin")
+VM_BIN = os.path.join(VM_BIN_DIR, "victoria-metrics")
+VMAUTH_BIN = os.path.join(VM_BIN_DIR, "vmauth")
 
 
 def free_port() -> int:
@@ -191,7 +207,7 @@ class VmAuth(_Process):
 
 
 def _need_binary(path: str) -> None:
-    need(os.access(path, os.X_OK), f"{path} not installed (apt-get install victoria-metrics)")
+    need(os.access(path, os.X_OK), f"{path} not built: run `make vm` (tools/vm/build.sh)")
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cramjam
 import pytest
 
+from tests.remote_write import remote_pb2
 from xtrace_agent.config import AgentConfig, RemoteWriteTarget
 from xtrace_agent.health import Health
 from xtrace_agent.samples import Report, Sample
-from xtrace_agent.sinks import remote_pb2
 from xtrace_agent.sinks.remote_write import RemoteWriteSink
 
 # Backoffs in tenths of seconds instead of seconds: the policy is the same, the tests are fast.
@@ -78,11 +78,15 @@ def wait_until(predicate, timeout: float = 10.0, step: float = 0.05):
 
 class ScriptedReceiver:
     """A remote-write receiver answering from a script: each request pops (status, headers, body);
-    when the script is empty it answers 204. Every request is recorded, decoded."""
+    when the script is empty it answers 204. Every request is recorded, decoded.
 
-    def __init__(self):
+    By default it speaks only Prometheus remote write, as Prometheus does: a zstd body gets 415
+    (counted in `zstd_refused`, not recorded, the script untouched). zstd=True accepts both."""
+
+    def __init__(self, zstd: bool = False):
         self.script: list[tuple[int, dict[str, str], str]] = []
         self.requests: list[dict] = []
+        self.zstd_refused = 0
         self.lock = threading.Lock()
         owner = self
 
@@ -90,9 +94,15 @@ class ScriptedReceiver:
             def do_POST(self):  # noqa: N802
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with owner.lock:
-                    status, headers, text = owner.script.pop(0) if owner.script else (204, {}, "")
-                    owner.requests.append({"path": self.path, "headers": dict(self.headers), "raw": raw,
-                                           "status": status, "time": time.monotonic()})
+                    refused = self.headers.get("Content-Encoding") == "zstd" and not zstd
+                    if refused:
+                        owner.zstd_refused += 1
+                        status, headers, text = 415, {}, "unsupported Content-Encoding zstd"
+                    else:
+                        status, headers, text = owner.script.pop(0) if owner.script else (204, {}, "")
+                    if not refused:
+                        owner.requests.append({"path": self.path, "headers": dict(self.headers), "raw": raw,
+                                               "status": status, "time": time.monotonic()})
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)
@@ -125,7 +135,8 @@ class ScriptedReceiver:
 def decode(raw: bytes) -> list[tuple[str, dict, float, int]]:
     """A remote-write body decoded by the protobuf library (independent of our decoder)."""
     req = remote_pb2.WriteRequest()
-    req.ParseFromString(bytes(cramjam.snappy.decompress_raw(raw)))
+    zstd = raw[:4] == b"\x28\xb5\x2f\xfd"
+    req.ParseFromString(bytes(cramjam.zstd.decompress(raw) if zstd else cramjam.snappy.decompress_raw(raw)))
     out = []
     for ts in req.timeseries:
         labels = {lab.name: lab.value for lab in ts.labels}

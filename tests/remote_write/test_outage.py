@@ -9,7 +9,8 @@ import time
 import pytest
 
 from tests.remote_write.conftest import FAST, expected_latest, report, wait_until
-from xtrace_agent.config import AgentConfig, SpoolConfig
+from xtrace_agent.config import AgentConfig, RemoteWriteTarget, SpoolConfig
+from xtrace_agent.sinks import prompb
 from xtrace_agent.sinks.remote_write import RemoteWriteSink
 
 pytestmark = pytest.mark.vm
@@ -48,9 +49,9 @@ def test_database_killed_mid_run_and_restarted(victoria_metrics, make_sink, heal
     for step in range(3):
         sink.write(report(step, FLOWS))
     assert wait_until(lambda: health.get("xtrace_remote_write_samples_sent_total", LABELS) == 3 * 2 * FLOWS)
-    # SIGTERM, not SIGKILL: VictoriaMetrics 1.79 keeps freshly accepted rows in memory for a few
-    # seconds (even after /internal/force_flush), so a SIGKILL loses rows it already answered 204
-    # to. That is the database's durability, not ours; this test is about the agent's side.
+    # SIGTERM, not SIGKILL: VictoriaMetrics keeps freshly accepted rows in memory for a few
+    # seconds, so a SIGKILL loses rows it already answered 204 to. That is the database's
+    # durability, not ours; this test is about the agent's side.
     victoria_metrics.stop()
     for step in range(3, 8):
         sink.write(report(step, FLOWS))
@@ -62,20 +63,29 @@ def test_database_killed_mid_run_and_restarted(victoria_metrics, make_sink, heal
     _all_points_once(victoria_metrics, 9)
 
 
-def test_agent_restart_during_outage_replays_the_spool(victoria_metrics, health, tmp_path):
+def test_agent_restart_during_outage_replays_the_spool(victoria_metrics, vmauth, health, tmp_path):
+    """Through vmauth, which lets only the bearer token in: the data arriving proves the token was
+    sent; the spool, read back decompressed, holds neither the token nor an Authorization header."""
     spool = tmp_path / "spool"
+    token = tmp_path / "token"
+    token.write_text(vmauth.token + "\n")
+    target = RemoteWriteTarget(url=vmauth.write_url, name="test", bearer_token_file=str(token))
     cfg = AgentConfig(node="test-node", spool=SpoolConfig(path=str(spool)))
-    victoria_metrics.stop()
-    first = RemoteWriteSink(victoria_metrics_target(victoria_metrics), cfg, health, **FAST)
+    victoria_metrics.stop()  # vmauth stays up and answers 502: the outage is behind it
+    first = RemoteWriteSink(target, cfg, health, **FAST)
     for step in range(4):
         first.write(report(step, FLOWS))
     first.close(0.5)
-    files = [f for d in os.listdir(spool) for f in os.listdir(spool / d)]
-    assert files and all(f.endswith(".sz") for f in files)
-    assert not any(b"Bearer" in (spool / d / f).read_bytes() for d in os.listdir(spool) for f in files
-                   if (spool / d / f).exists())
+    files = [spool / d / f for d in os.listdir(spool) for f in os.listdir(spool / d)]
+    assert files and all(f.name.endswith(".sz") for f in files)
+    for f in files:
+        raw = f.read_bytes()
+        plain = prompb.decompress(raw)
+        assert b"xtrace_network_packets_total" in plain  # really decompressed
+        for secret in (vmauth.token.encode(), b"Bearer", b"Authorization"):
+            assert secret not in raw and secret not in plain, f"{secret!r} in {f.name}"
     victoria_metrics.start()
-    second = RemoteWriteSink(victoria_metrics_target(victoria_metrics), cfg, health, **FAST)
+    second = RemoteWriteSink(target, cfg, health, **FAST)
     second.write(report(4, FLOWS))
     want = expected_latest(4, FLOWS)
     try:
@@ -111,9 +121,3 @@ def test_readyz_reason_when_the_database_is_unreachable_too_long(victoria_metric
     finally:
         stop.set()
         writer.join()
-
-
-def victoria_metrics_target(vm):
-    from xtrace_agent.config import RemoteWriteTarget
-
-    return RemoteWriteTarget(url=vm.write_url, name="test")

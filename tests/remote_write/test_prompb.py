@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import snappy  # python-snappy: an independent snappy block decoder
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.remote_write import remote_pb2
 from tests.remote_write.conftest import decode, report
 from xtrace_agent.config import RemoteWriteTarget
 from xtrace_agent.samples import Sample
-from xtrace_agent.sinks import prompb, remote_pb2
-from xtrace_agent.sinks.remote_write import push_path, redact, target_name
+from xtrace_agent.sinks import exposition, prompb
+from xtrace_agent.sinks.remote_write import target_name
+from xtrace_agent.sinks.transport import push_path, redact
 
 EXTRA = {"node": "n1", "monitor": "m", "zone": ""}
 
@@ -78,14 +81,27 @@ def test_chunks_never_split_a_series():
 
 
 def test_text_format_for_the_legacy_endpoint_parses():
+    """Live samples and a decoded spool block render the same text, and a real parser reads it."""
+    samples = [Sample("m_total", {"q": 'a"b\\c\nd'}, 5, 2.5), Sample("g", {}, 0.25, 3)]
     enc = prompb.SeriesEncoder(EXTRA)
-    grouped = prompb.group(enc.entries([Sample("m_total", {"q": 'a"b\\c\nd'}, 5, 2.5), Sample("g", {}, 0.25, 3)]))
-    text = prompb.to_text(grouped).decode()
+    text = exposition.samples_text(samples, EXTRA).decode()
+    assert text == exposition.write_request_text(prompb.group(enc.entries(samples))).decode()
     assert "m_total{" in text and " 5 2500\n" in text and "g{" in text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     sample = families["m_total"].samples[0]
     assert sample.labels == {"q": 'a"b\\c\nd', "node": "n1", "monitor": "m"}
     assert sample.value == 5
+
+
+@pytest.mark.parametrize("codec", ["snappy", "zstd"])
+def test_both_codecs_round_trip_and_are_told_apart(codec):
+    raw = prompb.SeriesEncoder(EXTRA).encode_samples([Sample("m", {"a": "1"}, 2, 3)] * 50)
+    body = prompb.compress(raw, codec)
+    assert prompb.codec_of(body) == codec
+    assert prompb.decompress(body) == raw
+    other = "snappy" if codec == "zstd" else "zstd"
+    assert prompb.decompress(prompb.recompress(body, other)) == raw
+    assert prompb.codec_of(prompb.recompress(body, other)) == other
 
 
 def test_url_forms():

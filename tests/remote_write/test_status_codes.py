@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 from tests.remote_write.conftest import report, wait_until
@@ -134,3 +135,46 @@ def test_spool_full_drops_oldest_counts_and_keeps_newest(receiver, make_sink, he
     assert len(latest) == 600
     assert latest[("xtrace_network_packets_total", "10000")] == 80.0  # step 7, flow 0
     assert latest[("xtrace_network_bytes_total", "10299")] == 10 * 300 * 1500.0  # step 0, flow 299
+
+
+def test_zstd_when_the_receiver_takes_it(make_sink):
+    from tests.remote_write.conftest import ScriptedReceiver
+
+    vm_like = ScriptedReceiver(zstd=True)
+    try:
+        sink = make_sink(vm_like.url + "/api/v1/write")
+        sink.write(report(0, 3))
+        sink.close(5)
+        h = vm_like.requests[0]["headers"]
+        assert h["Content-Encoding"] == "zstd" and h["X-VictoriaMetrics-Remote-Write-Version"] == "1"
+        assert "X-Prometheus-Remote-Write-Version" not in h
+        assert len(vm_like.accepted()) == 6
+    finally:
+        vm_like.close()
+
+
+def test_a_snappy_only_receiver_costs_one_refusal_and_loses_nothing(receiver, make_sink, health, tmp_path):
+    """Prometheus-like: zstd answered 415 once, the same block resent as snappy, snappy from then
+    on; blocks spooled as zstd before the downgrade (an outage at start) are repacked, not dropped."""
+    from xtrace_agent.config import SpoolConfig
+
+    sink = make_sink(f"http://127.0.0.1:{_closed_port()}/api/v1/write",
+                     AgentConfig(node="test-node", spool=SpoolConfig(path=str(tmp_path))))
+    sink.write(report(0, 50))
+    sink.close(0.2)  # spooled as zstd: nobody had refused it yet
+    url = receiver.url + "/api/v1/write"
+    (spooled,) = tmp_path.iterdir()  # hand the spool to the receiver's target, as a restart would
+    spooled.rename(tmp_path / f"test-{hashlib.sha256(url.encode()).hexdigest()[:12]}")
+    sink = make_sink(url, AgentConfig(node="test-node", spool=SpoolConfig(path=str(tmp_path))))
+    for step in range(1, 4):
+        sink.write(report(step, 50))
+    assert wait_until(lambda: len(receiver.accepted()) == 400)
+    assert receiver.zstd_refused == 1
+    assert all(r["headers"]["Content-Encoding"] == "snappy" for r in receiver.requests)
+    assert _dropped(health, "rejected") == 0
+
+
+def _closed_port() -> int:
+    from tests.helpers.vm import free_port
+
+    return free_port()

@@ -238,7 +238,7 @@ def test_unreadable_ca_file_is_one_clear_error(tmp_path, health):
 @pytest.fixture
 def vm_basic_auth(tmp_path):
     """A VictoriaMetrics that accepts only USER / PASSWORD."""
-    need(os.access(VM_BIN, os.X_OK), f"{VM_BIN} not installed (apt-get install victoria-metrics)")
+    need(os.access(VM_BIN, os.X_OK), f"{VM_BIN} not built: run `make vm`")
     vm = VictoriaMetrics(str(tmp_path / "vm-data"), free_port(), basic_auth=(USER, PASSWORD))
     vm.start()
     yield vm

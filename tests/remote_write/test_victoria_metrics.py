@@ -56,10 +56,12 @@ def test_vmauth_wrong_token_loses_nothing_once_fixed(vmauth, victoria_metrics, m
     token.write_text("wrong-token\n")
     target = RemoteWriteTarget(url=vmauth.write_url, name="test", bearer_token_file=str(token))
     with caplog.at_level(logging.ERROR, logger="xtrace.remote_write"):
-        sink = make_sink(vmauth.write_url, target=target)
+        # vmauth answers an unknown token after 2-3 s on purpose (against guessing): a longer timeout
+        sink = make_sink(vmauth.write_url, target=target, timeout=8.0)
         for step in range(3):
             sink.write(report(step, 10))
-        assert wait_until(lambda: health.get("xtrace_remote_write_retries_total", {"target": "test"}) >= 2)
+        assert wait_until(lambda: health.get("xtrace_remote_write_retries_total", {"target": "test"}) >= 2,
+                          timeout=20)
     assert any("HTTP 401" in r.getMessage() or "credentials" in r.getMessage() for r in caplog.records)
     assert not any("wrong-token" in r.getMessage() for r in caplog.records), "a secret reached the log"
     assert victoria_metrics.latest() == {}

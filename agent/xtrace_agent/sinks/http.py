@@ -20,43 +20,15 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from xtrace_agent import health as health_registry
 from xtrace_agent.config import AgentConfig, parse_listen
 from xtrace_agent.errors import AgentFailure
 from xtrace_agent.health import Health
 from xtrace_agent.samples import Report, Sample
-from xtrace_agent.sinks.prompb import format_value
+from xtrace_agent.sinks.exposition import metrics_text
 
 log = logging.getLogger("xtrace.http")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _help_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def exposition(samples: list[Sample], extra: dict[str, str] | None = None) -> str:
-    """Samples in the Prometheus text format, one HELP/TYPE block per metric name."""
-    by_name: dict[str, list[Sample]] = {}
-    for s in samples:
-        by_name.setdefault(s.name, []).append(s)
-    lines = []
-    for name, group in by_name.items():
-        described = health_registry.description(name)
-        kind, help_text = described or ("counter" if name.endswith("_total") else "gauge", f"XTrace metric {name}.")
-        lines.append(f"# HELP {name} {_help_escape(help_text)}")
-        lines.append(f"# TYPE {name} {kind}")
-        for s in group:
-            labels = {**extra, **s.labels} if extra else s.labels
-            pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()) if v != "")
-            lines.append(f"{name}{{{pairs}}} {format_value(float(s.value))}" if pairs
-                         else f"{name} {format_value(float(s.value))}")
-    return "\n".join(lines) + "\n" if lines else ""
 
 
 class MetricsServer:
@@ -75,7 +47,7 @@ class MetricsServer:
 
     def metrics_text(self) -> str:
         samples = list(self._latest) + self.health.samples(time.time())
-        return exposition(samples, self.cfg.labels)
+        return metrics_text(samples, self.cfg.labels)
 
     def start(self) -> None:
         owner = self

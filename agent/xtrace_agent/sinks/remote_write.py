@@ -1,5 +1,8 @@
 """Pushes samples to one Prometheus remote-write receiver (VictoriaMetrics single or cluster, ...).
 
+The queue, spool, rescue map and readiness live here; the HTTP side (connection, credentials,
+TLS, zstd/snappy negotiation, the legacy text endpoint) is transport.py.
+
     write(report) ──► bounded queue ──► sender thread ──► HTTP POST
                                              │  ▲ receiver down: blocks wait in the spool
                                              ▼  │ (a directory, or memory), oldest sent first
@@ -16,7 +19,10 @@ Guarantees (README "Reliability"):
 - While the receiver is down, queued samples move to the spool every `spill_interval`
   seconds, grouped by series (one label set per series per block keeps the spool small). On
   `close()` whatever was not delivered in time is spooled, and a restarted agent replays it.
-  Past `cfg.spool.max_bytes` the oldest blocks are evicted (`reason="spool_full"`).
+  `cfg.spool.max_bytes` bounds everything the spool holds at every instant, the rescued values
+  written on close included: room is made before anything is written, by evicting the oldest
+  blocks (`reason="spool_full"`, their newest values rescued). When the newest values alone
+  do not fit, the series left out are counted in samples (`reason="spool_full"`) and logged.
 - Newest values survive every drop: the values are cumulative counters, so the last value of a
   series is what matters. Whatever is dropped for space first goes through a "rescued" map that
   keeps the newest point per series; it is sent before anything else (its points are older than
@@ -25,18 +31,10 @@ Guarantees (README "Reliability"):
 Labels: the sink adds `node`, `monitor`, `namespace` (when set) and `cfg.labels`; a label the
 sample already has wins, so a collector can never be silently relabelled. Empty values are
 dropped, labels are sorted, timestamps are milliseconds.
-
-HTTP is the standard library's http.client on one keep-alive connection: 150 us per request
-against a local VictoriaMetrics, versus 540 us with a requests.Session, and TLS options (caFile,
-insecureSkipVerify) map directly onto an ssl.SSLContext.
-
-A URL ending in /api/v1/import/prometheus (the old tool's endpoint) gets the text exposition
-format instead, with one log line recommending remote write.
 """
 
 from __future__ import annotations
 
-import base64
 import email.utils
 import hashlib
 import http.client
@@ -50,19 +48,17 @@ import time
 import urllib.parse
 from collections import deque
 
-from xtrace_agent import __version__
 from xtrace_agent.config import MEMORY_SPOOL_BYTES, AgentConfig, RemoteWriteTarget
-from xtrace_agent.errors import AgentFailure
+from xtrace_agent.errors import UsageError
 from xtrace_agent.health import Health, describe
 from xtrace_agent.samples import Report
-from xtrace_agent.sinks import prompb
+from xtrace_agent.sinks import exposition, prompb
 from xtrace_agent.sinks.spool import Block, DiskSpool, MemorySpool
+from xtrace_agent.sinks.transport import AuthFileError, Transport, auth_problem, deadline_timeout, redact
 
 log = logging.getLogger("xtrace.remote_write")
 
-LEGACY_SUFFIX = "/api/v1/import/prometheus"
 DROP_CODES = (400, 409, 415)
-_AUTH_HINT = re.compile(r"auth|token|credential|password", re.IGNORECASE)
 AUTH_CODES = (401, 403, 404)
 
 describe("xtrace_remote_write_queue_samples", "gauge",
@@ -73,52 +69,47 @@ describe("xtrace_remote_write_samples_dropped_total", "counter",
 describe("xtrace_remote_write_retries_total", "counter", "Failed pushes that will be retried.")
 describe("xtrace_remote_write_last_success_timestamp_seconds", "gauge",
          "When the receiver last accepted a push (Unix time).")
-describe("xtrace_remote_write_spool_bytes", "gauge", "Bytes of blocks waiting in the spool.")
+describe("xtrace_remote_write_spool_bytes", "gauge",
+         "Bytes the spool holds (blocks and rescued newest values), at most spool.maxBytes.")
 describe("xtrace_remote_write_sent_bytes_total", "counter", "Request bytes (compressed) accepted.")
 
 
-def target_name(target: RemoteWriteTarget) -> str:
-    """The target's name in metrics and logs: its `name`, else host:port (never credentials)."""
-    if target.name:
-        return target.name
+def _host_port(target: RemoteWriteTarget) -> str:
     parts = urllib.parse.urlsplit(target.url)
     return parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname else "remote_write"
 
 
-def redact(url: str) -> str:
-    """The URL without user:password@, for log lines."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+def target_name(target: RemoteWriteTarget) -> str:
+    """A lone target's name in metrics and logs: its `name`, else host:port (never credentials)."""
+    return target.name or _host_port(target)
 
 
-def push_path(url: str) -> str:
-    """Path (with query) to POST to: VictoriaMetrics URLs given without the write path get it.
+def target_names(targets: tuple[RemoteWriteTarget, ...]) -> list[str]:
+    """Every target's identity (the `target` label, the readiness component, the spool directory).
 
-    http://vm:8428 -> /api/v1/write; http://vminsert:8480/insert/0/prometheus (the "tenant" form)
-    -> /insert/0/prometheus/api/v1/write; any other path is used as given.
+    An unnamed target is host:port; when several unnamed targets share one host:port (two tenants
+    on one vminsert) each gets host:port plus its URL path (`vminsert:8480/insert/1/prometheus`),
+    never the query, which may carry a secret. Two targets that still share an identity (the same
+    `name`, or URLs differing only in credentials or query) would add up their counters and
+    overwrite each other's gauges: refused, naming both.
     """
-    parts = urllib.parse.urlsplit(url)
-    path = parts.path or "/"
-    if path == "/":
-        path = "/api/v1/write"
-    elif re.fullmatch(r"/insert/[^/]+/prometheus/?", path):
-        path = path.rstrip("/") + "/api/v1/write"
-    return path + (f"?{parts.query}" if parts.query else "")
-
-
-def _read_secret(path: str) -> str:
-    # Re-read on every request: Kubernetes rotates mounted Secrets in place.
-    with open(path, encoding="utf-8") as f:
-        return f.read().strip()
-
-
-class _AuthFileError(Exception):
-    pass
+    shared: dict[str, int] = {}
+    for t in targets:
+        if not t.name:
+            shared[_host_port(t)] = shared.get(_host_port(t), 0) + 1
+    names = []
+    for t in targets:
+        name = target_name(t)
+        if not t.name and shared[name] > 1:
+            name += urllib.parse.urlsplit(t.url).path.rstrip("/")
+        names.append(name)
+    seen: dict[str, RemoteWriteTarget] = {}
+    for t, name in zip(targets, names, strict=True):
+        if name in seen:
+            raise UsageError(f"config: remote write targets {redact(seen[name].url)} and {redact(t.url)} are both "
+                             f"named {name!r} in metrics and logs: give one of them a different `name`")
+        seen[name] = t
+    return names
 
 
 class RemoteWriteSink:
@@ -129,7 +120,8 @@ class RemoteWriteSink:
                  spill_interval: float = 30.0, max_samples_per_send: int = 10_000,
                  timeout: float = 30.0, tick: float = 1.0):
         self.target = target
-        self.name = target_name(target)
+        targets = cfg.remote_write if target in cfg.remote_write else (target,)
+        self.name = target_names(targets)[targets.index(target)]
         self.health = health
         self.min_backoff, self.max_backoff, self.auth_retry = min_backoff, max_backoff, auth_retry
         self.spill_interval, self.max_samples_per_send = spill_interval, max_samples_per_send
@@ -139,19 +131,12 @@ class RemoteWriteSink:
         self.component = f"remote_write:{self.name}"
         self._labels = {"target": self.name}
 
-        parts = urllib.parse.urlsplit(target.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise AgentFailure(f"remote write: {redact(target.url)} is not an http(s) URL")
-        self._host, self._port, self._https = parts.hostname, parts.port, parts.scheme == "https"
-        self._url_auth = (urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password or ""))
-        self.path = push_path(target.url)
-        self.legacy = parts.path.rstrip("/").endswith(LEGACY_SUFFIX)
-        self._ssl = self._ssl_context() if self._https else None
-        if self.legacy:
-            base = target.url.split(LEGACY_SUFFIX)[0]
+        self.transport = Transport(target, self.name, timeout)
+        if self.transport.legacy:
+            base = redact(target.url).split("/api/v1/import/prometheus")[0]
             log.warning("remote write %s: %s is the legacy text import endpoint; it works, but Prometheus "
                         "remote write (%s/api/v1/write) is about 10x less traffic and checked by the server",
-                        self.name, redact(target.url), redact(base))
+                        self.name, redact(target.url), base)
 
         extra = {"node": cfg.node_name(), "monitor": cfg.monitor, "namespace": cfg.namespace, **cfg.labels}
         self.encoder = prompb.SeriesEncoder({k: v for k, v in extra.items() if v})
@@ -169,7 +154,6 @@ class RemoteWriteSink:
         self._rescued: dict[bytes, tuple[float, int]] = {}
         self._closing = False
         self._deadline = 0.0
-        self._conn: http.client.HTTPConnection | None = None
         self._failures = 0
         self._failing = False
         self._retry_at = 0.0
@@ -281,7 +265,7 @@ class RemoteWriteSink:
         if self._rescued:
             with self._cond:
                 snapshot = dict(self._rescued)
-            body = prompb.compress(prompb.encode_write_request({k: [v] for k, v in snapshot.items()}))
+            body = self.transport.compress(prompb.encode_write_request({k: [v] for k, v in snapshot.items()}))
             outcome = self._send(body, len(snapshot))
             if outcome != "retry":
                 with self._cond:
@@ -297,23 +281,19 @@ class RemoteWriteSink:
             if outcome != "retry":
                 self.spool.remove(block.key)
             return
-        chunks = self._take_queue()
-        bodies = self._encode_live(chunks)
-        for i, (body, samples) in enumerate(bodies):
-            if self._send(body, samples) == "retry":
-                for rest, n in bodies[i:]:
-                    self._to_spool(rest, n)
+        parts = [samples[i:i + self.max_samples_per_send]
+                 for samples in self._take_queue()  # reports in time order: each series stays in order
+                 for i in range(0, len(samples), self.max_samples_per_send)]
+        for i, part in enumerate(parts):
+            if self.transport.legacy:  # text straight from the samples, no protobuf on the way
+                outcome = self._send(exposition.samples_text(part, self.encoder.extra), len(part), text=True)
+            else:
+                outcome = self._send(self.transport.compress(self.encoder.encode_samples(part)), len(part))
+            if outcome == "retry":  # back to the front of the queue: the next spill groups it by series
+                with self._cond:
+                    self._queue.extendleft(reversed(parts[i:]))
+                    self._queued += sum(len(p) for p in parts[i:])
                 return
-
-    def _encode_live(self, chunks: list[list]) -> list[tuple[bytes, int]]:
-        """Queued reports -> compressed bodies of at most max_samples_per_send samples each."""
-        out = []
-        step = self.max_samples_per_send
-        for samples in chunks:  # reports in time order, so each series' samples stay in order
-            for start in range(0, len(samples), step):
-                part = samples[start:start + step]
-                out.append((prompb.compress(self.encoder.encode_samples(part)), len(part)))
-        return out
 
     def _spill(self) -> None:
         """Receiver down: move the queue to the spool, one label set per series per block."""
@@ -321,17 +301,24 @@ class RemoteWriteSink:
         chunks = self._take_queue()
         entries = [e for samples in chunks for e in self.encoder.entries(samples)]
         for part in prompb.chunks(prompb.group(entries), self.max_samples_per_send * 10):
-            body = prompb.compress(prompb.encode_write_request(part))
-            self._to_spool(body, sum(len(p) for p in part.values()))
+            self._spool_series(part)
 
-    def _to_spool(self, body: bytes, samples: int) -> None:
+    def _spool_series(self, series: dict[bytes, list[tuple[float, int]]]) -> None:
+        """Spool grouped series as blocks of at most spool.block_limit bytes (halving until they fit)."""
+        body = self.transport.compress(prompb.encode_write_request(series))
+        if len(body) > self.spool.block_limit and len(series) > 1:
+            keys = list(series)
+            half = len(keys) // 2
+            self._spool_series({k: series[k] for k in keys[:half]})
+            self._spool_series({k: series[k] for k in keys[half:]})
+            return
+        samples = sum(len(p) for p in series.values())
         try:
             evicted = self.spool.append(body, samples)
         except OSError as e:
-            log.error("remote write %s: cannot write the spool (%s): keeping %d samples in memory",
-                      self.name, e.strerror, samples)
-            self._evict([Block(0, body, samples)], "spool_full")
-            return
+            log.error("remote write %s: cannot write the spool (%s): keeping the newest value of %d series",
+                      self.name, e.strerror, len(series))
+            evicted = [Block(0, body, samples)]
         self._evict(evicted, "spool_full")
 
     def _evict(self, blocks: list[Block], reason: str) -> None:
@@ -349,103 +336,66 @@ class RemoteWriteSink:
                         "value of every series", self.name, self.spool.max_bytes, dropped)
 
     def _shutdown(self) -> None:
-        """Persist what is left: the queue to the spool, rescued values beside it."""
+        """Persist what is left: the queue to the spool, rescued values beside it, all within maxBytes."""
         if self._queued:
             self._spill()
+        if isinstance(self.spool, DiskSpool):
+            self._save_rescued()
         with self._cond:
-            rescued = dict(self._rescued)
-        if rescued:
-            self.spool.save_rescued(prompb.compress(prompb.encode_write_request({k: [v] for k, v in rescued.items()})))
-        left = self.spool.samples + len(rescued)
+            left = self.spool.samples + len(self._rescued)
         if left and isinstance(self.spool, DiskSpool):
             log.warning("remote write %s: %d samples not delivered, kept in the spool for the next start", self.name, left)
         elif left:
             log.warning("remote write %s: %d samples not delivered and lost (no spool.path)", self.name, left)
             self.health.inc("xtrace_remote_write_samples_dropped_total", left, {**self._labels, "reason": "shutdown"})
         self._gauges()
-        self._disconnect()
+        self.transport.close()
 
-    # --- HTTP ----------------------------------------------------------------------------------
-    def _ssl_context(self) -> ssl.SSLContext:
+    def _save_rescued(self) -> None:
+        """Write the rescued values, evicting the oldest blocks for room; what can never fit is counted."""
+        while True:
+            with self._cond:
+                rescued = dict(self._rescued)
+            body = self.transport.compress(prompb.encode_write_request({k: [v] for k, v in rescued.items()}))
+            room = self.spool.max_bytes - (self.spool.bytes - self.spool.rescued_bytes)
+            if not rescued or len(body) <= room:
+                break
+            block = self.spool.evict_oldest()
+            if block is None:
+                body = self._trim_rescued(rescued, room)
+                break
+            self._evict([block], "spool_full")
+        self.spool.save_rescued(body if rescued else b"")
+
+    def _trim_rescued(self, rescued: dict, room: int) -> bytes:
+        """The newest values alone exceed the spool: keep as many series as fit, count the others."""
+        keys = list(rescued)
+        keep = len(keys)
+        body = b""
+        while keep:
+            keep = max(0, min(keep - 1, int(keep * room / max(1, len(body) or room * 2) * 0.95)))
+            body = self.transport.compress(prompb.encode_write_request({k: [rescued[k]] for k in keys[:keep]}))
+            if len(body) <= room:
+                break
+        if not keep:
+            body = b""
+        lost = len(keys) - keep
+        with self._cond:
+            for k in keys[keep:]:
+                self._rescued.pop(k, None)
+        self.health.inc("xtrace_remote_write_samples_dropped_total", lost, {**self._labels, "reason": "spool_full"})
+        log.error("remote write %s: spool.maxBytes (%d) cannot hold the newest value of every series: %d of %d "
+                  "series not kept; raise spool.maxBytes", self.name, self.spool.max_bytes, lost, len(keys))
+        return body
+
+    # --- delivery outcome ----------------------------------------------------------------------
+    def _send(self, body: bytes, samples: int, text: bool = False) -> str:
+        """Send one body: "ok", "dropped" (rejected for good) or "retry" (keep it)."""
+        timeout = deadline_timeout(self.timeout, self._deadline if self._closing else None)
         try:
-            ctx = ssl.create_default_context(cafile=self.target.ca_file)
-        except (OSError, ssl.SSLError) as e:
-            raise AgentFailure(f"remote write {self.name}: caFile {self.target.ca_file}: {e}") from None
-        if self.target.insecure_skip_verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-
-    def _headers(self, content_type: str) -> dict[str, str]:
-        headers = {"User-Agent": f"xtrace-agent/{__version__}", **self.target.headers}
-        if self.legacy:
-            headers["Content-Type"] = content_type
-        else:
-            headers.update({"Content-Encoding": "snappy", "Content-Type": content_type,
-                            "X-Prometheus-Remote-Write-Version": "0.1.0"})
-        t = self.target
-        try:
-            if t.bearer_token_file:
-                headers["Authorization"] = "Bearer " + _read_secret(t.bearer_token_file)
-            elif t.basic_auth or self._url_auth[0]:
-                if t.basic_auth:
-                    user = t.basic_auth.username or (
-                        _read_secret(t.basic_auth.username_file) if t.basic_auth.username_file else "")
-                    password = _read_secret(t.basic_auth.password_file) if t.basic_auth.password_file else ""
-                else:
-                    user, password = self._url_auth
-                token = base64.b64encode(f"{user}:{password}".encode()).decode()
-                headers["Authorization"] = "Basic " + token
-        except OSError as e:
-            raise _AuthFileError(f"cannot read credentials file {e.filename}: {e.strerror}") from None
-        return headers
-
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        if self._conn is None:
-            if self._https:
-                self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._ssl)
-            else:
-                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
-        self._conn.timeout = timeout
-        if self._conn.sock is not None:
-            self._conn.sock.settimeout(timeout)
-        return self._conn
-
-    def _disconnect(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def _post(self, body: bytes) -> tuple[int, str, str | None, str]:
-        """POST one body; returns (status, short reason text, Retry-After, credential sent)."""
-        if self.legacy:
-            body = prompb.to_text(prompb.decode_write_request(prompb.decompress(body)))
-            headers = self._headers("text/plain; version=0.0.4")
-        else:
-            headers = self._headers("application/x-protobuf")
-        timeout = self.timeout
-        if self._closing:
-            timeout = max(0.1, min(timeout, self._deadline - time.monotonic()))
-        conn = self._connection(timeout)
-        try:
-            conn.request("POST", self.path, body=body, headers=headers)
-            resp = conn.getresponse()
-            text = resp.read(4096).decode("utf-8", "replace").strip()
-            if resp.will_close or not resp.isclosed():
-                self._disconnect()
-            credential = headers.get("Authorization", "").partition(" ")[2]
-            if credential:  # vmauth echoes an unknown token in its answer: never log a secret
-                text = text.replace(credential, "<redacted>")
-            return resp.status, " ".join(text.split())[:300], resp.getheader("Retry-After"), credential
-        except BaseException:
-            self._disconnect()
-            raise
-
-    def _send(self, body: bytes, samples: int) -> str:
-        """Send one block: "ok", "dropped" (rejected for good) or "retry" (keep it)."""
-        try:
-            status, text, retry_after, credential = self._post(body)
-        except _AuthFileError as e:
+            post = self.transport.post_text if text else self.transport.post
+            answer = post(body, timeout)
+        except AuthFileError as e:
             return self._retry(self.auth_retry, f"{e}: data stays queued", loud=True)
         except ssl.SSLCertVerificationError as e:  # before OSError: a setting to fix, like a 401
             return self._retry(self.auth_retry, f"cannot verify the TLS certificate of {redact(self.target.url)}: "
@@ -453,6 +403,7 @@ class RemoteWriteSink:
                                f"and is retried every {self.auth_retry:g}s", loud=True)
         except (OSError, http.client.HTTPException) as e:
             return self._retry(self._backoff(), f"cannot reach {redact(self.target.url)}: {e or type(e).__name__}")
+        status = 401 if auth_problem(answer) else answer.status
         if 200 <= status < 300:
             now = time.time()
             self._failures, self._failing, self._retry_at, self._last_error = 0, False, 0.0, ""
@@ -461,21 +412,19 @@ class RemoteWriteSink:
             self.health.inc("xtrace_remote_write_sent_bytes_total", len(body), self._labels)
             self.health.set("xtrace_remote_write_last_success_timestamp_seconds", now, self._labels)
             return "ok"
-        if status == 400 and credential and _AUTH_HINT.search(text):
-            status = 401  # vmauth answers 400 to an unknown token: bad credentials, keep the data
         if status in DROP_CODES:
             log.error("remote write %s: HTTP %d, the receiver rejected %d samples, dropped: %s",
-                      self.name, status, samples, text)
+                      self.name, status, samples, answer.text)
             self.health.inc("xtrace_remote_write_samples_dropped_total", samples, {**self._labels, "reason": "rejected"})
             return "dropped"
         if status in AUTH_CODES:
             what = "the URL path" if status == 404 else "the credentials (basicAuth / bearerTokenFile)"
             return self._retry(self.auth_retry, f"HTTP {status} from {redact(self.target.url)}: check {what}; "
-                               f"data stays queued and is retried every {self.auth_retry:g}s: {text}", loud=True)
+                               f"data stays queued and is retried every {self.auth_retry:g}s: {answer.text}", loud=True)
         delay = self._backoff()
-        if status == 429 and retry_after:
-            delay = _retry_after(retry_after, delay)
-        return self._retry(delay, f"HTTP {status}: {text}")
+        if status == 429 and answer.retry_after:
+            delay = _retry_after(answer.retry_after, delay)
+        return self._retry(delay, f"HTTP {status}: {answer.text}")
 
     def _backoff(self) -> float:
         cap = min(self.max_backoff, self.min_backoff * 2 ** min(self._failures, 30))

@@ -1,8 +1,12 @@
 """Where remote-write blocks wait while the receiver is down: a directory, or memory without one.
 
-A block is one ready-to-send body (a snappy-compressed WriteRequest) plus its sample count.
-Blocks leave in the order they came (oldest first). Past `max_bytes` the oldest blocks are
-evicted and handed back to the caller, which keeps their newest values (see remote_write.py).
+A block is one ready-to-send body (a compressed WriteRequest) plus its sample count. Blocks
+leave in the order they came (oldest first).
+
+`max_bytes` holds at every instant for everything the spool stores, `rescued.sz` included: room
+is made (the oldest blocks evicted and handed back to the caller, which keeps their newest
+values, see remote_write.py) *before* a block is written, and a block larger than
+`block_limit` is split by the caller first, so one block never overshoots the limit.
 
 On disk every block is one file `<sequence>-<samples>.sz`, written to a temporary name and
 renamed, so a crash leaves whole blocks or none. Bodies hold only samples and labels: no
@@ -31,22 +35,32 @@ class MemorySpool:
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
+        # a quarter of the limit: eviction frees room in steps small enough to keep most of the spool
+        self.block_limit = max(1, max_bytes // 4)
         self._blocks: deque[Block] = deque()
         self._seq = 0
-        self.bytes = 0
+        self.bytes = 0  # everything stored: blocks and rescued values
+        self.rescued_bytes = 0
         self.samples = 0
 
     def __len__(self) -> int:
         return len(self._blocks)
 
     def append(self, body: bytes, samples: int) -> list[Block]:
-        """Add a block; returns the blocks evicted to stay under max_bytes (maybe this one)."""
+        """Add a block; returns the blocks evicted first to make room (this one if it can never fit)."""
         self._seq += 1
-        self._add(Block(self._seq, body, samples))
+        block = Block(self._seq, body, samples)
+        if len(body) > self.max_bytes - self.rescued_bytes:
+            return [block]
         evicted = []
-        while self.bytes > self.max_bytes and self._blocks:
+        while self.bytes + len(body) > self.max_bytes and self._blocks:
             evicted.append(self._pop())
+        self._add(block)
         return evicted
+
+    def evict_oldest(self) -> Block | None:
+        """Remove and return the oldest block (to make room for the rescued values)."""
+        return self._pop() if self._blocks else None
 
     def oldest(self) -> Block | None:
         return self._load(self._blocks[0]) if self._blocks else None
@@ -110,6 +124,10 @@ class DiskSpool(MemorySpool):
             self.bytes += size
             self.samples += samples
             self._seq = seq
+        rescued = os.path.join(path, RESCUED)
+        if os.path.exists(rescued):
+            self.rescued_bytes = os.path.getsize(rescued)
+            self.bytes += self.rescued_bytes
 
     def _file(self, block: Block) -> str:
         return os.path.join(self.path, f"{block.key:020d}-{block.samples}.sz")
@@ -150,7 +168,15 @@ class DiskSpool(MemorySpool):
         return self._sizes.get(block.key, len(block.body))
 
     def save_rescued(self, body: bytes) -> None:
-        self._write(os.path.join(self.path, RESCUED), body)
+        """Replace rescued.sz; the caller made room for `body` (bytes - rescued_bytes + len(body) fits).
+
+        The old file goes first, so the two never sit on disk together: its values were loaded at
+        start and are part of `body`."""
+        self.clear_rescued()
+        if body:
+            self._write(os.path.join(self.path, RESCUED), body)
+            self.rescued_bytes = len(body)
+            self.bytes += len(body)
 
     def load_rescued(self) -> bytes | None:
         try:
@@ -164,3 +190,5 @@ class DiskSpool(MemorySpool):
             os.unlink(os.path.join(self.path, RESCUED))
         except FileNotFoundError:
             pass
+        self.bytes -= self.rescued_bytes
+        self.rescued_bytes = 0
