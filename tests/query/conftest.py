@@ -1,0 +1,363 @@
+"""One lab for the query-side tests, built once: a real VictoriaMetrics filled by real agents.
+
+    node-a (cluster "test"): xtrace-agent on XDP, watching a veth; a test host sends known frames.
+    node-b (cluster "test"): xtrace-agent -m nccl on a sysfs tree whose counters the test moves.
+    node-c (cluster "other"): xtrace-agent -m rdma on its own tree; the alert tests kill and restart it.
+    kube-state-metrics stand-in: writes kube_pod_info / kube_pod_status_phase every 0.5 s, as a
+    scrape would (the agents' own data is real; only these series are written by the test).
+
+Every agent runs at a 0.5 s interval with --output json, so the test knows each report's time and
+values as the agent printed them; what reached the database went the separate remote-write way.
+`Lab.known` holds the window (between two reports) in which the known traffic and counter moves
+happened: panel queries are evaluated at the end of it, over exactly it.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+
+import pytest
+import yaml
+
+from tests import frames
+from tests.conftest import need
+from tests.helpers.netns import AGENT, VethPair, _free_subnet, _kernel_ready, wait_for, xdp_prog
+from tests.helpers.vm import VictoriaMetrics, free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FIXTURE_TREE = os.path.join(ROOT, "tests", "fixtures", "sysfs")
+INTERVAL = 0.5
+VETH_QUIET = 3.0  # seconds after the veth is made: IPv6 MLD reports of the new addresses are over
+
+
+class Agent:
+    """The real xtrace-agent with --output json; every report it prints is kept (timestamp, samples)."""
+
+    def __init__(self, name: str, config: dict, work: str, *args: str):
+        self.name = name
+        self.path = os.path.join(work, f"{name}.yaml")
+        with open(self.path, "w") as f:
+            yaml.safe_dump(config, f)
+        self.args = args
+        self.reports: list[tuple[float, dict[tuple, float]]] = []
+        self.proc: subprocess.Popen | None = None
+        self.stderr = os.path.join(work, f"{name}.log")
+
+    def start(self) -> None:
+        with open(self.stderr, "ab") as err:
+            self.proc = subprocess.Popen([AGENT, "--config", self.path, *self.args], stdout=subprocess.PIPE,
+                                         stderr=err, text=True)
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+
+    def _read(self, proc) -> None:
+        for line in proc.stdout:
+            doc = json.loads(line)
+            values = {(s["name"], *sorted(s["labels"].items())): s["value"] for s in doc["samples"]}
+            self.reports.append((doc["timestamp"], values))
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def next_report(self, timeout: float = 10.0) -> int:
+        """Wait for a report printed after this call; its index."""
+        seen = len(self.reports)
+        wait_for(lambda: len(self.reports) > seen, timeout, f"a report from {self.name}")
+        return len(self.reports) - 1
+
+    def value_at(self, at: float, name: str, **labels) -> float | None:
+        """What the agent printed for a series in its last report at or before `at`."""
+        key = (name, *sorted(labels.items()))
+        for ts, values in reversed(self.reports):
+            if ts <= at:
+                return values.get(key)
+        return None
+
+    def series_at(self, at: float, name: str) -> dict[tuple, float]:
+        """{sorted label items: value} of every series `name` in the last report at or before `at`."""
+        for ts, values in reversed(self.reports):
+            if ts <= at:
+                return {k[1:]: v for k, v in values.items() if k[0] == name}
+        return {}
+
+
+class Stub(http.server.ThreadingHTTPServer):
+    """An HTTP endpoint answering every POST with `status`: a remote-write target the test can make
+    refuse (400: the agent drops and counts), and vmalert's notifier."""
+
+    def __init__(self):
+        self.status = 204
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(owner.status)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class Sysfs:
+    """A writable copy of the fixture tree: the test moves counters and link states in it."""
+
+    def __init__(self, root: str):
+        shutil.copytree(FIXTURE_TREE, root)
+        self.root = root
+
+    def path(self, device: str, port: int, *parts: str) -> str:
+        return os.path.join(self.root, "class", "infiniband", device, "ports", str(port), *parts)
+
+    def read(self, device: str, port: int, group: str, name: str) -> int:
+        with open(self.path(device, port, group, name)) as f:
+            return int(f.read().split()[0])
+
+    def write(self, device: str, port: int, rel: str, text: str) -> None:
+        with open(self.path(device, port, rel), "w") as f:
+            f.write(f"{text}\n")
+
+    def add(self, device: str, port: int, group: str, name: str, delta: int, modulo: int = 1 << 64) -> None:
+        self.write(device, port, f"{group}/{name}", str((self.read(device, port, group, name) + delta) % modulo))
+
+
+# Pods kube-state-metrics reports, written as kube_pod_info (+ kube_pod_status_phase). Filled in by the lab
+# with the veth's addresses: b's IPv4 is a pod's (and an old Job pod's, finished, same IP); a's IPv4 is
+# node-a's own, shared by two host-network pods; the IPv6 addresses are nobody's.
+def pods(ip4_a: str, ip4_b: str) -> list[dict]:
+    return [
+        dict(namespace="ml", pod="trainer-0", pod_ip=ip4_b, host_ip="10.99.0.2", node="node-b", host_network="false",
+             phase="Running"),
+        dict(namespace="batch", pod="old-job-1", pod_ip=ip4_b, host_ip="10.99.0.2", node="node-b",
+             host_network="false", phase="Succeeded"),
+        dict(namespace="kube-system", pod="kube-proxy-a", pod_ip=ip4_a, host_ip=ip4_a, node="node-a",
+             host_network="true", phase="Running"),
+        dict(namespace="monitoring", pod="node-exporter-a", pod_ip=ip4_a, host_ip=ip4_a, node="node-a",
+             host_network="true", phase="Running"),
+        dict(namespace="default", pod="web-1", pod_ip="10.244.1.5", host_ip=ip4_a, node="node-a",
+             host_network="false", phase="Running"),
+    ]
+
+
+class KubeStateMetrics:
+    """Stands in for a vmagent scraping kube-state-metrics (two replicas, as HA setups run it)."""
+
+    def __init__(self, vm: VictoriaMetrics, pods_: list[dict]):
+        self.vm, self.pods = vm, pods_
+        self.stop = threading.Event()
+        self.write()
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def write(self) -> None:
+        ms = int(time.time() * 1000)
+        lines = []
+        for replica in ("ksm-0", "ksm-1"):
+            for p in self.pods:
+                base = f'cluster="test",instance="{replica}",namespace="{p["namespace"]}",pod="{p["pod"]}"'
+                lines.append(f'kube_pod_info{{{base},pod_ip="{p["pod_ip"]}",host_ip="{p["host_ip"]}",'
+                             f'node="{p["node"]}",host_network="{p["host_network"]}",uid="u-{p["pod"]}"}} 1 {ms}')
+                for phase in ("Pending", "Running", "Succeeded", "Failed", "Unknown"):
+                    lines.append(f'kube_pod_status_phase{{{base},phase="{phase}"}} {int(phase == p["phase"])} {ms}')
+        req = urllib.request.Request(self.vm.import_url, data="\n".join(lines).encode() + b"\n", method="POST")
+        urllib.request.urlopen(req, timeout=5).read()
+
+    def _loop(self) -> None:
+        while not self.stop.wait(0.5):
+            try:
+                self.write()
+            except OSError:
+                pass
+
+
+@dataclass
+class Known:
+    """The window of the known traffic and counter moves: (start, end] in seconds, per data source."""
+    xdp: tuple[float, float] = (0.0, 0.0)
+    rdma: tuple[float, float] = (0.0, 0.0)
+    flows: dict = field(default_factory=dict)  # name -> (labels, packets, bytes) sent in the window
+
+
+@dataclass
+class Lab:
+    vm: VictoriaMetrics
+    veth: VethPair
+    xdp: Agent
+    nccl: Agent
+    spare: Agent
+    sysfs: Sysfs
+    reject: Stub
+    notifier: Stub
+    ksm: KubeStateMetrics
+    work: str
+    known: Known = field(default_factory=Known)
+    raw: object = None
+
+    def query(self, expr: str, at: float) -> dict[tuple, float]:
+        """Instant query: {sorted label items: value}."""
+        return {tuple(sorted(r["metric"].items())): float(r["value"][1]) for r in self.vm.query(expr, at=at)}
+
+    def sample_times(self, match: str) -> dict[tuple, list[int]]:
+        """Stored sample timestamps (ms) of every matching series."""
+        return {tuple(sorted(s["metric"].items())): s["timestamps"] for s in self.vm.export(match)}
+
+
+def _frames(veth: VethPair) -> dict[str, tuple[bytes, int]]:
+    """The known flows: name -> (frame, packets sent in the known window)."""
+    dst, src = veth.mac("b"), veth.mac("a")
+    a4, b4, a6, b6 = veth.ip4_a, veth.ip4_b, veth.ip6_a, veth.ip6_b
+    return {
+        "udp4": (frames.ethernet(dst, src, frames.ipv4(a4, b4, frames.udp(5000, 9999, b"x" * 100))), 10),
+        "udp6": (frames.ethernet(dst, src, frames.ipv6(a6, b6, frames.udp(5001, 9999, b"y" * 200))), 5),
+        "vlan": (frames.ethernet(dst, src, frames.ipv4(a4, b4, frames.udp(6000, 6001, b"v" * 64)), vlans=[100]), 3),
+        "roce": (frames.ethernet(dst, src, frames.roce(a4, b4, opcode=10, dest_qp=17, payload=b"r" * 256)), 4),
+    }
+
+
+# A flow that only appears once the series budget (xdp.maxFlows: 4) is full: it is counted in `other`.
+def _late_frame(veth: VethPair) -> bytes:
+    return frames.ethernet(veth.mac("b"), veth.mac("a"), frames.ipv4(veth.ip4_a, veth.ip4_b, frames.udp(5002, 9999, b"z")))
+
+
+def flood(lab: Lab, flows: int = 3000) -> None:
+    """`flows` one-packet flows at once: more than the kernel table (1024) and the series budget hold."""
+    dst, src = lab.veth.mac("b"), lab.veth.mac("a")
+    for i in range(flows):
+        lab.raw.send(frames.ethernet(dst, src, frames.ipv4(lab.veth.ip4_a, lab.veth.ip4_b,
+                                                           frames.udp(20000 + i, 7000, b"f"))))
+
+
+def _rdma_config(node: str, cluster: str, mode: str, tree: str, vm: VictoriaMetrics, devices=()) -> dict:
+    cfg = {"mode": mode, "sysfs": tree, "interval": INTERVAL, "output": "json", "node": node,
+           "labels": {"cluster": cluster}, "httpListen": "", "remoteWrite": [{"url": vm.write_url, "name": "vm"}]}
+    if devices:
+        cfg["devices"] = list(devices)
+    return cfg
+
+
+def _quiet_baseline(tree: Sysfs) -> None:
+    """No alert may fire before a fault is injected: un-saturate the fixture's mlx4_0 port 1 counters."""
+    for name, value in (("symbol_error", 100), ("link_error_recovery", 1), ("local_link_integrity_errors", 0)):
+        tree.write("mlx4_0", 1, f"counters/{name}", str(value))
+
+
+# The known counter moves on node-b: (device, port, group, counter) -> delta.
+RDMA_MOVES = {
+    ("mlx5_0", 1, "counters", "port_xmit_data"): 1_000_000,       # words: 4,000,000 bytes
+    ("mlx5_0", 1, "counters", "symbol_error"): 3,
+    ("mlx5_0", 1, "counters", "port_rcv_errors"): 1,
+    ("mlx5_0", 1, "hw_counters", "out_of_buffer"): 10,            # 32-bit, 6 below its wrap: wraps
+    ("mlx5_1", 1, "counters", "port_xmit_data"): 250_000,
+    ("mlx5_1", 1, "counters", "port_rcv_data"): 500_000,
+    ("mlx5_1", 1, "counters", "port_xmit_packets"): 1000,
+    ("mlx5_1", 1, "counters", "port_rcv_packets"): 2000,
+    ("mlx5_1", 1, "counters", "port_xmit_wait"): 800,
+    ("mlx5_1", 1, "hw_counters", "np_cnp_sent"): 300,
+    ("mlx5_1", 1, "hw_counters", "rp_cnp_handled"): 30,
+    ("mlx5_1", 1, "hw_counters", "np_ecn_marked_roce_packets"): 600,
+    ("mlx5_1", 1, "hw_counters", "packet_seq_err"): 2,
+    ("mlx5_1", 1, "hw_counters", "out_of_sequence"): 5,
+}
+WIDTH32 = {"out_of_buffer", "port_xmit_wait"}
+
+
+@pytest.fixture(scope="package")
+def lab(tmp_path_factory):
+    _kernel_ready()
+    need(os.access(shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics", os.X_OK),
+         "victoria-metrics not installed (apt-get install victoria-metrics)")
+    work = str(tmp_path_factory.mktemp("query-lab"))
+    veth = VethPair(tag=uuid.uuid4().hex[:6], n=_free_subnet())
+    made = time.monotonic()
+    vm = VictoriaMetrics(os.path.join(work, "vm-data"), free_port())
+    reject, notifier = Stub(), Stub()
+    agents: list[Agent] = []
+    ksm = None
+    try:
+        veth.create()
+        vm.start()
+        tree, spare_tree = Sysfs(os.path.join(work, "sysfs-b")), Sysfs(os.path.join(work, "sysfs-c"))
+        _quiet_baseline(tree)
+        nccl = Agent("node-b", _rdma_config("node-b", "test", "nccl", tree.root, vm), work)
+        spare = Agent("node-c", _rdma_config("node-c", "other", "rdma", spare_tree.root, vm, ["mlx5_1"]), work)
+        xdp = Agent("node-a", {
+            "mode": "xdp", "interfaces": [veth.dev_b], "interval": INTERVAL, "output": "json", "node": "node-a",
+            "labels": {"cluster": "test"}, "httpListen": "", "xdp": {"maxFlows": 4, "flowTableSize": 1024},
+            "remoteWrite": [{"url": vm.write_url, "name": "vm"}, {"url": reject.url + "/api/v1/write", "name": "reject"}],
+        }, work)
+        agents += [nccl, spare]
+        nccl.start()
+        spare.start()
+        ksm = KubeStateMetrics(vm, pods(veth.ip4_a, veth.ip4_b))
+        time.sleep(max(0.0, VETH_QUIET - (time.monotonic() - made)))
+        agents.append(xdp)
+        xdp.start()
+        wait_for(lambda: xdp_prog(veth.dev_b), 60, "the XDP agent to attach")
+        lab = Lab(vm, veth, xdp, nccl, spare, tree, reject, notifier, ksm, work)
+        lab.raw = veth.raw_socket()
+        _known_window(lab)
+        yield lab
+    finally:
+        if ksm:
+            ksm.stop.set()
+        for agent in agents:
+            agent.stop()
+        vm.stop()
+        veth.destroy()
+        reject.shutdown()
+        notifier.shutdown()
+
+
+def _known_window(lab: Lab) -> None:
+    """Warm up (each known flow once, so every series exists before the window), then send the known
+    traffic and move the known counters between two reports of each agent."""
+    sent = _frames(lab.veth)
+    lab.xdp.next_report()
+    for frame, _ in sent.values():
+        lab.raw.send(frame)
+    lab.xdp.next_report()
+    lab.xdp.next_report()  # the warm-up is drained and reported
+    i_xdp = lab.xdp.next_report()
+    i_rdma = lab.nccl.next_report()
+    for frame, n in sent.values():
+        for _ in range(n):
+            lab.raw.send(frame)
+    late = _late_frame(lab.veth)
+    lab.raw.send(late)
+    for (device, port, group, name), delta in RDMA_MOVES.items():
+        lab.sysfs.add(device, port, group, name, delta, 1 << 32 if name in WIDTH32 else 1 << 64)
+    lab.xdp.next_report()
+    j_xdp = lab.xdp.next_report()
+    lab.nccl.next_report()
+    j_rdma = lab.nccl.next_report()
+    lab.known.xdp = (lab.xdp.reports[i_xdp][0], lab.xdp.reports[j_xdp][0])
+    lab.known.rdma = (lab.nccl.reports[i_rdma][0], lab.nccl.reports[j_rdma][0])
+    lab.known.flows = {name: (frame, n) for name, (frame, n) in sent.items()}
+    lab.known.flows["late"] = (late, 1)
+    # Remote write is asynchronous: the window's last reports are in the database once a later one is
+    # (one sender per target, in order).
+    for agent, (_, end) in ((lab.xdp, lab.known.xdp), (lab.nccl, lab.known.rdma)):
+        wait_for(lambda agent=agent, end=end: any(
+            t > end * 1000 for ts in lab.sample_times(f'xtrace_reports_total{{node="{agent.name}"}}').values() for t in ts),
+            15, f"{agent.name}'s reports to reach the database")
