@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from tests import frames as F  # noqa: E402
-from xtrace_agent.cli import _gc_paused  # noqa: E402
+from xtrace_agent.cli import gc_paused  # noqa: E402
 from xtrace_agent.collectors.xdp import XdpCollector  # noqa: E402
 from xtrace_agent.config import AgentConfig, XdpConfig  # noqa: E402
 from xtrace_agent.health import Health  # noqa: E402
@@ -96,7 +96,7 @@ def collect_ms(program: XdpProgram, n: int) -> float:
     for i in range(4):
         fill(program, n)
         began = time.perf_counter()
-        with _gc_paused():
+        with gc_paused():
             report = collector.collect(float(i))
         times.append((time.perf_counter() - began) * 1000)
         assert len(report.samples) >= 2 * n

@@ -1,14 +1,14 @@
-/* XTrace XDP program: counts every packet per flow and per interface, never drops anything.
+/* XTrace XDP program: counts every packet exactly once, in its flow or in its interface's
+ * untracked entry, and never drops anything.
  *
  * Two entry points share all maps: xtrace_eth (Ethernet links) and xtrace_ipoib (IPoIB links).
  * Their names start with "xtrace_": that is how the agent recognises a program left attached by a
  * crashed agent (and how it recognises another tool's program, which it never replaces).
  *
  * Compile-time constants (the agent passes them with -D):
- *   XT_FLOW_TABLE_SIZE   entries of the per-flow table
+ *   XT_FLOW_TABLE_SIZE   entries of each of the two flow tables
  *   XT_SAMPLING          1-in-N sampling of the flow table (1 = off: the sampler compiles out)
- *   XT_IFACE_SLOTS       ifindexes below this count in a per-CPU array (fast path)
- *   XT_IFACE_TABLE_SIZE  entries of the per-interface totals for larger ifindexes
+ *   XT_TRAFFIC_*, XT_UNTRACKED_*  the numbering of traffic types and untracked reasons
  *
  * Parsing is cursor style: each parse_<hdr>() checks its header against data_end, advances the
  * cursor and reports XT_OK, XT_MALFORMED (cut short or invalid) or XT_NON_IP. The program has a
@@ -28,12 +28,6 @@
 #ifndef XT_SAMPLING
 #define XT_SAMPLING 1
 #endif
-#ifndef XT_IFACE_SLOTS
-#define XT_IFACE_SLOTS 1024
-#endif
-#ifndef XT_IFACE_TABLE_SIZE
-#define XT_IFACE_TABLE_SIZE 1024
-#endif
 
 #define XT_VLAN_MAX      2    /* 802.1Q / 802.1ad tags followed (QinQ) */
 #define XT_IPV6_EXT_MAX  4    /* IPv6 extension headers skipped before giving up on ports */
@@ -52,25 +46,26 @@
 
 enum xt_parse { XT_OK = 0, XT_MALFORMED = 1, XT_NON_IP = 2 };
 
-/* ---- maps: the agent reads them; every one is per-CPU, so the program never needs atomics ---- */
+/* ---- maps: the agent reads them; flow tables are per-CPU, so counting needs no atomics ---- */
 
-/* Per-flow counters since the last drain (the agent reads and deletes them in batches).
- * LRU: a full table evicts its least recently used flow instead of refusing new ones; the agent
- * derives evictions as flow_inserts - flows drained. Kernel memory per entry is about
- * 100 B (element, 48 B key, LRU node) + 16 B x possible CPUs of per-CPU values: with 65536
- * entries, ~8 MiB at 2 CPUs, ~74 MiB at 64 CPUs (memcg-accounted, no RLIMIT_MEMLOCK since 5.11). */
-BPF_TABLE("lru_percpu_hash", struct flow_key, struct counters, flows, XT_FLOW_TABLE_SIZE);
+/* Two flow tables. The program counts into the one that `tables` holds; each interval the agent
+ * puts the other (empty) one there, and the kernel's map-in-map update returns only once every
+ * program run that could still hold the old table has finished (an RCU grace period). The agent
+ * then reads and empties the old table with no writer left: a packet is in exactly one drain.
+ *
+ * Not LRU: a full table refuses a new flow instead of evicting one with its counts, and the
+ * packet goes to its interface's `table_full` entry (which the agent inserts up front for every
+ * interface it attaches to, so that entry always exists). Every packet lands in exactly one
+ * entry, so a table's entries for an interface add up to what the interface received.
+ * Kernel memory per entry is about 100 B (element, 48 B key) + 16 B x possible CPUs of per-CPU
+ * values, twice: with 65536 entries, ~17 MiB at 2 CPUs, ~150 MiB at 64 CPUs (memcg-accounted,
+ * preallocated, no RLIMIT_MEMLOCK since 5.11). */
+BPF_TABLE("percpu_hash", struct flow_key, struct counters, flows_a, XT_FLOW_TABLE_SIZE);
+BPF_TABLE("percpu_hash", struct flow_key, struct counters, flows_b, XT_FLOW_TABLE_SIZE);
+BPF_ARRAY_OF_MAPS(tables, "flows_a", 1);
 
-/* Per ingress ifindex, every packet (parsable or not), cumulative: the agent computes deltas, so
- * nothing is ever lost between read and reset. Host NICs have small ifindexes: those index a
- * per-CPU array, whose lookup the verifier inlines (a hash lookup here cost 9 ns per packet);
- * larger ones go to an LRU hash (LRU only so that a long-gone ifindex makes room).
- * Memory: 16 B x XT_IFACE_SLOTS x CPUs (1024 slots: 16 KiB per CPU). */
-BPF_PERCPU_ARRAY(iface_slots, struct counters, XT_IFACE_SLOTS);
-BPF_TABLE("lru_percpu_hash", __u32, struct counters, ifaces, XT_IFACE_TABLE_SIZE);
-
-/* What the program could not track, cumulative, indexed by enum xt_stat (xtrace.h). */
-BPF_PERCPU_ARRAY(stats, __u64, XT_STAT_MAX);
+/* The owner record and the unattributed counts (struct xt_state, xtrace.h). */
+BPF_ARRAY(state, struct xt_state, 2);
 
 /* ---- parsing ---- */
 
@@ -85,6 +80,22 @@ BPF_PERCPU_ARRAY(stats, __u64, XT_STAT_MAX);
 #define PACK16(first, second) (((__u32)(first) << 16) | (__u32)(second))
 #define PACK8(a, b, c, d) (((__u32)(a) << 24) | ((__u32)(b) << 16) | ((__u32)(c) << 8) | (__u32)(d))
 #endif
+
+/* The word stores above rely on this layout: every word whole, aligned, with no padding. */
+#define KEY_FIELD_AT(field, off) _Static_assert(offsetof(struct flow_key, field) == (off), \
+                                                "struct flow_key: " #field " moved: fix the word stores")
+KEY_FIELD_AT(ifindex, 0);
+KEY_FIELD_AT(src, 4);
+KEY_FIELD_AT(dst, 20);
+KEY_FIELD_AT(src_port, 36);     /* PACK16(src_port, dst_port) is one word */
+KEY_FIELD_AT(dst_port, 38);
+KEY_FIELD_AT(protocol, 40);     /* PACK8(protocol, traffic_type, rdma_opcode, ip_version) is one word */
+KEY_FIELD_AT(traffic_type, 41);
+KEY_FIELD_AT(rdma_opcode, 42);
+KEY_FIELD_AT(ip_version, 43);
+KEY_FIELD_AT(dest_qp, 44);
+_Static_assert(sizeof(struct flow_key) == 48, "struct flow_key has padding: the hash would read stale bytes");
+_Static_assert(sizeof(struct counters) == 16, "struct counters: the agent reads two 8-byte words");
 
 /* What the parsers found besides the addresses (kept in registers, stored into the key at the end). */
 struct parsed {
@@ -106,13 +117,6 @@ struct vlan_hdr_ {
     __be16 tci;
     __be16 proto;
 };
-
-static __always_inline void stat_inc(__u32 idx)
-{
-    __u64 *v = stats.lookup(&idx);
-    if (v)
-        *v += 1;
-}
 
 static __always_inline int parse_eth(struct cursor *c, __u16 *proto)
 {
@@ -295,69 +299,84 @@ static __always_inline int parse_frame(struct cursor *c, struct flow_key *key, c
 
 /* ---- counting ---- */
 
-static __always_inline void count_flow(struct flow_key *key, __u64 bytes)
+/* Packets that fit under no interface: no table installed (only between load and the agent's
+ * first swap), or a full table with no entry for this interface (an interface the agent did not
+ * attach to, e.g. BPF_PROG_TEST_RUN). Rare, so a shared counter with atomic adds is fine. */
+static __always_inline void count_unattributed(__u64 bytes)
 {
-#if XT_SAMPLING > 1
-    if (bpf_get_prandom_u32() % XT_SAMPLING)
-        return;
-    stat_inc(XT_STAT_SAMPLED);
-#endif
-    struct counters *v = flows.lookup(key);
-    if (v) {
-        v->packets += XT_SAMPLING;
-        v->bytes += bytes * XT_SAMPLING;
-        return;
+    __u32 idx = XT_STATE_UNATTRIBUTED;
+    struct xt_state *s = state.lookup(&idx);
+    if (s) {
+        __sync_fetch_and_add(&s->packets, 1);
+        __sync_fetch_and_add(&s->bytes, bytes);
     }
-    struct counters init = {.packets = XT_SAMPLING, .bytes = bytes * XT_SAMPLING};
-    if (flows.insert(key, &init) == 0) {
-        stat_inc(XT_STAT_FLOW_INSERTS);
-        return;
-    }
-    /* another CPU inserted the same flow a moment ago: add to its entry */
-    v = flows.lookup(key);
-    if (v) {
-        v->packets += XT_SAMPLING;
-        v->bytes += bytes * XT_SAMPLING;
-        return;
-    }
-    stat_inc(XT_STAT_TABLE_FULL);
 }
 
-static __always_inline void count_iface(__u32 ifindex, __u64 bytes)
+/* Adds one packet to the entry `key` of `table`, creating it; -1 when the table is full. */
+static __always_inline int count_in(void *table, struct flow_key *key, __u64 bytes)
 {
-    struct counters *v;
-    if (ifindex < XT_IFACE_SLOTS) {
-        v = iface_slots.lookup(&ifindex);
-        if (v) {
-            v->packets += 1;
-            v->bytes += bytes;
-        }
-        return;
-    }
-    v = ifaces.lookup(&ifindex);
+    struct counters *v = bpf_map_lookup_elem(table, key);
     if (v) {
         v->packets += 1;
         v->bytes += bytes;
-        return;
+        return 0;
     }
     struct counters init = {.packets = 1, .bytes = bytes};
-    ifaces.update(&ifindex, &init);
+    if (bpf_map_update_elem(table, key, &init, BPF_NOEXIST) == 0)
+        return 0;
+    /* another CPU inserted the same key a moment ago: add to its entry */
+    v = bpf_map_lookup_elem(table, key);
+    if (v) {
+        v->packets += 1;
+        v->bytes += bytes;
+        return 0;
+    }
+    return -1;
+}
+
+static __always_inline void count_untracked(void *table, __u32 ifindex, __u32 reason, __u64 bytes)
+{
+    struct flow_key key;
+    __builtin_memset(&key, 0, sizeof(key));
+    key.ifindex = ifindex;
+    key.protocol = reason;
+    if (count_in(table, &key, bytes) != 0)
+        count_unattributed(bytes);
+}
+
+static __always_inline void count_flow(void *table, struct flow_key *key, __u64 bytes)
+{
+#if XT_SAMPLING > 1
+    /* 1 in XT_SAMPLING packets is counted in its flow (the agent scales the counts up); the
+     * others only in the interface's `unsampled` entry, so the interface total stays exact */
+    if (bpf_get_prandom_u32() % XT_SAMPLING) {
+        count_untracked(table, key->ifindex, XT_UNTRACKED_UNSAMPLED, bytes);
+        return;
+    }
+#endif
+    if (count_in(table, key, bytes) != 0)
+        count_untracked(table, key->ifindex, XT_UNTRACKED_TABLE_FULL, bytes);
 }
 
 static __always_inline int xtrace(struct xdp_md *ctx, const int ipoib)
 {
     struct cursor c = {.pos = (void *)(long)ctx->data, .end = (void *)(long)ctx->data_end};
     __u64 bytes = c.end - c.pos;
+    __u32 zero = 0;
+    void *table = tables.lookup(&zero);
+    if (!table) {
+        count_unattributed(bytes);
+        return XDP_PASS;
+    }
     struct flow_key key;   /* parse_frame writes every word of it */
 
     key.ifindex = ctx->ingress_ifindex;
-    count_iface(key.ifindex, bytes);
-
     int r = parse_frame(&c, &key, ipoib);
     if (r == XT_OK)
-        count_flow(&key, bytes);
+        count_flow(table, &key, bytes);
     else
-        stat_inc(r == XT_MALFORMED ? XT_STAT_MALFORMED : XT_STAT_NON_IP);
+        count_untracked(table, key.ifindex, r == XT_MALFORMED ? XT_UNTRACKED_MALFORMED : XT_UNTRACKED_NON_IP,
+                        bytes);
     return XDP_PASS;
 }
 

@@ -2,19 +2,24 @@
  *
  * This header holds ONLY what both sides read. The agent never re-declares these layouts:
  * the compile step reports each map's key/value layout (field names, offsets, sizes) as BCC
- * sees it, and the agent builds its decoders from that report.
+ * sees it, and the agent builds its decoders from that report. The numbering of traffic types
+ * and untracked reasons is the agent's (xtrace_agent/xdp/layout.py), passed with -D, so that it
+ * is written once.
  */
 #ifndef XTRACE_H
 #define XTRACE_H
 
-/* traffic_type values (label traffic_type) */
-#define XT_TRAFFIC_ETHERNET   0
-#define XT_TRAFFIC_ROCE       1   /* RoCEv2: UDP destination port 4791 with a BTH */
-#define XT_TRAFFIC_INFINIBAND 2   /* IPoIB link */
+#if !defined(XT_TRAFFIC_ETHERNET) || !defined(XT_UNTRACKED_MALFORMED)
+#error "compile through the agent (xtrace_agent.xdp.compiler): it defines XT_TRAFFIC_* and XT_UNTRACKED_*"
+#endif
 
 /* One flow, per ingress interface. Addresses are 16 bytes; IPv4 is stored IPv4-mapped
  * (::ffff:a.b.c.d) and ip_version says which text form to print. Ports are host order and
- * 0 for protocols without ports and for non-first fragments. */
+ * 0 for protocols without ports and for non-first fragments.
+ *
+ * A key with ip_version 0 is not a flow: it is the interface's `untracked` entry for the reason
+ * in `protocol` (XT_UNTRACKED_*), every other field but ifindex zero. Those packets count in the
+ * interface total and in its `other` flow. */
 struct flow_key {
     __u32 ifindex;
     __u8  src[16];
@@ -24,24 +29,30 @@ struct flow_key {
     __u8  protocol;       /* IANA protocol number (final, after IPv6 extension headers) */
     __u8  traffic_type;   /* XT_TRAFFIC_* */
     __u8  rdma_opcode;    /* BTH opcode, RoCEv2 only */
-    __u8  ip_version;     /* 4 or 6 */
+    __u8  ip_version;     /* 4 or 6; 0 for an untracked entry */
     __u32 dest_qp;        /* BTH destination QP (24 bits), RoCEv2 only */
 };
 
-/* Per-CPU value of a flow and of an interface total. */
+/* Per-CPU value of a flow or untracked entry: packets the program saw (not scaled by sampling). */
 struct counters {
     __u64 packets;
     __u64 bytes;
 };
 
-/* Indexes of the per-CPU `stats` array: what the program could not track. */
-enum xt_stat {
-    XT_STAT_MALFORMED = 0,   /* a header was cut short or invalid (bad IHL, bad version...) */
-    XT_STAT_NON_IP,          /* parsed fine but not IPv4/IPv6 (ARP, LLDP...): interface totals only */
-    XT_STAT_TABLE_FULL,      /* flow insert failed: packets stay in interface totals only */
-    XT_STAT_FLOW_INSERTS,    /* new flows inserted; inserts - drained = LRU evictions */
-    XT_STAT_SAMPLED,         /* packets that went through the 1-in-N sampler into the flow table */
-    XT_STAT_MAX,
+/* The `state` array: element XT_STATE_OWNER is written by the agent that loaded the program (so
+ * a second agent can tell a live owner from a crashed one); element XT_STATE_UNATTRIBUTED is
+ * added to by the program (atomically) for packets it could not put under any interface. */
+#define XT_STATE_OWNER        0
+#define XT_STATE_UNATTRIBUTED 1
+
+struct xt_state {
+    __u64 pid;            /* owner: process id, in the namespace named by pidns */
+    __u64 pidns;          /* owner: inode of /proc/<pid>/ns/pid */
+    __u64 start_time;     /* owner: field 22 of /proc/<pid>/stat (tells a reused pid) */
+    __u64 heartbeat_ns;   /* owner: CLOCK_BOOTTIME of its last report */
+    __u64 interval_ns;    /* owner: its report interval */
+    __u64 packets;        /* unattributed */
+    __u64 bytes;          /* unattributed */
 };
 
 #endif

@@ -98,3 +98,26 @@ def test_flags_override_config_file(tmp_path):
     cfg = _cfg(["--config", str(f), "--interval", "0.5", "--attach-mode", "generic"])
     assert cfg.mode == "rdma" and cfg.interval == 0.5 and cfg.devices == ("mlx5_0",)
     assert cfg.xdp.attach_mode == "generic" and cfg.from_file
+
+
+def test_config_file_in_xdp_mode_needs_interfaces(tmp_path):
+    f = tmp_path / "a.yaml"
+    f.write_text("mode: xdp\ninterval: 1\n")
+    r = run("--config", str(f), "--http-listen", "")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "interfaces: required in xdp mode" in lines[0], r.stderr
+    # the eth0 default stays for the command line, and -i completes a file
+    assert _cfg([]).interfaces == ("eth0",)
+    assert _cfg(["--config", str(f), "-i", "lo"]).interfaces == ("lo",)
+
+
+def test_sysfs_that_does_not_exist_says_so():
+    r = run("-m", "rdma", "--sysfs", "/nonexistent", "--count", "1", "--http-listen", "")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "xtrace-agent: error: --sysfs /nonexistent: the path does not exist"
+
+
+def test_flow_gauges_switch():
+    assert _cfg([]).xdp.flow_gauges is True
+    assert _cfg(["--no-flow-gauges", "--attach-mode", "native"]).xdp.flow_gauges is False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xtrace_agent.xdp import compiler, program
+from xtrace_agent.xdp import addresses, compiler, layout
 from xtrace_agent.xdp.compiler import Field
 
 
@@ -32,15 +32,18 @@ def test_summary_of_nothing():
     assert compiler.summarize("", -9) == "compiler process exited with status -9"
 
 
-def test_header_constants_come_from_xtrace_h():
-    types, stats = program.header_constants()
-    assert types == {0: "ethernet", 1: "roce", 2: "infiniband"}
-    assert stats[:5] == ["malformed", "non_ip", "table_full", "flow_inserts", "sampled"]
+def test_every_constant_the_c_uses_is_defined_by_the_agent():
+    import re
+
+    text = "".join((compiler.bpf_dir() / name).read_text() for name in ("xtrace.c", "xtrace.h"))
+    used = set(re.findall(r"\b(XT_(?:TRAFFIC|UNTRACKED)_[A-Z_]+)\b", text))
+    assert used and used <= set(layout.defines())
+    assert layout.defines()["XT_TRAFFIC_ROCE"] == 1 and layout.TRAFFIC_TYPES[1] == "roce"
 
 
 def test_dtype_from_reported_layout():
     fields = (Field("ifindex", 0, 4, 1), Field("src", 4, 16, 16), Field("port", 20, 2, 1))
-    dt = program.dtype_of(fields, 24)
+    dt = layout.dtype_of(fields, 24)
     raw = (7).to_bytes(4, "little") + bytes(range(16)) + (443).to_bytes(2, "little") + b"\0\0"
     row = np.frombuffer(raw, dtype=dt)[0]
     assert row["ifindex"] == 7 and row["port"] == 443 and bytes(row["src"]) == bytes(range(16))
@@ -51,5 +54,5 @@ def test_ip_text_is_canonical():
 
     for text in ("2001:db8::1", "::1", "fe80::1:0:0:1", "2001:db8:0:1:1:1:1:1", "::ffff:1.2.3.4", "::1.2.3.4", "::"):
         packed = ipaddress.IPv6Address(text).packed
-        assert program.ip_text(packed, 6) == ipaddress.IPv6Address(text).compressed
-    assert program.ip_text(b"\0" * 10 + b"\xff\xff" + bytes([10, 0, 0, 1]), 4) == "10.0.0.1"
+        assert addresses.ip_text(packed, 6) == ipaddress.IPv6Address(text).compressed
+    assert addresses.ip_text(b"\0" * 10 + b"\xff\xff" + bytes([10, 0, 0, 1]), 4) == "10.0.0.1"

@@ -9,7 +9,8 @@ from xtrace_agent.errors import UsageError
 FULL = AgentConfig(
     mode="xdp", interfaces=("eth0", "ens*"), devices=("mlx5_0",), interval=2.5, output="json", sysfs="/host/sys",
     node="n1", monitor="m", namespace="ns", labels={"cluster": "a"},
-    xdp=XdpConfig(attach_mode="generic", flow_table_size=4096, sampling=8, idle_timeout=60, max_flows=100),
+    xdp=XdpConfig(attach_mode="generic", flow_table_size=4096, sampling=8, idle_timeout=60, max_flows=100,
+                  flow_gauges=False),
     remote_write=(RemoteWriteTarget(url="https://vm/api/v1/write", name="vm",
                                     basic_auth=BasicAuth(username="u", password_file="/s/p"),
                                     ca_file="/ca", insecure_skip_verify=True, headers={"X-Scope": "1"}),
@@ -36,6 +37,7 @@ def test_defaults_are_left_out_of_the_rendered_form():
     ({"xdp": {"flowTableSize": 10}}, "xdp.flowTableSize"),
     ({"xdp": {"attachMode": "fast"}}, "xdp.attachMode"),
     ({"xdp": {"bogus": 1}}, "xdp.bogus"),
+    ({"xdp": {"flowGauges": "no"}}, "xdp.flowGauges"),
     ({"remoteWrite": [{"name": "x"}]}, "remoteWrite[0].url"),
     ({"remoteWrite": [{"url": "vm:8428"}]}, "remoteWrite[0].url"),
     ({"remoteWrite": [{"url": "http://a", "bearerTokenFile": "/t", "basicAuth": {"username": "u"}}]},

@@ -271,3 +271,23 @@ def test_unreachable_server_or_missing_token_never_raises(api, reporter_of, toke
     wait_for(lambda: health.get("xtrace_pod_status_errors_total") >= 3)
     r.close()
     assert not r._thread.is_alive()
+
+
+def test_pod_status_is_a_sink_of_the_pipeline(api, reporter_of, tmp_path):
+    """cli.build_sinks adds it only in a pod; each report it takes hands readiness on."""
+    from xtrace_agent import cli
+    from xtrace_agent.config import AgentConfig
+    from xtrace_agent.samples import Report
+    from xtrace_agent.sinks.podstatus import PodStatusSink
+
+    health = Health()
+    assert not any(isinstance(s, PodStatusSink) for s in cli.build_sinks(AgentConfig(output="none"), health, {}))
+    health.not_ready("agent", "starting: no report yet")
+    sink = PodStatusSink(reporter_of(health))
+    sink.write(Report(0.0))
+    wait_for(lambda: api.count() == 1)
+    health.ready("agent")
+    sink.write(Report(1.0))
+    wait_for(lambda: api.count() == 2)
+    assert [c["status"] for c in api.conditions()] == ["False", "True"]
+    sink.close(1.0)

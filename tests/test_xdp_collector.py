@@ -1,12 +1,16 @@
-"""The XDP collector's bookkeeping, on a fake kernel program (no root needed).
+"""The XDP source and the accounting stage after it, on a fake kernel program (no root needed).
 
 The fake stands in for the kernel only; the real program is exercised in tests/kernel/.
 """
 
 import socket
 
-from xtrace_agent.collectors.xdp import XdpCollector, text_line
+import pytest
+
+from xtrace_agent.collectors.xdp import XdpCollector
 from xtrace_agent.config import AgentConfig, XdpConfig
+from xtrace_agent.errors import UsageError
+from xtrace_agent.flows import FlowAccounting, text_line
 from xtrace_agent.health import Health
 from xtrace_agent.xdp.program import Drained, FlowKey
 
@@ -17,6 +21,9 @@ class FakeProgram:
     def __init__(self):
         self.pending: list[Drained] = []
         self._attached: dict[int, str] = {}
+
+    def claim(self, interval):
+        pass
 
     def attach(self, ifname, ifindex, infiniband, mode):
         self._attached[ifindex] = "generic"
@@ -31,47 +38,133 @@ class FakeProgram:
     def drain(self):
         return self.pending.pop(0) if self.pending else Drained({}, {}, {})
 
+    def unattributed(self):
+        return (0, 0)
+
     def close(self):
         self._attached.clear()
+
+
+def drained(flows, untracked=None, sampled=0, sampling=1):
+    """A drain as the kernel reports it: interface totals are every entry's raw counts."""
+    untracked = untracked or {}
+    totals: dict[int, list[int]] = {}
+    for fk, (p, b) in flows.items():
+        cur = totals.setdefault(fk.ifindex, [0, 0])
+        cur[0] += p // sampling
+        cur[1] += b // sampling
+    for (ifindex, _), (p, b) in untracked.items():
+        cur = totals.setdefault(ifindex, [0, 0])
+        cur[0] += p
+        cur[1] += b
+    return Drained(flows, untracked, {k: tuple(v) for k, v in totals.items()}, sampled)
 
 
 def flow(sport, proto=17, ttype="ethernet", opcode=0, qp=0, src="10.0.0.1"):
     return FlowKey(LO, src, "10.0.0.2", sport, 9999, proto, ttype, opcode, qp)
 
 
-def collector(**xdp):
+def pipeline(**xdp):
     fake = FakeProgram()
     cfg = AgentConfig(interfaces=("lo",), xdp=XdpConfig(**xdp))
-    c = XdpCollector(cfg, Health(), program_loader=lambda _: fake)
-    c.start()
-    return c, fake
+    health = Health()
+    source = XdpCollector(cfg, health, program_loader=lambda _: fake)
+    source.start()
+    accounting = FlowAccounting(cfg, health)
+    return source, accounting, fake, health
+
+
+def values(report):
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for s in report.samples}
 
 
 def test_cumulative_samples_and_old_text_format():
-    c, fake = collector()
-    fake.pending = [Drained({flow(1): (2, 200)}, {LO: (3, 260)}, {"malformed": 1}),
-                    Drained({flow(1): (1, 100), flow(4791, ttype="roce", opcode=4, qp=17): (1, 80)}, {LO: (2, 180)}, {})]
-    c.collect(1.0)
-    report = c.collect(2.0)
+    source, accounting, fake, health = pipeline()
+    fake.pending = [drained({flow(1): (2, 200)}, {(LO, "malformed"): (1, 60)}),
+                    drained({flow(1): (1, 100), flow(4791, ttype="roce", opcode=4, qp=17): (1, 80)})]
+    accounting.report(source.collect(1.0), 1.0)
+    report = accounting.report(source.collect(2.0), 2.0)
     assert "10.0.0.1:1 -> 10.0.0.2:9999 proto=17 packets=3 bytes=300" in report.text
     assert "10.0.0.1:4791 -> 10.0.0.2:9999 proto=17 packets=1 bytes=80 traffic_type=roce rdma_opcode=4 dest_qp=17" \
         in report.text
-    values = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in report.samples}
-    assert values[("xtrace_interface_packets_total", (("interface", "lo"),))] == 5
+    v = values(report)
+    assert v[("xtrace_interface_packets_total", (("interface", "lo"),))] == 5
+    assert v[("xtrace_xdp_untracked_bytes_total", (("interface", "lo"), ("reason", "malformed")))] == 60
     roce = [s for s in report.samples if s.labels.get("traffic_type") == "roce"]
     assert {s.labels["rdma_opcode"] for s in roce} == {"4"} and {s.labels["dest_qp"] for s in roce} == {"17"}
-    assert c.health.get("xtrace_xdp_malformed_packets_total") == 1
-    c.close()
+    assert health.get("xtrace_xdp_malformed_packets_total") == 1
+    source.close()
 
 
-def test_budget_overflow_is_an_other_flow_and_counted():
-    c, fake = collector(max_flows=1)
-    fake.pending = [Drained({flow(1): (5, 500), flow(2): (1, 10)}, {LO: (6, 510)}, {})]
-    report = c.collect(1.0)
+def conservation(report) -> dict[str, tuple[int, int]]:
+    """Per interface: (flows + other) - interface total, in packets and bytes."""
+    out: dict[str, list[int]] = {}
+    for s in report.samples:
+        i = 0 if s.name.endswith("packets_total") else 1
+        if s.name in ("xtrace_network_packets_total", "xtrace_network_bytes_total"):
+            out.setdefault(s.labels["interface"], [0, 0])[i] += s.value
+        elif s.name in ("xtrace_interface_packets_total", "xtrace_interface_bytes_total"):
+            out.setdefault(s.labels["interface"], [0, 0])[i] -= s.value
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def test_budget_overflow_and_untracked_packets_are_in_other_and_conserved():
+    source, accounting, fake, health = pipeline(max_flows=1)
+    fake.pending = [drained({flow(1): (5, 500), flow(2): (1, 10)}, {(LO, "table_full"): (2, 120),
+                                                                    (LO, "non_ip"): (1, 60)})]
+    report = accounting.report(source.collect(1.0), 1.0)
     others = [s for s in report.samples if s.labels.get("src_ip") == "other" and s.name.endswith("packets_total")]
-    assert [s.value for s in others] == [1]
-    assert c.health.get("xtrace_flows_folded_total") == 1
-    c.close()
+    assert [s.value for s in others] == [1 + 2 + 1]
+    assert health.get("xtrace_flows_folded_total") == 1
+    assert health.get("xtrace_xdp_table_full_packets_total") == 2
+    assert conservation(report) == {"lo": (0, 0)}
+
+
+def test_sampled_counts_are_exported_and_table_full_is_scaled():
+    source, accounting, fake, health = pipeline(sampling=10)
+    fake.pending = [drained({flow(1): (30, 3000)}, {(LO, "unsampled"): (25, 2500), (LO, "table_full"): (1, 100)},
+                            sampled=3, sampling=10)]
+    report = accounting.report(source.collect(1.0), 1.0)
+    v = values(report)
+    assert v[("xtrace_interface_packets_total", (("interface", "lo"),))] == 3 + 25 + 1
+    assert health.get("xtrace_xdp_sampled_packets_total") == 3
+    other = [s.value for s in report.samples if s.name == "xtrace_network_packets_total"
+             and s.labels["src_ip"] == "other"]
+    assert other == [10]  # the one sampled packet of a new flow stands for 10
+
+
+def test_flow_gauges_are_the_last_interval_and_can_be_turned_off():
+    source, accounting, fake, _ = pipeline()
+    fake.pending = [drained({flow(1): (2, 200)}), drained({flow(1): (3, 300)}), drained({})]
+    names = []
+    for t in (1.0, 2.0, 3.0):
+        report = accounting.report(source.collect(t), t)
+        names.append({(s.name, s.labels.get("src_port")): s.value for s in report.samples
+                      if s.name.startswith("xtrace_network_flow_")})
+    assert names[0] == {("xtrace_network_flow_packets", "1"): 2, ("xtrace_network_flow_bytes", "1"): 200}
+    assert names[1] == {("xtrace_network_flow_packets", "1"): 3, ("xtrace_network_flow_bytes", "1"): 300}
+    assert names[2] == {}  # moved nothing in that interval: no gauge (as the old tool)
+    source, accounting, fake, _ = pipeline(flow_gauges=False)
+    fake.pending = [drained({flow(1): (2, 200)})]
+    report = accounting.report(source.collect(1.0), 1.0)
+    assert not [s for s in report.samples if s.name.startswith("xtrace_network_flow_")]
+
+
+def test_every_self_metric_exists_at_zero_in_the_first_report():
+    source, accounting, fake, health = pipeline()
+    report = accounting.report(source.collect(1.0), 1.0)
+    v = values(report)
+    have = {s.name for s in health.samples(1.0)} | {name for name, _ in v}
+    for name in ("xtrace_xdp_malformed_packets_total", "xtrace_xdp_non_ip_packets_total",
+                 "xtrace_xdp_table_full_packets_total", "xtrace_xdp_unattributed_packets_total",
+                 "xtrace_xdp_unattributed_bytes_total", "xtrace_xdp_sampled_packets_total", "xtrace_flows_folded_total",
+                 "xtrace_flows_expired_total", "xtrace_flows_retired_total", "xtrace_flows_tracked",
+                 "xtrace_interface_packets_total", "xtrace_xdp_untracked_packets_total"):
+        assert name in have, name
+    assert v[("xtrace_xdp_untracked_packets_total", (("interface", "lo"), ("reason", "table_full")))] == 0
+    assert v[("xtrace_network_packets_total", (("dst_ip", "other"), ("dst_port", "0"), ("interface", "lo"),
+                                               ("protocol", "0"), ("src_ip", "other"), ("src_port", "0"),
+                                               ("traffic_type", "other")))] == 0
 
 
 def test_ipv6_endpoints_are_bracketed():
@@ -80,8 +173,6 @@ def test_ipv6_endpoints_are_bracketed():
 
 
 def test_a_glob_that_matches_nothing_is_reported_not_ready():
-    from xtrace_agent.errors import UsageError
-
     fake = FakeProgram()
     cfg = AgentConfig(interfaces=("lo", "xtnomatch*"), from_file=True)
     c = XdpCollector(cfg, Health(), program_loader=lambda _: fake)
@@ -89,9 +180,5 @@ def test_a_glob_that_matches_nothing_is_reported_not_ready():
     assert c.health.reasons() == {"xdp:xtnomatch*": "no interface matches"}
     c.close()
     strict = XdpCollector(AgentConfig(interfaces=("xtnomatch*",)), Health(), program_loader=lambda _: fake)
-    try:
+    with pytest.raises(UsageError, match="no interface matches 'xtnomatch\\*'"):
         strict.start()
-    except UsageError as e:
-        assert "no interface matches 'xtnomatch*'" in str(e)
-    else:
-        raise AssertionError("a glob matching nothing on the command line is a usage error")

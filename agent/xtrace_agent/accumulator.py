@@ -1,17 +1,23 @@
 """Turns per-interval deltas into cumulative counters, with idle expiry and a series budget.
 
-Why in user space: the kernel table is drained (read and reset) every interval so that it
-only ever holds one interval's flows; the cumulative values the sinks push live here.
+Why in user space: the kernel tables are drained every interval, so each holds one interval's
+flows; the cumulative values the sinks push live here.
 
-Rules (DESIGN.md §5): a pushed counter never goes backwards. So a flow that expires and later
-comes back resumes from its last value (kept in a bounded "tombstone" memory), and a flow that
-does not fit in the budget is folded into one `other` flow per interface, whose counter keeps
-growing: the interface's traffic is never lost, only its detail.
+Two rules hold at every report (docs/architecture.md, "Every packet accounted for"):
+- conservation: per group (interface), the live flows plus the group's `other` entry hold every
+  packet and byte ever added. Nothing goes to state that is not exported: a flow that stops
+  being exported (idle expiry, or retired to make room under budget pressure) hands its counts
+  to `other`, and so does every flow that does not fit in the budget;
+- a pushed counter never goes backwards. So a flow that stopped being exported is remembered
+  for a while (a "tombstone", the key alone): if it comes back meanwhile its traffic goes to
+  `other`, because resuming its series would count its old value twice and starting it again
+  at 0 would go backwards. Tombstones are forgotten after `memory_seconds` (default one hour,
+  long past any query engine's staleness) or, oldest first, past `memory_flows` of them; a flow
+  that returns after that starts a fresh series, which rate() reads as a counter reset.
 
-Under budget pressure the lowest-traffic flows give way: after an interval in which flows were
-folded, each live flow that moved fewer bytes in that interval than a folded one is retired
-(its series stops; its value is kept as a tombstone), so the busier newcomer gets a series
-next time.
+Under budget pressure the lowest-traffic flows give way: after an interval in which new flows
+were folded, each live flow that moved fewer bytes in that interval than a folded one retires,
+so the busier newcomer gets a series next time.
 """
 
 from __future__ import annotations
@@ -19,41 +25,67 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 
+DEFAULT_MEMORY_SECONDS = 3600.0
+MEMORY_PER_BUDGET = 10  # tombstones kept per flow of budget
+
 
 class Accumulator:
     """Cumulative (packets, bytes) per key, for at most `max_flows` keys plus one `other` key per group."""
 
     def __init__(self, max_flows: int, idle_timeout: float, other_of: Callable[[Hashable], Hashable],
-                 describe: Callable[[Hashable], object] = lambda key: None):
+                 describe: Callable[[Hashable], object] = lambda key: None, *,
+                 memory_seconds: float = DEFAULT_MEMORY_SECONDS, memory_flows: int | None = None):
         self.max_flows = max_flows
         self.idle_timeout = idle_timeout
+        self.memory_seconds = memory_seconds
+        self.memory_flows = memory_flows if memory_flows is not None else MEMORY_PER_BUDGET * max_flows
         self._other_of = other_of
         self._describe = describe  # key -> what a sink needs (labels), made once per live entry
-        # key -> [packets, bytes, last_seen, bytes in the last interval it was seen, description]
+        # key -> [packets, bytes, last_seen, bytes in the last interval it was seen, description,
+        #         packets in the last interval it was seen]
         self._live: dict[Hashable, list] = {}
         self._others: dict[Hashable, list] = {}
-        self._tombstones: OrderedDict[Hashable, tuple[int, int]] = OrderedDict()
-        self.folded_flows = 0  # flows (per interval) whose counts went to `other`: cumulative
-        self.expired_flows = 0
+        self._tombstones: OrderedDict[Hashable, float] = OrderedDict()  # key -> when it stopped
+        self.folded_flows = 0  # flows (per interval) whose counts went to `other` for lack of budget
+        self.expired_flows = 0  # flows that stopped being exported after the idle timeout
+        self.retired_flows = 0  # flows that stopped being exported to make room for busier ones
 
     def add(self, deltas: dict[Hashable, tuple[int, int]], now: float) -> None:
         live = self._live
+        tombstones = self._tombstones
         folded: list[int] = []
         for key, (packets, bytes_) in deltas.items():
             entry = live.get(key)
             if entry is None:
+                if key in tombstones:
+                    self.add_other(self._other_of(key), packets, bytes_, now)
+                    continue
                 if len(live) >= self.max_flows:
-                    self._fold(key, packets, bytes_, now)
+                    self.add_other(self._other_of(key), packets, bytes_, now)
+                    self.folded_flows += 1
                     folded.append(bytes_)
                     continue
-                old = self._tombstones.pop(key, None)
-                entry = live[key] = [old[0], old[1], now, 0, None] if old else [0, 0, now, 0, None]
+                entry = live[key] = [0, 0, now, 0, None, 0]
             entry[0] += packets
             entry[1] += bytes_
             entry[2] = now
             entry[3] = bytes_
+            entry[5] = packets
         if folded:
             self._make_room(folded, now)
+
+    def add_other(self, other_key: Hashable, packets: int, bytes_: int, now: float) -> None:
+        """Counts that belong to a group but to none of its flows (untracked in the kernel)."""
+        other = self._others.get(other_key)
+        if other is None:
+            other = self._others[other_key] = [0, 0, now, 0, None, 0]
+        if other[2] != now:
+            other[3] = other[5] = 0
+        other[0] += packets
+        other[1] += bytes_
+        other[2] = now
+        other[3] += bytes_
+        other[5] += packets
 
     def _make_room(self, folded: list[int], now: float) -> None:
         """Retire the quietest live flows, each one only for a folded flow that moved more bytes."""
@@ -64,31 +96,32 @@ class Accumulator:
         for (key, entry), newcomer in zip(quietest, sorted(folded, reverse=True), strict=False):
             if recent((key, entry)) >= newcomer:
                 break
-            self._retire(key)
-
-    def _fold(self, key: Hashable, packets: int, bytes_: int, now: float) -> None:
-        self.folded_flows += 1
-        other = self._others.setdefault(self._other_of(key), [0, 0, now, 0, None])
-        other[0] += packets
-        other[1] += bytes_
-        other[2] = now
+            self._retire(key, now)
+            self.retired_flows += 1
 
     def expire(self, now: float) -> int:
-        """Forget flows idle for longer than the idle timeout; returns how many went."""
+        """Stop exporting flows idle for longer than the idle timeout; returns how many went."""
         cutoff = now - self.idle_timeout
         idle = [k for k, e in self._live.items() if e[2] < cutoff]
         for key in idle:
-            self._retire(key)
-        # tombstones are bounded like the live table: past that, a very old flow that returns
-        # starts a fresh series, long after any query engine considered the old one stale
-        while len(self._tombstones) > self.max_flows:
-            self._tombstones.popitem(last=False)
+            self._retire(key, now)
+        tombstones = self._tombstones
+        forget = now - self.memory_seconds
+        while tombstones and (len(tombstones) > self.memory_flows or next(iter(tombstones.values())) < forget):
+            tombstones.popitem(last=False)
         self.expired_flows += len(idle)
         return len(idle)
 
-    def _retire(self, key: Hashable) -> None:
+    def _retire(self, key: Hashable, now: float) -> None:
+        """The flow's series stops; its counts move to `other`, and its return is folded there."""
         entry = self._live.pop(key)
-        self._tombstones[key] = (entry[0], entry[1])
+        other = self._others.get(self._other_of(key))
+        if other is None:
+            other = self._others[self._other_of(key)] = [0, 0, now, 0, None, 0]
+        other[0] += entry[0]
+        other[1] += entry[1]
+        self._tombstones[key] = now
+        self._tombstones.move_to_end(key)
 
     def __len__(self) -> int:
         return len(self._live)
@@ -97,26 +130,35 @@ class Accumulator:
         return self._live.keys()
 
     def items(self) -> Iterator[tuple[Hashable, int, int, bool]]:
-        """(key, packets, bytes, is_other) for every live flow and every `other` bucket."""
+        """(key, packets, bytes, is_other) for every live flow and every `other` entry."""
         for key, e in self._live.items():
             yield key, e[0], e[1], False
         for key, e in self._others.items():
             yield key, e[0], e[1], True
 
     def described(self) -> Iterator[tuple[object, int, int]]:
-        """(description, packets, bytes) for every live flow and `other` bucket; descriptions are
+        """(description, packets, bytes) for every live flow and `other` entry; descriptions are
         made once per entry and reused every interval."""
+        for description, packets, bytes_, _, _ in self.described_with_recent(None):
+            yield description, packets, bytes_
+
+    def described_with_recent(self, now: float | None) -> Iterator[tuple[object, int, int, int, int]]:
+        """As described(), plus (packets, bytes) moved in the interval ending at `now` (0, 0 for
+        entries that moved nothing then)."""
         describe = self._describe
         for table in (self._live, self._others):
             for key, e in table.items():
                 d = e[4]
                 if d is None:
                     d = e[4] = describe(key)
-                yield d, e[0], e[1]
+                if e[2] == now:
+                    yield d, e[0], e[1], e[5], e[3]
+                else:
+                    yield d, e[0], e[1], 0, 0
 
 
 class Totals:
-    """Cumulative (packets, bytes) per key, never expired: interface totals, drop counters."""
+    """Cumulative (packets, bytes) per key, never expired: interface totals, untracked counts."""
 
     def __init__(self) -> None:
         self.values: dict[Hashable, list[int]] = {}

@@ -1,6 +1,9 @@
 """The `xtrace-agent` command: flags and environment (XTrace-Catch compatible), then the pipeline.
 
-    collector (xdp | rdma | nccl) -> Report each interval -> sinks (stdout, remote write, /metrics)
+    source (xdp | rdma | nccl) -> accounting (xdp: flows.FlowAccounting) -> Report each interval
+        -> sinks (stdout, remote write, /metrics, pod status)
+
+run() wires every stage, in that order, and nothing else does.
 
 Exit codes: 0 done, 2 bad usage or config, 1 runtime failure; always one line on stderr.
 """
@@ -19,7 +22,6 @@ import threading
 import time
 
 from xtrace_agent import config as config_mod
-from xtrace_agent import podstatus
 from xtrace_agent.config import AgentConfig, RemoteWriteTarget
 from xtrace_agent.errors import AgentFailure, UsageError
 from xtrace_agent.health import Health, describe
@@ -82,6 +84,8 @@ def parser() -> argparse.ArgumentParser:
                    help="XDP attach mode: auto (native, else generic), native or generic")
     p.add_argument("--http-listen", default=None, metavar="HOST:PORT",
                    help="address for /metrics, /healthz, /readyz (default 0.0.0.0:9435; '' disables)")
+    p.add_argument("--no-flow-gauges", action="store_true",
+                   help="do not export XTrace-Catch's per-interval gauges xtrace_network_flow_{packets,bytes}")
     p.add_argument("--spool-dir", default=None, metavar="DIR", help="remote-write spool directory (survives restarts)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
@@ -107,8 +111,13 @@ def build_config(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
         changes["mode"] = args.mode
     if args.interface:
         changes["interfaces"] = _split(args.interface)
+    elif env.get("NETWORK_INTERFACE") and not cfg.interfaces:
+        changes["interfaces"] = _split([env["NETWORK_INTERFACE"]])
     elif not cfg.interfaces:
-        changes["interfaces"] = _split([env.get("NETWORK_INTERFACE") or "eth0"])
+        if cfg.from_file and (args.mode or cfg.mode) == "xdp":
+            # the operator always renders them: a file without any is a mistake, not a wish for eth0
+            raise UsageError(f"config: {args.config}: interfaces: required in xdp mode (names or globs)")
+        changes["interfaces"] = ("eth0",)  # the old tool's default, for the command line
     if args.device:
         changes["devices"] = _split(args.device)
     for flag in ("interval", "count", "output", "sysfs"):
@@ -134,9 +143,18 @@ def build_config(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
         changes["remote_write"] = cfg.remote_write + tuple(RemoteWriteTarget(url=u) for u in urls)
     if args.spool_dir is not None:
         changes["spool"] = dataclasses.replace(cfg.spool, path=args.spool_dir)
+    xdp = {}
     if args.attach_mode:
-        changes["xdp"] = dataclasses.replace(cfg.xdp, attach_mode=args.attach_mode)
-    return dataclasses.replace(cfg, **changes)
+        xdp["attach_mode"] = args.attach_mode
+    if args.no_flow_gauges:
+        xdp["flow_gauges"] = False
+    if xdp:
+        changes["xdp"] = dataclasses.replace(cfg.xdp, **xdp)
+    cfg = dataclasses.replace(cfg, **changes)
+    if cfg.mode != "xdp" and not args.list and not os.path.isdir(cfg.sysfs):
+        where = "--sysfs" if args.sysfs is not None else "sysfs"
+        raise UsageError(f"{where} {cfg.sysfs}: the path does not exist")
+    return cfg
 
 
 def listing(cfg: AgentConfig) -> list[str]:
@@ -155,7 +173,7 @@ def listing(cfg: AgentConfig) -> list[str]:
     return lines
 
 
-def build_collector(cfg: AgentConfig, health: Health):
+def build_source(cfg: AgentConfig, health: Health):
     if cfg.mode == "xdp":
         from xtrace_agent.collectors.xdp import XdpCollector
         return XdpCollector(cfg, health)
@@ -163,12 +181,23 @@ def build_collector(cfg: AgentConfig, health: Health):
     return RdmaCollector(cfg, health)
 
 
-def build_sinks(cfg: AgentConfig, health: Health) -> list:
+def build_accounting(cfg: AgentConfig, health: Health):
+    """The stage between source and sinks: xdp deltas -> cumulative counters; rdma sources read
+    cumulative counters already and pass their Report through."""
+    if cfg.mode == "xdp":
+        from xtrace_agent.flows import FlowAccounting
+        return FlowAccounting(cfg, health).report
+    return lambda report, now: report
+
+
+def build_sinks(cfg: AgentConfig, health: Health, env: dict[str, str] | None = None) -> list:
     sinks: list = [StdoutSink(cfg.output)] if cfg.output != "none" else []
     if cfg.remote_write:
         from xtrace_agent.sinks.remote_write import RemoteWriteSink
         sinks += [RemoteWriteSink(target, cfg, health) for target in cfg.remote_write]
-    return sinks
+    from xtrace_agent.sinks.podstatus import PodStatusSink
+    pod = PodStatusSink.from_environment(health, env)  # in a pod: readiness on the Pod's status
+    return sinks + ([pod] if pod else [])
 
 
 def _deliver(sinks: list, report: Report, health: Health, server=None) -> None:
@@ -184,7 +213,7 @@ def _deliver(sinks: list, report: Report, health: Health, server=None) -> None:
 
 
 @contextlib.contextmanager
-def _gc_paused():
+def gc_paused():
     """No cyclic GC while one interval is built and handed over.
 
     An interval at 100k flows allocates ~300k objects next to ~100k long-lived ones (the
@@ -200,7 +229,7 @@ def _gc_paused():
             gc.enable()
 
 
-def run(cfg: AgentConfig, stop: threading.Event) -> int:
+def run(cfg: AgentConfig, stop: threading.Event, env: dict[str, str] | None = None) -> int:
     """The agent's loop: collect every interval, deliver to every sink, until --count or a signal."""
     health = Health()
     server = None
@@ -208,13 +237,16 @@ def run(cfg: AgentConfig, stop: threading.Event) -> int:
         from xtrace_agent.sinks.http import MetricsServer
         server = MetricsServer(cfg, health)
         server.start()  # first, so /healthz answers while the program compiles
-    sinks = build_sinks(cfg, health) + ([server] if server else [])
-    collector = build_collector(cfg, health)
-    reporter = podstatus.start(health)  # in a pod: readiness reason on the Pod's status, on change only
+    source = build_source(cfg, health)
+    account = build_accounting(cfg, health)
+    sinks = build_sinks(cfg, health, env) + ([server] if server else [])
     # not ready until the first report is out: compiling and attaching take a moment
     health.not_ready("agent", "starting: no report yet")
+    health.set("xtrace_reports_total", 0)
+    for sink in sinks:  # every self-metric exists from the first report, at 0
+        health.inc("xtrace_sink_errors_total", 0, {"sink": type(sink).__name__})
     try:
-        collector.start()
+        source.start()
         reports = 0
         next_tick = time.monotonic() + cfg.interval
         while True:
@@ -222,24 +254,21 @@ def run(cfg: AgentConfig, stop: threading.Event) -> int:
             next_tick += cfg.interval
             # also on a signal: one last collection, so what the kernel counted since the
             # previous interval reaches the sinks before we detach
-            with _gc_paused():
-                report = collector.collect(time.time())
+            with gc_paused():
+                now = time.time()
+                report = account(source.collect(now), now)
+                reports += 1
+                health.inc("xtrace_reports_total")
+                health.ready("agent")
                 _deliver(sinks, report, health, server)
             del report
             gc.collect(1)  # the interval's garbage is young: a cheap collection frees it
-            reports += 1
-            health.inc("xtrace_reports_total")
-            health.ready("agent")
-            if reporter:
-                reporter.observe()
             if stopped or (cfg.count and reports >= cfg.count):
                 break
             if next_tick < time.monotonic():  # a slow interval: skip ticks rather than burst
                 next_tick = time.monotonic() + cfg.interval
     finally:
-        if reporter:
-            reporter.close()
-        collector.close()
+        source.close()
         for sink in sinks:
             try:
                 sink.close(FLUSH_TIMEOUT)
@@ -260,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-        return run(cfg, stop)
+        return run(cfg, stop, dict(os.environ))
     except (UsageError, AgentFailure) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return e.exit_code

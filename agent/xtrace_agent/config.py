@@ -47,6 +47,9 @@ class XdpConfig:
     sampling: int = 1  # 1-in-N packets; counts are scaled back up by N
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_flows: int = DEFAULT_MAX_FLOWS
+    # XTrace-Catch's per-interval gauges xtrace_network_flow_{packets,bytes}: up to 2 more series
+    # per flow that moved in the interval (README "Sizing")
+    flow_gauges: bool = True
 
 
 @dataclass(frozen=True)
@@ -235,6 +238,7 @@ _XDP = {
     "sampling": ("sampling", _int(1, 1 << 20)),
     "idleTimeout": ("idle_timeout", _num(1, 86400)),
     "maxFlows": ("max_flows", _int(1, 10_000_000)),
+    "flowGauges": ("flow_gauges", _bool),
 }
 
 _SPOOL = {

@@ -24,7 +24,7 @@ from tests import frames as F
 from tests.helpers.bpf import bpf_prerequisites
 from tests.helpers.netns import ip, run_in_netns
 from xtrace_agent.xdp import compiler, libbpf
-from xtrace_agent.xdp.program import AttachError
+from xtrace_agent.xdp.attach import AttachError
 
 pytestmark = pytest.mark.kernel
 
@@ -168,7 +168,7 @@ def test_detach_only_our_own(xdp_program, link, foreign):
     xdp_program.detach(link.ifindex)
     assert link.xdp()["id"] == fid
     # and with our own bookkeeping still claiming the link, detach leaves theirs alone too
-    xdp_program._attached[link.ifindex] = ("native", link.dev, xdp_program.prog_fd())
+    xdp_program.links._attached[link.ifindex] = ("native", link.dev, xdp_program.prog_fd())
     xdp_program.detach(link.ifindex)
     assert link.xdp()["id"] == fid
 
@@ -178,7 +178,7 @@ def test_detach_from_a_vanished_link_does_not_raise(xdp_program, link):
     xdp_program.attach(link.dev, ifindex, False, "auto")
     ip("link", "del", link.dev)
     assert ifindex not in xdp_program.attached()
-    xdp_program._attached[ifindex] = ("native", link.dev, xdp_program.prog_fd())
+    xdp_program.links._attached[ifindex] = ("native", link.dev, xdp_program.prog_fd())
     xdp_program.detach(ifindex)
     xdp_program.detach(ifindex)
 

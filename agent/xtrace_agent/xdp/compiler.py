@@ -22,7 +22,7 @@ from pathlib import Path
 from xtrace_agent.errors import AgentFailure
 
 PROGRAMS = ("xtrace_eth", "xtrace_ipoib")
-MAPS = ("flows", "iface_slots", "ifaces", "stats")
+MAPS = ("flows_a", "flows_b", "tables", "state")
 MAX_MESSAGE = 1 << 20
 BPF_DIR_ENV = "XTRACE_BPF_DIR"
 NO_PERMISSION = ("no permission to create BPF maps and programs: run as root, or with CAP_BPF, CAP_PERFMON "

@@ -45,6 +45,13 @@ class ProgInfo(ctypes.Structure):
                 ("map_ids", c_uint64), ("name", c_char * 16)]
 
 
+class MapInfo(ctypes.Structure):
+    """The head of struct bpf_map_info, up to the name."""
+
+    _fields_ = [("type", c_uint32), ("id", c_uint32), ("key_size", c_uint32), ("value_size", c_uint32),
+                ("max_entries", c_uint32), ("map_flags", c_uint32), ("name", c_char * 16)]
+
+
 class TestRunOpts(ctypes.Structure):
     _fields_ = [("sz", c_size_t), ("data_in", c_void_p), ("data_out", c_void_p), ("data_size_in", c_uint32),
                 ("data_size_out", c_uint32), ("ctx_in", c_void_p), ("ctx_out", c_void_p),
@@ -75,6 +82,8 @@ def lib() -> ctypes.CDLL:
     so.bpf_map_delete_batch.argtypes = [c_int, c_void_p, u32p, c_void_p]
     so.bpf_map_update_batch.argtypes = [c_int, c_void_p, c_void_p, u32p, c_void_p]
     so.bpf_map_lookup_elem.argtypes = [c_int, c_void_p, c_void_p]
+    so.bpf_map_update_elem.argtypes = [c_int, c_void_p, c_void_p, c_uint64]
+    so.bpf_map_get_fd_by_id.argtypes = [c_uint32]
     so.bpf_xdp_attach.argtypes = [c_int, c_int, c_uint32, c_void_p]
     so.bpf_xdp_detach.argtypes = [c_int, c_uint32, c_void_p]
     so.bpf_xdp_query.argtypes = [c_int, c_int, c_void_p]
@@ -146,6 +155,42 @@ def lookup_elem(fd: int, key, value) -> bool:
             return False
         raise OSError(err, f"bpf_map_lookup_elem: {os.strerror(err)}")
     return True
+
+
+BPF_ANY, BPF_NOEXIST = 0, 1
+
+
+def update_elem(fd: int, key, value, flags: int = BPF_ANY) -> bool:
+    """Write one entry; False when flags is BPF_NOEXIST and the key exists already.
+
+    On a map-in-map the kernel returns only after every program run that could still see the
+    previous inner map has finished (an RCU grace period): the swap of the flow tables rests on it."""
+    ret = lib().bpf_map_update_elem(fd, key, value, flags)
+    if ret < 0 and -ret == errno.EEXIST and flags == BPF_NOEXIST:
+        return False
+    _check(ret, "bpf_map_update_elem")
+    return True
+
+
+def map_fd_by_id(map_id: int) -> int:
+    return _check(lib().bpf_map_get_fd_by_id(map_id), f"bpf_map_get_fd_by_id({map_id})")
+
+
+def map_info(fd: int) -> MapInfo:
+    info = MapInfo()
+    size = c_uint32(ctypes.sizeof(info))
+    _check(lib().bpf_obj_get_info_by_fd(fd, byref(info), byref(size)), "bpf_obj_get_info_by_fd")
+    return info
+
+
+def prog_map_ids(fd: int) -> list[int]:
+    """Ids of the maps a loaded program uses."""
+    first = prog_info(fd)
+    ids = (c_uint32 * max(1, first.nr_map_ids))()
+    info = ProgInfo(nr_map_ids=first.nr_map_ids, map_ids=ctypes.addressof(ids))
+    size = c_uint32(ctypes.sizeof(info))
+    _check(lib().bpf_obj_get_info_by_fd(fd, byref(info), byref(size)), "bpf_obj_get_info_by_fd")
+    return list(ids[:min(first.nr_map_ids, info.nr_map_ids)])
 
 
 def xdp_attach(ifindex: int, prog_fd: int, flags: int, old_prog_fd: int | None = None) -> None:
