@@ -24,16 +24,31 @@ import yaml
 from xtrace_operator import model, render
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3600 seconds, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2; argparse would print the whole usage first
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xtrace-operator", description="XTrace operator for XTraceMonitor objects.")
-    sub = p.add_subparsers(dest="command")
+    p = _Parser(prog="xtrace-operator", description="XTrace operator for XTraceMonitor objects.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
     run = sub.add_parser("run", help="run the operator (the default command)")
     for target in (p, run):
         target.add_argument("-n", "--namespace", action="append", default=None, metavar="NS",
                             help="watch only this namespace (repeatable; default: all namespaces)")
         target.add_argument("--liveness", default=None, metavar="URL",
                             help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
-        target.add_argument("--connect-timeout", type=float, default=None, metavar="SECONDS",
+        target.add_argument("--connect-timeout", type=_seconds, default=None, metavar="SECONDS",
                             help="how long to wait at startup for the Kubernetes API (default 30)")
         target.add_argument("-v", "--verbose", action="store_true", default=None, help="log handler details")
     rend = sub.add_parser("render", help="print every object the operator would create for a monitor")

@@ -6,7 +6,9 @@
 - `flush` runs per monitor every few seconds, computes the status from those indexes and writes
   it only when it changed: one write per monitor per flush at most, whatever the node count.
   It also re-applies children when they are missing (a conflict cleared, a DaemonSet deleted
-  by hand) and removes the DaemonSet of a monitor that lost a conflict.
+  by hand) or were edited by hand (the DaemonSet's generation or the ConfigMap's version moved
+  past what the operator's last apply produced), and removes the DaemonSet of a monitor that
+  lost a conflict. Children are written with server-side apply under one field manager.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from xtrace_operator import status as status_mod
 
 MONITORS = (GROUP, VERSION, PLURAL)
 DAEMONSETS = ("apps", "v1", "daemonsets")
+CONFIGMAPS = ("v1", "configmaps")
 PODS = ("v1", "pods")
-LAST_APPLIED = "xtrace.io/last-applied"
 FLUSH_SECONDS = float(os.environ.get("XTRACE_STATUS_FLUSH_SECONDS", "3"))
 OWNED_FILTER = dict(render.OWNED)
 
@@ -43,6 +45,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Server-side filtering: only our DaemonSets and agent pods travel over the watch streams.
     selector = ",".join(f"{k}={v}" for k, v in sorted(render.OWNED.items()))
     settings.watching.label_selectors[DAEMONSETS] = selector
+    settings.watching.label_selectors[CONFIGMAPS] = selector
     settings.watching.label_selectors[PODS] = selector
     # Handler chatter as Kubernetes events would flood large clusters: warnings and errors only.
     settings.posting.level = logging.WARNING
@@ -68,6 +71,31 @@ def agent_sets(namespace: str, labels: Any, meta: Any, status: Any, **_: Any) ->
     return {(namespace, labels.get(render.INSTANCE_LABEL)): status_mod.counts(dict(meta), dict(status))}
 
 
+@kopf.index(*DAEMONSETS, labels=OWNED_FILTER)
+def set_versions(namespace: str, labels: Any, meta: Any, **_: Any) -> dict:
+    # generation, not resourceVersion: the DaemonSet controller's status writes must not look like edits
+    return {(namespace, labels.get(render.INSTANCE_LABEL)): int(meta.get("generation") or 0)}
+
+
+@kopf.index(*CONFIGMAPS, labels=OWNED_FILTER)
+def config_versions(namespace: str, labels: Any, meta: Any, **_: Any) -> dict:
+    return {(namespace, labels.get(render.INSTANCE_LABEL)): _version(meta.get("resourceVersion"))}
+
+
+def _version(rv: Any) -> int:
+    # resourceVersions are opaque to clients, but every server in use (etcd's revision) makes them
+    # integers that grow; a non-integer one simply never looks like a later edit
+    try:
+        return int(rv)
+    except (TypeError, ValueError):
+        return 0
+
+
+# What the operator's own last apply produced, per monitor: {(namespace, monitor): {kind: version}}.
+# In memory only: after a restart the resume handler applies everything again and refills it.
+_applied: dict[tuple[str, str], dict[str, int]] = {}
+
+
 @kopf.index(*PODS, labels=OWNED_FILTER)
 def agent_problems(namespace: str, labels: Any, spec: Any, status: Any, **_: Any) -> dict:
     problem = status_mod.pod_problem(dict(spec), dict(status))
@@ -90,14 +118,33 @@ def _examine(body: Any, claims: kopf.Index) -> tuple[model.Monitor | None, str |
 def _apply_children(monitor: model.Monitor, body: Any, logger: Any) -> str:
     objs = render.objects(monitor)
     kopf.adopt(objs, owner=body)
+    applied: dict[str, int] = {}
     try:
         for obj in objs:
-            outcome = kube.apply(obj, LAST_APPLIED)
-            if outcome != "unchanged":
-                logger.info(f"{obj['kind']} {obj['metadata']['name']} {outcome}")
+            stored = kube.apply(obj)
+            meta = stored.get("metadata") or {}
+            version = int(meta.get("generation") or 0) if obj["kind"] == "DaemonSet" else \
+                _version(meta.get("resourceVersion"))
+            applied[obj["kind"]] = version
     except kube.ApiError as e:
         raise kopf.TemporaryError(f"applying the agent objects failed: {e}", delay=10) from None
+    key = (monitor.namespace, monitor.name)
+    if _applied.get(key) != applied:
+        logger.info(f"applied {', '.join(o['kind'] + ' ' + o['metadata']['name'] for o in objs)}")
+    _applied[key] = applied
     return render.config_hash(monitor)
+
+
+def _edited_by_hand(key: tuple[str, str], set_versions: kopf.Index, config_versions: kopf.Index) -> str | None:
+    """The kind of a child whose watched version moved past what our last apply produced, if any."""
+    mine = _applied.get(key)
+    if mine is None:
+        return None
+    for kind, index in (("DaemonSet", set_versions), ("ConfigMap", config_versions)):
+        seen = max(index.get(key, [0]), default=0)
+        if kind in mine and seen > mine[kind]:
+            return kind
+    return None
 
 
 def _status(body: Any, invalid: str | None, clash: str | None, agent_sets: kopf.Index,
@@ -135,13 +182,18 @@ def reconcile(body: kopf.Body, meta: Any, patch: kopf.Patch, logger: Any, claims
 
 @kopf.timer(*MONITORS, interval=FLUSH_SECONDS, initial_delay=FLUSH_SECONDS)
 def flush(body: kopf.Body, meta: Any, status: Any, patch: kopf.Patch, logger: Any, claims: kopf.Index,
-          agent_sets: kopf.Index, agent_problems: kopf.Index, **_: Any) -> None:
+          agent_sets: kopf.Index, agent_problems: kopf.Index, set_versions: kopf.Index,
+          config_versions: kopf.Index, **_: Any) -> None:
     monitor, invalid, clash = _examine(body, claims)
     key = (meta["namespace"], meta["name"])
     config_hash = status.get("configHash") or None
     if monitor is not None:
         has_set = key in agent_sets
+        edited = _edited_by_hand(key, set_versions, config_versions) if clash is None else None
         if clash is None and not has_set and status.get("observedGeneration") is not None:
+            config_hash = _apply_children(monitor, body, logger)
+        elif edited:
+            logger.info(f"{edited} {render.child_name(monitor)} was edited by hand: putting back what the monitor says")
             config_hash = _apply_children(monitor, body, logger)
         elif clash is not None and has_set:
             kube.delete("apps/v1", "DaemonSet", meta["namespace"], render.child_name(monitor))

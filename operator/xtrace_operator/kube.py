@@ -1,4 +1,4 @@
-"""The few Kubernetes API calls the operator makes on its children: get, create, patch, delete.
+"""The few Kubernetes API calls the operator makes on its children: server-side apply, get, delete.
 
 Plain dicts in and out, through the `kubernetes` client's transport (authentication, TLS,
 in-cluster or kubeconfig). Configuration is loaded on first use, not at import: the client
@@ -95,53 +95,20 @@ def delete(api_version: str, kind: str, namespace: str, name: str) -> None:
             raise
 
 
-def merge_patch(old: Any, new: Any) -> Any:
-    """The RFC 7386 merge patch that turns `old` into `new` (None: nothing to change)."""
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return None if old == new else new
-    patch: dict[str, Any] = {k: None for k in old.keys() - new.keys()}
-    for k, v in new.items():
-        if k not in old:
-            patch[k] = v
-        else:
-            sub = merge_patch(old[k], v)
-            if sub is not None and sub != {}:
-                patch[k] = sub
-    return patch or None
+FIELD_MANAGER = "xtrace-operator"
 
 
-def apply(obj: dict[str, Any], last_applied_annotation: str) -> str:
-    """Make the object exist as given; returns 'created', 'patched' or 'unchanged'.
+def apply(obj: dict[str, Any]) -> dict:
+    """Make the object exist as given through server-side apply; returns the object as stored.
 
-    Like `kubectl apply`: the object keeps a copy of what the operator last wrote, and an update
-    is the merge patch from that copy to the new object, so a removed nodeSelector key or
-    toleration disappears (a plain merge patch would keep it) while fields that other actors
-    or the API server's defaulting set are left alone. A resume after an operator restart
-    finds nothing to change and costs one GET per child.
+    One field manager owns every field the operator renders, with force: a hand edit to one of
+    those fields is taken back at the next apply, a field the operator stopped rendering (a
+    removed nodeSelector key, a toleration) is removed, and fields that other actors or the API
+    server's defaulting set stay theirs. An unchanged object costs one request and no write.
     """
     meta = obj["metadata"]
-    desired = json.loads(json.dumps(obj))  # a plain copy: kopf.adopt may leave its own types behind
-    text = json.dumps(desired, sort_keys=True, separators=(",", ":"))
-    body = {**desired, "metadata": {**desired["metadata"], "annotations": {
-        **(desired["metadata"].get("annotations") or {}), last_applied_annotation: text}}}
-    current = get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
-    if current is None:
-        try:
-            request("POST", _collection(obj), body)
-            return "created"
-        except ApiError as e:
-            if e.status != 409:
-                raise
-            current = get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]) or {}
-    last_text = (current.get("metadata", {}).get("annotations") or {}).get(last_applied_annotation)
-    try:
-        last = json.loads(last_text) if last_text else {}
-    except ValueError:
-        last = {}
-    patch = merge_patch(last, desired)
-    if patch is None and last_text == text:
-        return "unchanged"
-    patch = patch or {}
-    patch.setdefault("metadata", {}).setdefault("annotations", {})[last_applied_annotation] = text
-    request("PATCH", f"{_collection(obj)}/{meta['name']}", patch, content_type="application/merge-patch+json")
-    return "patched"
+    body = json.loads(json.dumps(obj))  # a plain copy: kopf.adopt may leave its own types behind
+    stored = request("PATCH", f"{_collection(obj)}/{meta['name']}", body,
+                     query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+                     content_type="application/apply-patch+yaml")
+    return stored or {}

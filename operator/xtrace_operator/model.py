@@ -43,6 +43,11 @@ _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 
 
+def _plain(x: float) -> str:
+    """A bound as people write it: 1048576, not 1.04858e+06; 0.05 stays 0.05."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
 class InvalidSpec(ValueError):
     """A spec the operator refuses; the message names the field and the problem."""
 
@@ -140,7 +145,7 @@ class _Reader:
             kind = "an integer" if integer else "a number"
             raise InvalidSpec(f"{self.where(key)}: must be {kind}, got {v!r}")
         if not lo <= v <= hi:
-            raise InvalidSpec(f"{self.where(key)}: must be between {lo:g} and {hi:g}, got {v!r}")
+            raise InvalidSpec(f"{self.where(key)}: must be between {_plain(lo)} and {_plain(hi)}, got {v!r}")
         return v if integer else float(v)
 
     def enum(self, key: str, default: str, choices: tuple[str, ...]) -> str:

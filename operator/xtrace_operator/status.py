@@ -41,8 +41,11 @@ def pod_problem(pod_spec: dict[str, Any], pod_status: dict[str, Any]) -> tuple[s
     """(node, reason) for an agent pod that is not ready, or None when it is ready."""
     node = pod_spec.get("nodeName") or "(unscheduled)"
     conditions = {c.get("type"): c for c in pod_status.get("conditions") or []}
+    agent = conditions.get(AGENT_CONDITION) or {}
     if conditions.get("Ready", {}).get("status") == "True":
-        return None
+        # The agent's own word is fresher than the readiness probe, which lags by up to
+        # failureThreshold x periodSeconds (and never comes where no kubelet probes).
+        return (node, _agent_reason(agent)) if agent.get("status") == "False" else None
     sched = conditions.get("PodScheduled", {})
     if sched.get("status") == "False":
         return node, f"{sched.get('reason') or 'Unschedulable'}: {sched.get('message', '')}".rstrip(": ")
@@ -58,7 +61,6 @@ def pod_problem(pod_spec: dict[str, Any], pod_status: dict[str, Any]) -> tuple[s
         if "running" in state and not cs.get("ready"):
             # The readiness probe on /readyz fails. The agent says why on its pod, written only when
             # it changes; before its first write (or without RBAC for it) only the log says why.
-            agent = conditions.get(AGENT_CONDITION) or {}
             if agent.get("status") == "False":
                 return node, _agent_reason(agent)
             return node, "AgentNotReady: /readyz failing (see the agent log)"

@@ -60,9 +60,16 @@ def test_pod_problem_falls_back_when_the_agent_said_nothing_useful():
     crash = {**RUNNING_NOT_READY, "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}}}
     cond = _agent("False", "InterfaceNotFound", "xdp:eth1: interface not found")
     assert status_mod.pod_problem(spec, _pod_status(cond, container=crash)) == ("n1", "CrashLoopBackOff: back-off 40s")
-    # The pod is Ready: whatever the condition says, the node is not listed.
-    ready = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}, cond]}
+    # The pod is Ready and the agent agrees: the node is not listed.
+    ready = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}, stale]}
     assert status_mod.pod_problem(spec, ready) is None
+
+
+def test_pod_problem_believes_the_agent_before_the_probe_notices():
+    """A Ready pod whose agent says it is not ready: the probe lags by failureThreshold x period."""
+    cond = _agent("False", "InterfaceNotFound", "xdp:eth1: interface not found")
+    ready = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}, cond]}
+    assert status_mod.pod_problem({"nodeName": "n1"}, ready) == ("n1", "InterfaceNotFound: xdp:eth1: interface not found")
 
 
 def test_pod_problem_bounds_the_agents_text():

@@ -48,3 +48,13 @@ def test_missing_file_and_stdin():
     assert proc.returncode == 2 and "cannot read /nonexistent.yaml" in proc.stderr
     proc = run("render", "-f", "-", stdin=SAMPLES[0].read_text())
     assert proc.returncode == 0 and "kind: DaemonSet" in proc.stdout
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["run", "--connect-timeout", "-5"], "must be more than 0"),
+    (["run", "--connect-timeout", "soon"], "must be a number of seconds"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_flags_are_one_line_and_exit_2(args, expected):
+    proc = run(*args)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and expected in proc.stderr, proc.stderr

@@ -1,8 +1,10 @@
-"""Small pure parts of the operator: conflicts, status computation, the apply patch."""
+"""Small pure parts of the operator: conflicts, status computation, validation messages."""
 
 from __future__ import annotations
 
-from xtrace_operator import conflict, kube, model
+import pytest
+
+from xtrace_operator import conflict, model
 from xtrace_operator import status as st
 
 
@@ -87,8 +89,13 @@ def test_status_for_invalid_and_conflict():
     assert c["reason"] == "Conflict" and c["desiredNodes"] == 0
 
 
-def test_merge_patch_removes_what_was_dropped():
-    old = {"spec": {"nodeSelector": {"a": "1", "b": "2"}, "x": [1]}}
-    new = {"spec": {"nodeSelector": {"a": "1"}, "x": [1, 2]}}
-    assert kube.merge_patch(old, new) == {"spec": {"nodeSelector": {"b": None}, "x": [1, 2]}}
-    assert kube.merge_patch(new, new) is None
+def test_bounds_in_messages_are_printed_as_written():
+    spec = {"mode": "xdp", "interfaces": ["eth0"], "xdp": {"flowTableSize": 2 ** 30}}
+    body = {"apiVersion": "xtrace.io/v1alpha1", "kind": "XTraceMonitor",
+            "metadata": {"name": "m", "namespace": "ns"}, "spec": spec}
+    with pytest.raises(model.InvalidSpec) as exc:
+        model.from_body(body)
+    assert "between 1024 and 16777216, got 1073741824" in str(exc.value)
+    body["spec"] = {"mode": "xdp", "interfaces": ["eth0"], "interval": 0.01}
+    with pytest.raises(model.InvalidSpec, match="between 0.05 and 3600, got 0.01"):
+        model.from_body(body)
