@@ -182,3 +182,16 @@ def test_a_glob_that_matches_nothing_is_reported_not_ready():
     strict = XdpCollector(AgentConfig(interfaces=("xtnomatch*",)), Health(), program_loader=lambda _: fake)
     with pytest.raises(UsageError, match="no interface matches 'xtnomatch\\*'"):
         strict.start()
+
+
+def test_links_are_read_under_the_injected_sysfs_root(tmp_path):
+    from xtrace_agent import netdev
+
+    lo = tmp_path / "class" / "net" / "lo"
+    lo.mkdir(parents=True)
+    (lo / "type").write_text("32\n")
+    (lo / "operstate").write_text("down\n")
+    (lo / "mtu").write_text("2044\n")
+    li = netdev.link("lo", str(tmp_path))
+    assert (li.ifindex, li.link_type, li.state, li.mtu) == (LO, "infiniband", "down", 2044)
+    assert netdev.link("lo").link_type == "loopback"

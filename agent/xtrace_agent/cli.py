@@ -160,7 +160,7 @@ def build_config(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
 def listing(cfg: AgentConfig) -> list[str]:
     from xtrace_agent import netdev
 
-    lines = ["Network interfaces:"] + [f"  {line}" for line in netdev.listing()]
+    lines = ["Network interfaces:"] + [f"  {line}" for line in netdev.listing(cfg.sysfs)]
     lines.append("RDMA devices:")
     try:
         from xtrace_agent.rdma.sysfs import list_devices

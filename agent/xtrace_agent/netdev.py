@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 ARPHRD_INFINIBAND = 32
 _LINK_TYPES = {1: "ether", 32: "infiniband", 772: "loopback", 65534: "none", 776: "sit", 778: "gre"}
-SYS_NET = "/sys/class/net"
+DEFAULT_SYSFS = "/sys"
 
 
 class Link(NamedTuple):
@@ -29,24 +29,26 @@ class Link(NamedTuple):
         return self.state in ("down", "lowerlayerdown", "notpresent")
 
 
-def _read(name: str, attr: str) -> str | None:
+def _read(sysfs: str, name: str, attr: str) -> str | None:
     try:
-        with open(f"{SYS_NET}/{name}/{attr}", encoding="ascii") as f:
+        with open(f"{sysfs}/class/net/{name}/{attr}", encoding="ascii") as f:
             return f.read().strip()
     except OSError:
         return None
 
 
-def link(name: str) -> Link | None:
-    """The interface called `name` now, or None if there is none (deleted, renamed, not yet created)."""
+def link(name: str, sysfs: str = DEFAULT_SYSFS) -> Link | None:
+    """The interface called `name` now, or None if there is none (deleted, renamed, not yet created).
+
+    Its type, state and MTU are read under `sysfs` (the agent's --sysfs root, as for RDMA)."""
     try:
         ifindex = socket.if_nametoindex(name)
     except OSError:
         return None
-    arphrd = _read(name, "type")
+    arphrd = _read(sysfs, name, "type")
     kind = _LINK_TYPES.get(int(arphrd), f"arphrd{arphrd}") if arphrd and arphrd.isdigit() else "unknown"
-    mtu = _read(name, "mtu")
-    return Link(name, ifindex, _read(name, "operstate") or "unknown", kind, int(mtu) if mtu and mtu.isdigit() else 0)
+    mtu = _read(sysfs, name, "mtu")
+    return Link(name, ifindex, _read(sysfs, name, "operstate") or "unknown", kind, int(mtu) if mtu and mtu.isdigit() else 0)
 
 
 def names() -> list[str]:
@@ -72,7 +74,7 @@ def expand(specs: tuple[str, ...] | list[str]) -> list[str]:
     return out
 
 
-def listing() -> list[str]:
+def listing(sysfs: str = DEFAULT_SYSFS) -> list[str]:
     """Human-readable lines for `xtrace-agent -l`: every interface with state, type, MTU and XDP program."""
     try:
         raw = subprocess.run(["ip", "-d", "-j", "link", "show"], capture_output=True, text=True, timeout=10)
@@ -82,7 +84,7 @@ def listing() -> list[str]:
     lines = []
     if not links:  # no iproute2: fall back to sysfs, without XDP details
         for name in names():
-            li = link(name)
+            li = link(name, sysfs)
             if li:
                 lines.append(f"{li.name:<16} state={li.state:<8} type={li.link_type:<10} mtu={li.mtu:<6} xdp=-")
         return lines

@@ -44,7 +44,7 @@ class XdpCollector:
                     if not netdev.matching(name, present):
                         raise UsageError(f"no interface matches {name!r} (found: {', '.join(present) or 'none'})")
                     continue
-                li = netdev.link(name)
+                li = netdev.link(name, self.cfg.sysfs)
                 if li is None:
                     found = ", ".join(netdev.names()) or "none"
                     raise UsageError(f"unknown interface {name!r} (found: {found}); list them with -l")
@@ -81,7 +81,7 @@ class XdpCollector:
                 else:  # a glob that matches nothing (yet): not ready, so nobody believes it counts
                     self._problem(spec, f"xdp:{spec}", "no interface matches")
         for name in wanted:
-            li = netdev.link(name)
+            li = netdev.link(name, self.cfg.sysfs)
             component = f"xdp:{name}"
             if li is None:
                 if name in self._attached:
