@@ -24,6 +24,7 @@ from xtrace_agent.errors import AgentFailure
 PROGRAMS = ("xtrace_eth", "xtrace_ipoib")
 MAPS = ("flows_a", "flows_b", "tables", "state")
 MAX_MESSAGE = 1 << 20
+HEADERS_LINE = "xtrace-compiler-headers: "  # the child's first stderr line: which headers it compiles against
 BPF_DIR_ENV = "XTRACE_BPF_DIR"
 NO_PERMISSION = ("no permission to create BPF maps and programs: run as root, or with CAP_BPF, CAP_PERFMON "
                  "and CAP_NET_ADMIN")
@@ -63,6 +64,7 @@ class Compiled:
 
     programs: dict[str, int]
     maps: dict[str, MapInfo]
+    headers: str = ""  # which kernel headers it was compiled against (headers.summary())
 
     def close(self) -> None:
         for fd in [*self.programs.values(), *(m.fd for m in self.maps.values())]:
@@ -125,20 +127,23 @@ def _decode(desc: dict, fds: list[int]) -> Compiled:
             key_size=m["key_size"], value_size=m["value_size"],
             key_fields=tuple(Field(**f) for f in m["key_fields"]),
             value_fields=tuple(Field(**f) for f in m["value_fields"]))
-    return Compiled(progs, maps)
+    return Compiled(progs, maps, desc.get("headers", ""))
 
 
 def summarize(stderr: str, returncode: int | None) -> str:
     """One line out of the child's stderr: its own message, sharpened by the compiler's first error
     or the verifier's last word when there is one."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    used = next((ln.removeprefix(HEADERS_LINE) for ln in lines if ln.startswith(HEADERS_LINE)), None)
+    lines = [ln for ln in lines if not ln.startswith(HEADERS_LINE)]
     mine = next((ln.removeprefix("xtrace-compiler: ") for ln in lines if ln.startswith("xtrace-compiler: ")), None)
     others = [ln for ln in lines if not ln.startswith("xtrace-compiler: ") and not ln.startswith("Traceback")]
     if any("Operation not permitted" in ln for ln in others):
         return NO_PERMISSION
     errors = [ln for ln in others if re.search(r"\berror:", ln)]
     if errors and (mine is None or "compile" in mine):
-        return "compile error: " + re.sub(r"^.*?error:\s*", "", errors[0])
+        against = f" (kernel headers: {used})" if used else ""
+        return "compile error: " + re.sub(r"^.*?error:\s*", "", errors[0]) + against
     if mine and "Failed to load BPF program" in mine and others:
         return f"{mine} (verifier: {others[-1]})"
     if mine:
@@ -186,6 +191,8 @@ def _child(sock_fd: int, request: dict) -> int:
     try:
         from xtrace_agent.xdp import headers
 
+        used = headers.summary()  # before resolve() points BCC_KERNEL_SOURCE at its choice
+        print(f"{HEADERS_LINE}{used}", file=sys.stderr)
         headers.resolve()
         try:
             from bcc import BPF
@@ -210,7 +217,7 @@ def _child(sock_fd: int, request: dict) -> int:
                          "max_entries": int(t.max_entries), "key_size": key_size, "value_size": value_size,
                          "key_fields": key_fields, "value_fields": value_fields})
             fds.append(t.map_fd)
-        socket.send_fds(sock, [json.dumps({"programs": progs, "maps": maps}).encode()], fds)
+        socket.send_fds(sock, [json.dumps({"programs": progs, "maps": maps, "headers": used}).encode()], fds)
     except Exception as e:
         print(f"xtrace-compiler: {_explain(e)}", file=sys.stderr)
         return 1
