@@ -279,8 +279,12 @@ class XdpProgram:
                 k["rdma_opcode"].tolist(), k["dest_qp"].tolist(), strict=True))
             if n > 1:
                 p, b = p * n, b * n
-            chunk = dict(zip(flow_keys, zip(p.tolist(), b.tolist(), strict=True), strict=False))
-            if flows and not flows.keys().isdisjoint(chunk):
+            pairs = zip(flow_keys, zip(p.tolist(), b.tolist(), strict=True), strict=False)
+            if not flows:
+                flows.update(pairs)  # the usual case: one pass, no intermediate dict
+                continue
+            chunk = dict(pairs)
+            if not flows.keys().isdisjoint(chunk):
                 # a key seen in an earlier chunk (not expected from one pass of a hash map): add up
                 for fk, (cp, cb) in chunk.items():
                     old = flows.get(fk, (0, 0))
