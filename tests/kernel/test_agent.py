@@ -352,3 +352,23 @@ def test_several_interfaces_at_once(veth):
         assert xdp_prog(veth.dev_b) is None and xdp_prog(second.dev_b) is None
     finally:
         second.destroy()
+
+
+def test_every_self_metric_an_alert_uses_is_in_the_first_report(veth):
+    """At 0, before anything went wrong: alert rules can be written against them from the start."""
+    r = subprocess.run([AGENT, "-i", veth.dev_b, "--count", "1", "--interval", "0.1", "--output", "json",
+                        "--http-listen", "", "--remote-write-url", "http://127.0.0.1:9/api/v1/write"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    samples = json.loads(r.stdout.splitlines()[0])["samples"]
+    values = {(s["name"], s["labels"].get("reason", "")): s["value"] for s in samples}
+    for name in ("xtrace_xdp_malformed_packets_total", "xtrace_xdp_non_ip_packets_total",
+                 "xtrace_xdp_table_full_packets_total", "xtrace_xdp_unattributed_packets_total",
+                 "xtrace_xdp_unattributed_bytes_total", "xtrace_xdp_sampled_packets_total",
+                 "xtrace_flows_folded_total", "xtrace_flows_expired_total", "xtrace_flows_retired_total",
+                 "xtrace_remote_write_queue_samples", "xtrace_sink_errors_total"):
+        assert values.get((name, "")) == 0, name
+    for reason in ("malformed", "non_ip", "table_full"):
+        assert values[("xtrace_xdp_untracked_packets_total", reason)] == 0
+    assert ("xtrace_remote_write_samples_dropped_total", "queue_full") in values
+    assert ("xtrace_flows_tracked", "") in values and ("xtrace_interface_packets_total", "") in values

@@ -194,6 +194,8 @@ def test_sampling_scales_counts(sampled_program):
     assert 0 < sampled < 4000
     assert d.flows == {key(A4, B4, 71, 72, 17): (4 * sampled, 4 * sampled * len(frame))}
     assert d.interfaces[LO] == (4000, 4000 * len(frame))  # interface totals are never sampled
+    # the packets not sampled are in the interface's `unsampled` entry: every packet is somewhere
+    assert d.untracked == {(LO, "unsampled"): (4000 - sampled, (4000 - sampled) * len(frame))}
     # 1-in-4 of 4000: the mean is 1000, the standard deviation 27; 8 sigma either side
     assert 780 < sampled < 1220
 
