@@ -51,6 +51,7 @@ struct xt_state {
     __u64 start_time;     /* owner: field 22 of /proc/<pid>/stat (tells a reused pid) */
     __u64 heartbeat_ns;   /* owner: CLOCK_BOOTTIME of its last report */
     __u64 interval_ns;    /* owner: its report interval */
+    __u64 pod;            /* owner: hash of its pod's namespace/name (0 outside a pod) */
     __u64 packets;        /* unattributed */
     __u64 bytes;          /* unattributed */
 };

@@ -195,3 +195,26 @@ def test_links_are_read_under_the_injected_sysfs_root(tmp_path):
     li = netdev.link("lo", str(tmp_path))
     assert (li.ifindex, li.link_type, li.state, li.mtu) == (LO, "infiniband", "down", 2044)
     assert netdev.link("lo").link_type == "loopback"
+
+
+def test_a_live_owner_is_told_from_a_dead_one(monkeypatch):
+    """The owner record in the program's `state` map (the kernel side is in tests/kernel/test_conservation.py)."""
+    import os
+
+    from xtrace_agent.xdp import attach
+
+    now = attach.boottime_ns()
+    me = dict(pid=os.getpid(), pidns=attach.pidns(), start_time=attach.start_time(), heartbeat_ns=now,
+              interval_ns=5 * 10**9)
+    assert attach.Owner(**me).alive(now)
+    assert not attach.Owner(**{**me, "start_time": me["start_time"] + 1}).alive(now)  # pid reused since
+    assert not attach.Owner(**{**me, "pid": 0}).alive(now)  # loaded, never claimed
+    # an owner in another pid namespace (another pod): its heartbeat decides
+    other = {**me, "pidns": me["pidns"] + 1, "pid": 1}
+    assert attach.Owner(**other).alive(now + 20 * 10**9)
+    assert not attach.Owner(**other).alive(now + 26 * 10**9)  # 3 intervals + 10 s without a report
+    # ... unless it is this pod's previous container: a restart must not wait for the heartbeat
+    monkeypatch.setenv("POD_NAME", "xtrace-agent-x1")
+    monkeypatch.setenv("POD_NAMESPACE", "obs")
+    assert not attach.Owner(**other, pod=attach.pod_id()).alive(now)
+    assert attach.Owner(**other, pod=attach.pod_id({"POD_NAME": "another", "POD_NAMESPACE": "obs"})).alive(now)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import logging
 import os
 import time
@@ -48,6 +49,16 @@ def boottime_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
 
 
+def pod_id(env=None) -> int:
+    """A 64-bit id of the pod this process runs in (POD_NAMESPACE/POD_NAME), 0 outside a pod."""
+    env = os.environ if env is None else env
+    name, namespace = env.get("POD_NAME", ""), env.get("POD_NAMESPACE", "")
+    if not name:
+        return 0
+    digest = hashlib.blake2b(f"{namespace}/{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") or 1
+
+
 def pidns(pid: int | str = "self") -> int:
     return os.stat(f"/proc/{pid}/ns/pid").st_ino
 
@@ -67,7 +78,7 @@ class Owner(ctypes.Structure):
     compile child's report before use)."""
 
     _fields_ = [("pid", ctypes.c_uint64), ("pidns", ctypes.c_uint64), ("start_time", ctypes.c_uint64),
-                ("heartbeat_ns", ctypes.c_uint64), ("interval_ns", ctypes.c_uint64),
+                ("heartbeat_ns", ctypes.c_uint64), ("interval_ns", ctypes.c_uint64), ("pod", ctypes.c_uint64),
                 ("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
 
     @classmethod
@@ -87,6 +98,8 @@ class Owner(ctypes.Structure):
             same_namespace = False
         if same_namespace:
             return start_time(self.pid) == self.start_time  # a reused pid has another start time
+        if self.pod and self.pod == pod_id():
+            return False  # this pod's previous container (a restart gets a new pid namespace)
         return now_ns - self.heartbeat_ns < HEARTBEAT_INTERVALS * self.interval_ns + HEARTBEAT_GRACE_NS
 
 

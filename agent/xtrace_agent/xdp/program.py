@@ -33,6 +33,7 @@ from xtrace_agent.xdp.attach import (
     Owner,
     boottime_ns,
     pidns,
+    pod_id,
     read_state,
     start_time,
 )
@@ -173,7 +174,7 @@ class XdpProgram:
     def claim(self, interval: float) -> None:
         """Record this process as the program's owner, so that another agent leaves it alone."""
         self._owner = Owner(pid=os.getpid(), pidns=pidns(), start_time=start_time() or 0,
-                            heartbeat_ns=boottime_ns(), interval_ns=int(interval * 1e9))
+                            heartbeat_ns=boottime_ns(), interval_ns=int(interval * 1e9), pod=pod_id())
         self._write_owner()
 
     def _write_owner(self) -> None:
