@@ -60,6 +60,13 @@ def check_reports(reports: list[dict]) -> dict[str, tuple[int, int]]:
     return totals
 
 
+def finish(agent: Agent) -> dict[str, tuple[int, int]]:
+    """Stop the agent (one last report), check it exited 0, and check every report."""
+    rc, err = agent.stop()
+    assert rc == 0, err
+    return check_reports(agent.reports)
+
+
 def latest(reports: list[dict], name: str) -> dict[tuple, float]:
     return {tuple(sorted(s["labels"].items())): s["value"] for s in reports[-1]["samples"] if s["name"] == name}
 
@@ -91,10 +98,10 @@ def test_two_senders_on_two_cpus_every_packet_in_a_flow(veth, run):
             assert s.wait(120) == 0
         time.sleep(0.2)
         after = rx(veth.dev_b)
-    finally:
-        rc, err = agent.stop()
-    assert rc == 0, err
-    totals = check_reports(agent.reports)
+    except BaseException:
+        agent.proc.kill()
+        raise
+    totals = finish(agent)
     first = {s["labels"]["interface"]: s["value"] for s in agent.reports[0]["samples"]
              if s["name"] == "xtrace_interface_packets_total"}
     # a veth under this load drops some frames before XDP runs (its ring is full): those reach
@@ -141,10 +148,10 @@ def test_full_kernel_table_overflow_is_visible_and_conserved(veth, tmp_path):
         sent = burst(veth, {10000 + i: 10 for i in range(5000)})
         time.sleep(0.3)
         after = rx(veth.dev_b)
-    finally:
-        rc, err = agent.stop()
-    assert rc == 0, err
-    totals = check_reports(agent.reports)
+    except BaseException:
+        agent.proc.kill()
+        raise
+    totals = finish(agent)
     assert after[0] - before[0] == sent[0] and after[1] - before[1] == sent[1] - ETH_HLEN * sent[0]
     assert totals[veth.dev_b][0] >= sent[0]
     full = latest(agent.reports, "xtrace_xdp_untracked_packets_total")[
@@ -170,10 +177,10 @@ def test_budget_folding_idle_expiry_and_returning_flows(veth, tmp_path):
             sent[0] += p
             sent[1] += b
             time.sleep(1.5)  # longer than idleTimeout: the burst's flows expire, some come back
-    finally:
-        rc, err = agent.stop()
-    assert rc == 0, err
-    check_reports(agent.reports)
+    except BaseException:
+        agent.proc.kill()
+        raise
+    finish(agent)
     packets = latest(agent.reports, "xtrace_network_packets_total")
     ours = sum(v for k, v in packets.items() if dict(k)["src_ip"] in (veth.ip4_a, "other"))
     assert ours >= sent[0]  # `other` may also hold the link's own chatter

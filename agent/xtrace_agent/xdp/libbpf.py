@@ -176,20 +176,22 @@ def map_fd_by_id(map_id: int) -> int:
     return _check(lib().bpf_map_get_fd_by_id(map_id), f"bpf_map_get_fd_by_id({map_id})")
 
 
-def map_info(fd: int) -> MapInfo:
-    info = MapInfo()
+def _obj_info(fd: int, info):
+    """Fill `info` (the head of a bpf_*_info struct, optionally with pointers set) for fd."""
     size = c_uint32(ctypes.sizeof(info))
     _check(lib().bpf_obj_get_info_by_fd(fd, byref(info), byref(size)), "bpf_obj_get_info_by_fd")
     return info
+
+
+def map_info(fd: int) -> MapInfo:
+    return _obj_info(fd, MapInfo())
 
 
 def prog_map_ids(fd: int) -> list[int]:
     """Ids of the maps a loaded program uses."""
     first = prog_info(fd)
     ids = (c_uint32 * max(1, first.nr_map_ids))()
-    info = ProgInfo(nr_map_ids=first.nr_map_ids, map_ids=ctypes.addressof(ids))
-    size = c_uint32(ctypes.sizeof(info))
-    _check(lib().bpf_obj_get_info_by_fd(fd, byref(info), byref(size)), "bpf_obj_get_info_by_fd")
+    info = _obj_info(fd, ProgInfo(nr_map_ids=first.nr_map_ids, map_ids=ctypes.addressof(ids)))
     return list(ids[:min(first.nr_map_ids, info.nr_map_ids)])
 
 
@@ -226,10 +228,7 @@ def prog_fd_by_id(prog_id: int) -> int:
 
 
 def prog_info(fd: int) -> ProgInfo:
-    info = ProgInfo()
-    size = c_uint32(ctypes.sizeof(info))
-    _check(lib().bpf_obj_get_info_by_fd(fd, byref(info), byref(size)), "bpf_obj_get_info_by_fd")
-    return info
+    return _obj_info(fd, ProgInfo())
 
 
 def prog_name_by_id(prog_id: int) -> str:
