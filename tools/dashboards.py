@@ -148,11 +148,19 @@ def traffic() -> gd.Dashboard:
                    width=8),
             series("Flows exported", "short",
                    q(f"sum by (node, interface) (xtrace_flows_tracked{iface})", "{{node}} {{interface}}"), width=8),
-            series("Kernel flow table: evicted flows and untracked packets per second", "short",
-                   q(f"sum by (node) (rate(xtrace_xdp_flows_evicted_total{sel(C, N)}[{RATE}]))", "{{node}} evicted"),
-                   q(f"sum by (node) (rate(xtrace_xdp_table_full_packets_total{sel(C, N)}[{RATE}]))",
-                     "{{node}} table full"),
-                   description="Non-zero: xdp.flowTableSize is too small for one interval's flows.", width=8),
+            series("Packets not tracked per flow, by reason", "pps",
+                   q(f"sum by (node, interface, reason) (rate(xtrace_xdp_untracked_packets_total{iface}[{RATE}]))",
+                     "{{node}} {{interface}} {{reason}}"),
+                   description="Counted in the interface's `other` flow: table_full means xdp.flowTableSize is "
+                               "too small for one interval's flows; malformed and non_ip are the traffic itself.",
+                   width=8),
+        ]),
+        ("XTrace-Catch gauges", [
+            series("Bytes per flow in the last interval", "bytes",
+                   q(f"topk(10, sum by (node, interface, src_ip, dst_ip, dst_port, protocol) "
+                     f"(xtrace_network_flow_bytes{named}))", "{{src_ip}} → {{dst_ip}}:{{dst_port}} proto {{protocol}}"),
+                   description="xtrace_network_flow_bytes, the old tool's gauge: what each flow moved in the "
+                               "agent's last interval (xdp.flowGauges: false turns it off).", width=24),
         ]),
     ]
     variables = [CLUSTER, NODE,
@@ -234,10 +242,9 @@ def health() -> gd.Dashboard:
                      "{{node}} {{target}} {{reason}}"), width=8),
         ]),
         ("Collection", [
-            series("Kernel table overflow (per interval)", "short",
-                   q(f"sum by (node) (increase(xtrace_xdp_flows_evicted_total{s}[{RATE}]))", "{{node}} evicted flows"),
-                   q(f"sum by (node) (increase(xtrace_xdp_table_full_packets_total{s}[{RATE}]))", "{{node}} untracked packets"),
-                   width=8),
+            series("Packets not tracked per flow (per interval)", "short",
+                   q(f"sum by (node, reason) (increase(xtrace_xdp_untracked_packets_total{s}[{RATE}]))",
+                     "{{node}} {{reason}}"), width=8),
             series("Collector duration", "s",
                    q(f"max by (node, collector) (xtrace_collector_duration_seconds{s})", "{{node}} {{collector}}"), width=8),
             series("Collector and sink errors (per interval)", "short",

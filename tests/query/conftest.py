@@ -100,8 +100,8 @@ class Stub(http.server.ThreadingHTTPServer):
     """An HTTP endpoint answering every POST with `status`: a remote-write target the test can make
     refuse (400: the agent drops and counts), and vmalert's notifier."""
 
-    def __init__(self):
-        self.status = 204
+    def __init__(self, status: int):
+        self.status = status
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -291,7 +291,7 @@ def lab(tmp_path_factory):
     veth = VethPair(tag=uuid.uuid4().hex[:6], n=_free_subnet())
     made = time.monotonic()
     vm = VictoriaMetrics(os.path.join(work, "vm-data"), free_port())
-    reject, notifier = Stub(), Stub()
+    reject, notifier = Stub(204), Stub(200)
     agents: list[Agent] = []
     ksm = None
     try:

@@ -71,16 +71,17 @@ class Expect:
         self.bytes = {name: len(frame) * n for name, (frame, n) in flows.items()}
         self.packets = {name: n for name, (_, n) in flows.items()}
         self.iface = lab.veth.dev_b
+        self.t_gauges, self.gauges = self._gauges()
 
     def _port_dt(self) -> dict[tuple[str, str], float]:
         """Seconds between the two samples of each node-b port that bound the window (stamped at its read)."""
         out = {}
         start = self.t_rdma - self.w_rdma / 1000
         for labels, stamps in self.lab.sample_times('xtrace_rdma_port_info{node="node-b"}').items():
-            d = dict(labels)
-            last = max(t for t in stamps if t <= self.t_rdma * 1000)
-            prev = max(t for t in stamps if t <= start * 1000)
-            out[(d["device"], d["port"])] = (last - prev) / 1000
+            before = [t for t in stamps if t <= start * 1000]
+            if before:  # not a series a later state change started (the alert tests take a link down)
+                last = max(t for t in stamps if t <= self.t_rdma * 1000)
+                out[(dict(labels)["device"], dict(labels)["port"])] = (last - max(before)) / 1000
         return out
 
     def moved(self, device: str, port: str, group: str, counter: str) -> int:
@@ -105,6 +106,29 @@ class Expect:
                 out[k] = out.get(k, 0) + (change / window_s if kind == "rate" else change)
         return out
 
+    def flow_gauges(self) -> dict:
+        """xtrace_network_flow_bytes as the agent printed it: each flow's last value (the gauges are only
+        written for flows that moved), at the last report of the known window that wrote any."""
+        out: dict = {}
+        for labels, value in self.gauges.items():
+            d = dict(labels)
+            if d["src_ip"] != "other":
+                k = key(node="node-a", **{n: d[n] for n in ("interface", "src_ip", "dst_ip", "dst_port", "protocol")})
+                out[k] = out.get(k, 0) + value
+        assert len(out) == 4, out
+        return out
+
+    def _gauges(self) -> tuple[float, dict]:
+        start, end = self.lab.known.xdp
+        moved = [ts for ts, values in self.lab.xdp.reports if start < ts <= end
+                 and any(k[0] == "xtrace_network_flow_bytes" for k in values)]
+        assert moved, "no report of the known window carried flow gauges"
+        last: dict = {}
+        for ts, values in self.lab.xdp.reports:
+            if ts <= moved[-1]:
+                last.update({k[1:]: v for k, v in values.items() if k[0] == "xtrace_network_flow_bytes"})
+        return moved[-1] + OFFSET, last
+
     # --- dashboards ------------------------------------------------------------------------------
     def traffic(self) -> dict[tuple[str, str], dict]:
         b, p, dt, ip = self.bytes, self.packets, self.dt, self.lab.veth
@@ -128,12 +152,9 @@ class Expect:
             ("RoCEv2 packets by opcode and destination QP", "A"): {key(rdma_opcode=10, dest_qp=17): p["roce"] / dt},
             ("`other` share of bytes (budget pressure)", "A"): {key(**node_a): b["late"] / total_bytes},
             ("Flows exported", "A"): {key(**node_a): 4},
-            # 0 in the known window; what the agent printed, so the test holds whether or not the agent
-            # already exports these counters before their first event
-            ("Kernel flow table: evicted flows and untracked packets per second", "A"): self.from_reports(
-                "xtrace_xdp_flows_evicted_total", ("node",), "rate", self.t_xdp, self.dt, [self.lab.xdp]),
-            ("Kernel flow table: evicted flows and untracked packets per second", "B"): self.from_reports(
-                "xtrace_xdp_table_full_packets_total", ("node",), "rate", self.t_xdp, self.dt, [self.lab.xdp]),
+            ("Packets not tracked per flow, by reason", "A"): {
+                key(node="node-a", interface=self.iface, reason=r): 0 for r in ("malformed", "non_ip", "table_full")},
+            ("Bytes per flow in the last interval", "A"): self.flow_gauges(),
         }
 
     def rdma(self) -> dict[tuple[str, str], dict]:
@@ -184,10 +205,8 @@ class Expect:
             ("Spool (bytes)", "A"): r("xtrace_remote_write_spool_bytes", ("node", "target"), "gauge"),
             ("Samples dropped (per interval)", "A"): r("xtrace_remote_write_samples_dropped_total",
                                                        ("node", "target", "reason"), "increase"),
-            ("Kernel table overflow (per interval)", "A"): r("xtrace_xdp_flows_evicted_total", ("node",), "increase",
-                                                             [self.lab.xdp]),
-            ("Kernel table overflow (per interval)", "B"): r("xtrace_xdp_table_full_packets_total", ("node",),
-                                                             "increase", [self.lab.xdp]),
+            ("Packets not tracked per flow (per interval)", "A"): r("xtrace_xdp_untracked_packets_total",
+                                                                    ("node", "reason"), "increase", [self.lab.xdp]),
             ("Collector duration", "A"): r("xtrace_collector_duration_seconds", ("node", "collector"), "gauge"),
             ("Collector and sink errors (per interval)", "A"): r("xtrace_collector_errors_total",
                                                                  ("node", "collector"), "increase"),
@@ -201,15 +220,17 @@ def expect(lab):
     return Expect(lab)
 
 
-def _run_dashboard(lab, expect, name: str, want: dict, at: float, window_ms: int) -> None:
+def _run_dashboard(lab, expect, name: str, want: dict, at: float, window_ms: int, times=None) -> None:
     queries = panels(name)
     assert {(title, ref) for title, ref, _ in queries} == set(want), "every panel query has an expectation"
     for title, ref, expr in queries:
-        assert_exact(lab.query(grafana(expr, window_ms), at), want[(title, ref)], f"{name}: {title} ({ref})")
+        when = (times or {}).get(title, at)
+        assert_exact(lab.query(grafana(expr, window_ms), when), want[(title, ref)], f"{name}: {title} ({ref})")
 
 
 def test_traffic_dashboard(lab, expect):
-    _run_dashboard(lab, expect, "traffic", expect.traffic(), expect.t_xdp, expect.w_xdp)
+    _run_dashboard(lab, expect, "traffic", expect.traffic(), expect.t_xdp, expect.w_xdp,
+                   {"Bytes per flow in the last interval": expect.t_gauges})
 
 
 def test_rdma_dashboard(lab, expect):

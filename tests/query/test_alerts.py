@@ -1,0 +1,168 @@
+"""Every alert, evaluated by a real vmalert against the lab's VictoriaMetrics: quiet before, firing on
+its injected fault (for the right node, port and counter), resolved once the fault is gone.
+
+The rules are the shipped ones rendered with `tools/rules.py --timing fast`: the same expressions and
+thresholds with windows of seconds, so the whole cycle takes seconds instead of an hour.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import need
+from tests.helpers.netns import wait_for
+from tests.helpers.vm import free_port
+from tests.query.conftest import ROOT, flood
+
+pytestmark = [pytest.mark.kernel, pytest.mark.vm]
+
+VMALERT = shutil.which("vmalert") or "/usr/bin/vmalert"
+
+
+class VmAlert:
+    def __init__(self, lab, rules_dir: str):
+        self.port = free_port()
+        self.log = os.path.join(rules_dir, "vmalert.log")
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [VMALERT, f"-rule={os.path.join(rules_dir, 'xtrace.rules.yml')}", f"-datasource.url={lab.vm.url}",
+                 f"-remoteWrite.url={lab.vm.url}", f"-notifier.url={lab.notifier.url}", "-evaluationInterval=1s",
+                 f"-httpListenAddr=127.0.0.1:{self.port}", "-loggerLevel=WARN"],
+                stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._healthy, 15, "vmalert to start")
+        self.started = time.time()
+
+    def _get(self, path: str) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+            return r.read()
+
+    def _healthy(self) -> bool:
+        assert self.proc.poll() is None, open(self.log).read()[-2000:]
+        try:
+            self._get("/health")
+            return True
+        except OSError:
+            return False
+
+    def active(self) -> set[tuple]:
+        """(alertname, state, the labels that say where) of every pending or firing alert."""
+        out = set()
+        for a in json.loads(self._get("/api/v1/alerts"))["data"]["alerts"] or []:
+            labels = a["labels"]
+            where = tuple(labels.get(k, "") for k in ("cluster", "node", "interface", "target", "reason", "device",
+                                                       "port", "counter"))
+            out.add((labels["alertname"], a["state"], *where))
+        return out
+
+    def firing(self) -> set[tuple]:
+        return {(a[0], *a[2:]) for a in self.active() if a[1] == "firing"}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def vmalert(lab, tmp_path_factory):
+    need(os.access(VMALERT, os.X_OK), "vmalert not installed (apt-get install victoria-metrics)")
+    rules = str(tmp_path_factory.mktemp("fast-rules"))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "rules.py"), "--timing", "fast", "--out", rules],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    alert = VmAlert(lab, rules)
+    yield alert
+    alert.stop()
+
+
+def expected_firing(lab) -> set[tuple]:
+    iface = lab.veth.dev_b
+    b = ("test", "node-b", "", "", "")
+
+    def port(name, device, port_, counter=""):
+        return (name, *b, device, port_, counter)
+
+    return {
+        ("XTraceAgentNotPushing", "other", "node-c", "", "", "", "", "", ""),
+        ("XTraceSamplesDropped", "test", "node-a", "", "reject", "rejected", "", "", ""),
+        ("XTraceFlowTableOverflow", "test", "node-a", iface, "", "", "", "", ""),
+        ("XTraceOtherShareHigh", "test", "node-a", iface, "", "", "", "", ""),
+        port("XTraceRdmaLinkDown", "mlx5_0", "1"),
+        port("XTraceRdmaLinkFlapping", "mlx5_0", "1"),
+        port("XTraceRdmaPortErrors", "mlx5_0", "1", "link_downed"),
+        port("XTraceRdmaPortErrors", "mlx5_bond_0", "1", "port_rcv_errors"),
+        port("XTraceRdmaTransportErrors", "mlx5_1", "1", "out_of_sequence"),
+        port("XTraceRdmaCongestion", "mlx5_1", "1", "np_cnp_sent"),
+        port("XTraceRdmaCounterSaturated", "mlx4_0", "1", "symbol_error"),
+    }
+
+
+def test_every_alert_fires_on_its_fault_and_resolves(lab, vmalert):
+    # quiet first: a few evaluations after the known window's moves (errors, CNPs) left the 5 s windows
+    settled = max(vmalert.started + 2.5, lab.known.xdp[1] + 7, lab.known.rdma[1] + 7)
+    time.sleep(max(0.0, settled - time.time()))
+    wait_for(lambda: not vmalert.active(), 20, "no alert before the faults")
+
+    # the faults, all at once
+    lab.reject.status = 400                              # one remote-write target refuses: samples dropped
+    flood(lab)                                           # 3,000 new flows: kernel table and series budget overflow
+    s = lab.sysfs
+    s.write("mlx5_0", 1, "state", "1: DOWN")              # an IB link goes down, flapping 3 times
+    s.write("mlx5_0", 1, "phys_state", "3: Disabled")
+    s.add("mlx5_0", 1, "counters", "link_downed", 3)
+    s.add("mlx5_bond_0", 1, "counters", "port_rcv_errors", 2)
+    s.add("mlx5_1", 1, "hw_counters", "out_of_sequence", 7)
+    s.add("mlx5_1", 1, "hw_counters", "np_cnp_sent", 100_000)
+    s.write("mlx4_0", 1, "counters/symbol_error", "65535")  # 16-bit: saturated
+    lab.spare.stop(signal.SIGKILL)                         # node-c's agent dies
+
+    # each alert fires for as long as its fault lasts in its window (seconds): collect every one seen
+    want, seen = expected_firing(lab), set()
+
+    def all_fired():
+        seen.update(vmalert.firing())
+        return seen >= want
+
+    try:
+        wait_for(all_fired, 30, "every alert to fire")
+    except AssertionError:
+        raise AssertionError(f"not firing: {want - seen}\nunexpected: {seen - want}") from None
+    assert seen == want, f"unexpected alerts: {seen - want}"
+
+    # the faults removed
+    lab.reject.status = 204
+    s.write("mlx5_0", 1, "state", "4: ACTIVE")
+    s.write("mlx5_0", 1, "phys_state", "5: LinkUp")
+    s.write("mlx4_0", 1, "counters/symbol_error", "0")      # cleared (perfquery -R)
+    lab.spare.start()
+    try:
+        wait_for(lambda: not vmalert.active(), 40, "every alert to resolve")
+    except AssertionError:
+        raise AssertionError(f"still active: {vmalert.active()}") from None
+
+
+def test_vmalert_writes_the_recording_rules(lab, vmalert):
+    """vmalert evaluates the recording rules too and writes them back: the series exist in the database."""
+    flood(lab, 10)  # traffic in the 2 s window, whatever ran before
+    want = {"node_interface:xtrace_interface_bytes:rate2s", "node_interface:xtrace_interface_packets:rate2s",
+            "node_interface:xtrace_other_bytes:ratio_rate2s", "node_protocol:xtrace_network_bytes:rate2s",
+            "node_port:xtrace_rdma_transmit_bytes:rate2s", "node_port:xtrace_rdma_receive_bytes:rate2s",
+            "node_port:xtrace_rdma_congestion:rate2s", "node_port:xtrace_rdma_errors:rate2s"}
+    names: set = set()
+
+    def recorded():
+        names.update(s["metric"]["__name__"] for s in lab.vm.export('{__name__=~"node_.*:xtrace_.*"}'))
+        return names >= want
+
+    try:
+        wait_for(recorded, 15, "the recorded series")
+    except AssertionError:
+        raise AssertionError(f"not recorded: {want - names}") from None
