@@ -27,12 +27,21 @@ FLOW_METRICS = {"xtrace_network_packets_total": 0, "xtrace_network_bytes_total":
 IFACE_METRICS = {"xtrace_interface_packets_total": 0, "xtrace_interface_bytes_total": 1}
 
 
+def link_stats(dev: str, netns: str | None = None) -> dict:
+    out = subprocess.run(["ip", *(["-n", netns] if netns else []), "-s", "-j", "link", "show", "dev", dev],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)[0]["stats64"]
+
+
 def rx(dev: str) -> tuple[int, int]:
     """(packets, bytes) the interface's driver counted as received."""
-    out = subprocess.run(["ip", "-s", "-j", "link", "show", "dev", dev], capture_output=True, text=True,
-                         check=True).stdout
-    stats = json.loads(out)[0]["stats64"]["rx"]
+    stats = link_stats(dev)["rx"]
     return stats["packets"], stats["bytes"]
+
+
+def veth_drops(veth) -> int:
+    """Frames a veth dropped before the receiving end (and its XDP program) saw them."""
+    return link_stats(veth.dev_a, veth.ns_a)["tx"]["dropped"] + link_stats(veth.dev_b)["rx"]["dropped"]
 
 
 def check_reports(reports: list[dict]) -> dict[str, tuple[int, int]]:
@@ -90,14 +99,14 @@ def test_two_senders_on_two_cpus_every_packet_in_a_flow(veth, run):
     agent = Agent("-i", veth.dev_b, "--interval", "0.05")
     try:
         wait_for(lambda: agent.reports or agent.proc.poll() is not None, what="first report")
-        before = rx(veth.dev_b)
+        before, dropped = rx(veth.dev_b), veth_drops(veth)
         senders = [subprocess.Popen(["ip", "netns", "exec", veth.ns_a, "taskset", "-c", str(cpu), sys.executable,
                                      "-c", SENDER, "500000", str(20000 + 100 * i), "100", veth.ip4_b])
                    for i, cpu in enumerate(cpus)]
         for s in senders:
             assert s.wait(120) == 0
         time.sleep(0.2)
-        after = rx(veth.dev_b)
+        after, dropped = rx(veth.dev_b), veth_drops(veth) - dropped
     except BaseException:
         agent.proc.kill()
         raise
@@ -107,12 +116,14 @@ def test_two_senders_on_two_cpus_every_packet_in_a_flow(veth, run):
     # a veth under this load drops some frames before XDP runs (its ring is full): those reach
     # neither the driver's rx counters nor us. Everything the driver received, we counted.
     received = after[0] - before[0]
-    assert 990_000 <= received <= 1_000_000
-    # nothing but the test's traffic crossed the veth between the first report and the end
+    assert received > 900_000
+    # the interface total (= flows + other, checked at every report) is what the driver received
     assert totals[veth.dev_b][0] - first.get(veth.dev_b, 0) == received
     packets = latest(agent.reports, "xtrace_network_packets_total")
     ours = [v for k, v in packets.items() if dict(k)["src_ip"] == veth.ip4_a and dict(k)["protocol"] == "17"]
-    assert len(ours) == 200 and sum(ours) == received
+    # the test's frames: all sent but those the veth dropped (the link's own chatter, if any, is
+    # in other flows, and may be what a drop hit)
+    assert len(ours) == 200 and 1_000_000 - dropped <= sum(ours) <= min(1_000_000, received)
     assert len(agent.reports) > 5, "the tables were swapped while the senders ran"
 
 
