@@ -295,8 +295,8 @@ class XdpProgram:
         return counted
 
     def reset(self) -> None:
-        """Forget all counts (tests, benchmarks): empties both tables."""
-        self.drain()
+        """Forget all counts (tests, benchmarks). One drain is enough: the table it installs was
+        emptied by the previous one."""
         self.drain()
 
     def close(self) -> None:
