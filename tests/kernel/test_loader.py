@@ -40,7 +40,10 @@ def test_compile_error_is_one_line(tmp_path):
     src.write_text("#include <uapi/linux/bpf.h>\nint xtrace_eth(struct xdp_md *ctx) { return nope; }\n")
     with pytest.raises(AgentFailure) as e:
         compiler.compile_and_load(16, 1, source=str(src), programs=("xtrace_eth",))
-    assert str(e.value) == "cannot load the XDP program: compile error: use of undeclared identifier 'nope'"
+    msg = str(e.value)
+    # the compile error first, then which kernel headers it was compiled against
+    assert msg.startswith("cannot load the XDP program: compile error: use of undeclared identifier 'nope'")
+    assert "kernel headers:" in msg and "\n" not in msg
 
 
 def test_verifier_rejection_is_one_line(tmp_path):
