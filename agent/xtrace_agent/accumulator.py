@@ -136,25 +136,30 @@ class Accumulator:
         for key, e in self._others.items():
             yield key, e[0], e[1], True
 
-    def described(self) -> Iterator[tuple[object, int, int]]:
-        """(description, packets, bytes) for every live flow and `other` entry; descriptions are
-        made once per entry and reused every interval."""
-        for description, packets, bytes_, _, _ in self.described_with_recent(None):
-            yield description, packets, bytes_
-
-    def described_with_recent(self, now: float | None) -> Iterator[tuple[object, int, int, int, int]]:
-        """As described(), plus (packets, bytes) moved in the interval ending at `now` (0, 0 for
-        entries that moved nothing then)."""
+    def _entries(self) -> Iterator[tuple[object, list]]:
+        """(description, entry) for every live flow and `other` entry; descriptions are made once
+        per entry and reused every interval."""
         describe = self._describe
         for table in (self._live, self._others):
             for key, e in table.items():
                 d = e[4]
                 if d is None:
                     d = e[4] = describe(key)
-                if e[2] == now:
-                    yield d, e[0], e[1], e[5], e[3]
-                else:
-                    yield d, e[0], e[1], 0, 0
+                yield d, e
+
+    def described(self) -> Iterator[tuple[object, int, int]]:
+        """(description, packets, bytes) for every live flow and `other` entry."""
+        for d, e in self._entries():
+            yield d, e[0], e[1]
+
+    def described_with_recent(self, now: float) -> Iterator[tuple[object, int, int, int, int]]:
+        """As described(), plus (packets, bytes) moved in the interval ending at `now` (0, 0 for
+        entries that moved nothing then)."""
+        for d, e in self._entries():
+            if e[2] == now:
+                yield d, e[0], e[1], e[5], e[3]
+            else:
+                yield d, e[0], e[1], 0, 0
 
 
 class Totals:
