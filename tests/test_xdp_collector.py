@@ -218,3 +218,49 @@ def test_a_live_owner_is_told_from_a_dead_one(monkeypatch):
     monkeypatch.setenv("POD_NAMESPACE", "obs")
     assert not attach.Owner(**other, pod=attach.pod_id()).alive(now)
     assert attach.Owner(**other, pod=attach.pod_id({"POD_NAME": "another", "POD_NAMESPACE": "obs"})).alive(now)
+
+
+def test_traffic_while_another_program_replaced_ours_is_exported_as_unobserved(tmp_path):
+    """The driver's rx counters (a sysfs tree standing in for /sys) count what our program missed."""
+    from xtrace_agent.xdp.attach import AttachError
+
+    lo = tmp_path / "class" / "net" / "lo"
+    (lo / "statistics").mkdir(parents=True)
+    for attr, value in (("type", 772), ("operstate", "unknown"), ("mtu", 65536)):
+        (lo / attr).write_text(f"{value}\n")
+
+    def driver_counted(packets):
+        (lo / "statistics" / "rx_packets").write_text(f"{packets}\n")
+        (lo / "statistics" / "rx_bytes").write_text(f"{packets * 100}\n")
+
+    class Replaced(FakeProgram):
+        refuse = False
+
+        def attach(self, ifname, ifindex, infiniband, mode):
+            if self.refuse:
+                raise AttachError(f"{ifname} already has another tool's XDP program (id 7, name other)")
+            return super().attach(ifname, ifindex, infiniband, mode)
+
+    fake = Replaced()
+    cfg = AgentConfig(interfaces=("lo",), sysfs=str(tmp_path), from_file=True)
+    health = Health()
+    source = XdpCollector(cfg, health, program_loader=lambda _: fake)
+    source.start()
+    accounting = FlowAccounting(cfg, health)
+    driver_counted(100)
+    accounting.report(source.collect(1.0), 1.0)
+    fake._attached.clear()  # another tool took the interface
+    fake.refuse = True
+    accounting.report(source.collect(2.0), 2.0)  # noticed: from now on the driver's counts are looked at
+    assert health.get("xtrace_xdp_attached", {"interface": "lo", "mode": "generic"}) == 0
+    driver_counted(150)
+    accounting.report(source.collect(3.0), 3.0)
+    driver_counted(170)
+    fake.refuse = False  # ours is back
+    report = accounting.report(source.collect(4.0), 4.0)
+    v = values(report)
+    assert v[("xtrace_xdp_unobserved_packets_total", (("interface", "lo"),))] == 70
+    assert v[("xtrace_xdp_unobserved_bytes_total", (("interface", "lo"),))] == 7000
+    driver_counted(500)
+    report = accounting.report(source.collect(5.0), 5.0)
+    assert values(report)[("xtrace_xdp_unobserved_packets_total", (("interface", "lo"),))] == 70

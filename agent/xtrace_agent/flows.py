@@ -33,6 +33,8 @@ IFACE_PACKETS = "xtrace_interface_packets_total"
 IFACE_BYTES = "xtrace_interface_bytes_total"
 UNTRACKED_PACKETS = "xtrace_xdp_untracked_packets_total"
 UNTRACKED_BYTES = "xtrace_xdp_untracked_bytes_total"
+UNOBSERVED_PACKETS = "xtrace_xdp_unobserved_packets_total"
+UNOBSERVED_BYTES = "xtrace_xdp_unobserved_bytes_total"
 OTHER = "other"
 
 # untracked reason -> the older global self-metric that sums it over interfaces
@@ -74,6 +76,7 @@ class Observed(NamedTuple):
     unattributed: tuple[int, int] = (0, 0)  # cumulative since the program was loaded
     watched: tuple[str, ...] = ()  # interfaces the program is attached to now
     began: float | None = None  # time.monotonic() when the collection started
+    unobserved: dict[str, tuple[int, int]] = {}  # interface -> driver rx while our program was not on it
 
 
 def other_of(key: FlowLabels) -> FlowLabels:
@@ -116,6 +119,7 @@ class FlowAccounting:
         self.flows = Accumulator(cfg.xdp.max_flows, cfg.xdp.idle_timeout, other_of, describe=flow_labels)
         self.interfaces = Totals()
         self.untracked = Totals()
+        self.unobserved = Totals()
         self.sampled = 0
         self._multi = len(cfg.interfaces) > 1 or any(c in s for s in cfg.interfaces for c in "*?[")
         # every self-metric an alert may use exists from the first report, at 0
@@ -129,6 +133,7 @@ class FlowAccounting:
     def report(self, seen: Observed, now: float) -> Report:
         for iface in seen.watched:  # present at 0 from the first report, traffic or not
             self.interfaces.add(iface, 0, 0)
+            self.unobserved.add(iface, 0, 0)
             self.flows.add_other(other_of((iface,)), 0, 0, now)
             for reason in self.reasons:
                 self.untracked.add((iface, reason), 0, 0)
@@ -142,6 +147,8 @@ class FlowAccounting:
             self.flows.add_other(other_of((iface,)), packets, bytes_, now)
         for iface, (packets, bytes_) in seen.interfaces.items():
             self.interfaces.add(iface, packets, bytes_)
+        for iface, (packets, bytes_) in seen.unobserved.items():
+            self.unobserved.add(iface, packets, bytes_)
         self.flows.expire(now)
         self.sampled += seen.sampled
         report = self._report(seen, now)
@@ -167,6 +174,9 @@ class FlowAccounting:
         for iface, (p, b) in sorted(self.interfaces.values.items()):
             samples.append(Sample(IFACE_PACKETS, {"interface": iface}, p, now))
             samples.append(Sample(IFACE_BYTES, {"interface": iface}, b, now))
+        for iface, (p, b) in sorted(self.unobserved.values.items()):
+            samples.append(Sample(UNOBSERVED_PACKETS, {"interface": iface}, p, now))
+            samples.append(Sample(UNOBSERVED_BYTES, {"interface": iface}, b, now))
         per_reason: Counter = Counter()
         for (iface, reason), (p, b) in sorted(self.untracked.values.items()):
             samples.append(Sample(UNTRACKED_PACKETS, {"interface": iface, "reason": reason}, p, now))

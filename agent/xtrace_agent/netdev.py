@@ -51,6 +51,15 @@ def link(name: str, sysfs: str = DEFAULT_SYSFS) -> Link | None:
     return Link(name, ifindex, _read(sysfs, name, "operstate") or "unknown", kind, int(mtu) if mtu and mtu.isdigit() else 0)
 
 
+def rx_counters(name: str, sysfs: str = DEFAULT_SYSFS) -> tuple[int, int] | None:
+    """(rx_packets, rx_bytes) the interface's driver counted, or None if unreadable. Driver
+    counts: some leave out the Ethernet header (veth does), so bytes are approximate."""
+    packets, bytes_ = _read(sysfs, name, "statistics/rx_packets"), _read(sysfs, name, "statistics/rx_bytes")
+    if not (packets and bytes_ and packets.isdigit() and bytes_.isdigit()):
+        return None
+    return int(packets), int(bytes_)
+
+
 def names() -> list[str]:
     return sorted(name for _, name in socket.if_nameindex())
 

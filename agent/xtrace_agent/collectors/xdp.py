@@ -32,6 +32,9 @@ class XdpCollector:
         self._attached: dict[str, int] = {}  # interface name -> ifindex we attached to
         self._names: dict[int, str] = {}  # ifindex -> name, also for links gone since the last drain
         self._problems: dict[str, str] = {}
+        self._modes: dict[str, str] = {}  # interface -> mode of its xtrace_xdp_attached series
+        self._unwatched: set[str] = set()  # present, but our program could not be (re)attached
+        self._rx_since: dict[str, tuple[int, int]] = {}  # their driver rx counters at the last look
 
     # lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -74,6 +77,7 @@ class XdpCollector:
 
         wanted = netdev.expand(self.cfg.interfaces)
         live = self.program.attached()  # one kernel query per link, once per interval
+        self._unwatched = set()
         for spec in self.cfg.interfaces:
             if netdev.is_pattern(spec):
                 if netdev.matching(spec, wanted):
@@ -101,6 +105,9 @@ class XdpCollector:
                 if strict or (first and isinstance(e, AgentConflict)):
                     raise
                 self._problem(name, component, str(e))
+                self._unwatched.add(name)
+                if name in self._modes:
+                    self.health.set("xtrace_xdp_attached", 0, {"interface": name, "mode": self._modes[name]})
                 continue
             if name in self._attached:
                 log.info("interface %s is back (ifindex %d): attached again (%s)", name, li.ifindex, mode)
@@ -108,6 +115,9 @@ class XdpCollector:
                 log.info("attached to %s (ifindex %d, %s mode)", name, li.ifindex, mode)
             self._attached[name] = li.ifindex
             self._names[li.ifindex] = name
+            if self._modes.get(name, mode) != mode:
+                self.health.set("xtrace_xdp_attached", 0, {"interface": name, "mode": self._modes[name]})
+            self._modes[name] = mode
             self.health.set("xtrace_xdp_attached", 1, {"interface": name, "mode": mode})
             if li.is_down:
                 self._problem(name, component, "link down")
@@ -131,6 +141,7 @@ class XdpCollector:
     # collection --------------------------------------------------------------------------
     def collect(self, now: float) -> Observed:
         began = time.monotonic()
+        unobserved = self._unobserved()
         drained = self.program.drain()
         flows = drained.flows
         # one comprehension, no call per flow: at 100k flows every Python call costs ~5 ms
@@ -155,8 +166,32 @@ class XdpCollector:
             interfaces[name] = (old[0] + p, old[1] + b)
         # attach after the drain, so what a vanished link counted was read under its old name
         self._reconcile()
+        for name in self._unwatched - self._rx_since.keys():
+            self._look(name)
+        for name in self._rx_since.keys() - self._unwatched:
+            del self._rx_since[name]
+        watching = self.program.attached()
+        watched = tuple(name for name, ifindex in self._attached.items() if ifindex in watching)
         return Observed(deltas, untracked, interfaces, drained.sampled, self.program.unattributed(),
-                        tuple(self._attached), began)
+                        watched, began, unobserved)
+
+    def _look(self, name: str) -> tuple[int, int] | None:
+        cur = netdev.rx_counters(name, self.cfg.sysfs)
+        if cur is None:
+            self._rx_since.pop(name, None)
+        else:
+            self._rx_since[name] = cur
+        return cur
+
+    def _unobserved(self) -> dict[str, tuple[int, int]]:
+        """What the drivers of wanted interfaces without our program received since the last look
+        (up to the moment our program is back): traffic no flow and no interface total can hold."""
+        out = {}
+        for name, (p0, b0) in list(self._rx_since.items()):
+            cur = self._look(name)
+            if cur is not None and cur[0] >= p0 and cur[1] >= b0:
+                out[name] = (cur[0] - p0, cur[1] - b0)
+        return out
 
     def _iface_name(self, ifindex: int) -> str:
         return self._names.get(ifindex) or f"ifindex{ifindex}"
