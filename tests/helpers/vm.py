@@ -37,8 +37,9 @@ def _versions() -> dict[str, str]:
     with open(os.path.join(REPO, "tools", "vm", "versions.env")) as f:
         for line in f:
             key, sep, value = line.strip().partition("=")
-            if sep and not key.startswith("#"):
-                out[key] = value
+            if sep and not key.startswith("#"):  # VAR=${VAR:-default}: the default, unless set
+                default = value.removeprefix("${" + key + ":-").removesuffix("}")
+                out[key] = os.environ.get(key) or default
     return out
 
 

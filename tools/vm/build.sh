@@ -60,7 +60,7 @@ bin="$cache_root/vm/$version/bin"
 mkdir -p "$bin" || die "cannot create the cache directory $bin (set XTRACE_CACHE to a writable directory)"
 start=$SECONDS
 for app in $apps; do
-    if [ -x "$bin/$app" ]; then say "$app: cached"; continue; fi
+    [ -x "$bin/$app" ] && continue
     t0=$SECONDS
     say "$app: building $module/app/$app@$version (the first build takes minutes)"
     ( while sleep 30; do say "$app: still building, $((SECONDS - t0)) s (total $((SECONDS - start)) s)"; done ) &
