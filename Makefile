@@ -21,11 +21,24 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[operator,test]'
 	@touch $(STAMP)
 
-test: setup
+test: setup vm
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-bench: setup
+bench: setup vm
 	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# VictoriaMetrics built from its Go module at the release in tools/vm/versions.env, cached under
+# $${XTRACE_CACHE:-/var/cache/xtrace}/vm/<version>/bin (tests and benchmarks use it). vm-cluster:
+# three vmstorage, vminsert -replicationFactor=2 and vmselect on 127.0.0.1 (.vmcluster/urls.json).
+.PHONY: vm vm-cluster vm-cluster-down
+vm:
+	@bash tools/vm/build.sh >/dev/null
+
+vm-cluster: setup
+	@$(PY) tools/vm/cluster.py up
+
+vm-cluster-down:
+	@$(PY) tools/vm/cluster.py down
 
 lint: setup
 	$(VENV)/bin/ruff check agent operator tests bench tools
