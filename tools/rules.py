@@ -101,6 +101,15 @@ def alerting_rules(t: Timing) -> list[dict]:
                 "annotations": {"summary": summary, "description": description}}
 
     w = t.window
+
+    def rose(metric: str, counters: str, window: str) -> str:
+        # VictoriaMetrics' increase() counts a series' first sample from 0 when it is small: an agent that
+        # (re)starts (every rollout) would report a port's lifetime errors as new. Only series that already
+        # existed a window ago count.
+        sel = f'{metric}{{counter=~"{counters}"}}'
+        return (f"sum by ({PORT}, counter) (increase({sel}[{window}])) > 0\n"
+                f"and on ({PORT}, counter) sum by ({PORT}, counter) ({sel} offset {window})")
+
     return [
         alert("XTraceAgentNotPushing",
               f"time() - max by (cluster, node) (max_over_time(xtrace_remote_write_last_success_timestamp_seconds[{t.history}]))"
@@ -127,15 +136,16 @@ def alerting_rules(t: Timing) -> list[dict]:
               t.short_for, "critical", "RDMA link {{ $labels.node }} {{ $labels.device }}/{{ $labels.port }} is down",
               f"The port was ACTIVE within {t.history} and is not any more."),
         alert("XTraceRdmaLinkFlapping",
-              f'sum by ({PORT}) (increase(xtrace_rdma_port_counter_total{{counter="link_downed"}}[{t.flap_window}])) >= 2',
+              f'sum by ({PORT}) (increase(xtrace_rdma_port_counter_total{{counter="link_downed"}}[{t.flap_window}])) >= 2\n'
+              f'and on ({PORT}) sum by ({PORT}) (xtrace_rdma_port_counter_total{{counter="link_downed"}} offset {t.flap_window})',
               t.short_for, "warning", "RDMA link {{ $labels.node }} {{ $labels.device }}/{{ $labels.port }} is flapping",
               "link_downed rose {{ $value }} times in " + t.flap_window + ": check the cable and transceiver."),
         alert("XTraceRdmaPortErrors",
-              f'sum by ({PORT}, counter) (increase(xtrace_rdma_port_counter_total{{counter=~"{any_of(PORT_ERRORS)}"}}[{w}])) > 0',
+              rose("xtrace_rdma_port_counter_total", any_of(PORT_ERRORS), w),
               t.short_for, "warning", "RDMA port errors on {{ $labels.node }} {{ $labels.device }}/{{ $labels.port }}",
               "{{ $labels.counter }} rose by {{ $value }} in the last " + w + "."),
         alert("XTraceRdmaTransportErrors",
-              f'sum by ({PORT}, counter) (increase(xtrace_rdma_hw_counter_total{{counter=~"{any_of(TRANSPORT_ERRORS)}"}}[{w}])) > 0',
+              rose("xtrace_rdma_hw_counter_total", any_of(TRANSPORT_ERRORS), w),
               t.short_for, "warning",
               "RDMA retransmissions or drops on {{ $labels.node }} {{ $labels.device }}/{{ $labels.port }}",
               "{{ $labels.counter }} rose by {{ $value }} in the last " + w + " (nccl mode, mlx5)."),

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import need
+from tests.query.conftest import vm_binary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RULES = os.path.join(ROOT, "deploy", "rules")
@@ -51,8 +52,8 @@ def test_rule_formats_carry_the_same_groups():
 
 
 def test_vmalert_accepts_the_rule_file():
-    vmalert = shutil.which("vmalert") or "/usr/bin/vmalert"
-    need(os.access(vmalert, os.X_OK), "vmalert not installed (apt-get install victoria-metrics)")
+    vmalert = vm_binary("vmalert")
+    need(os.access(vmalert, os.X_OK), f"{vmalert} not installed (make vm, or apt-get install victoria-metrics)")
     r = subprocess.run([vmalert, "-dryRun", f"-rule={os.path.join(RULES, 'xtrace.rules.yml')}"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -45,6 +45,11 @@ def grafana(expr: str, window_ms: int) -> str:
     return expr.replace("$__rate_interval", f"{window_ms}ms")
 
 
+def ms(t: float) -> float:
+    """A time on a whole millisecond, as the database keeps it."""
+    return round(t * 1000) / 1000
+
+
 def key(**labels) -> tuple:
     return tuple(sorted((k, str(v)) for k, v in labels.items()))
 
@@ -62,10 +67,10 @@ class Expect:
     def __init__(self, lab: Lab):
         self.lab = lab
         start, end = lab.known.xdp
-        self.t_xdp, self.w_xdp = end + OFFSET, round((end - start) * 1000)
+        self.t_xdp, self.w_xdp = ms(end + OFFSET), round((end - start) * 1000)
         self.dt = (round(end * 1000) - round(start * 1000)) / 1000  # XDP samples carry their report's time, in ms
         start, end = lab.known.rdma
-        self.t_rdma, self.w_rdma = end + OFFSET, round((end - start) * 1000)
+        self.t_rdma, self.w_rdma = ms(end + OFFSET), round((end - start) * 1000)
         self.port_dt = self._port_dt()
         flows = lab.known.flows
         self.bytes = {name: len(frame) * n for name, (frame, n) in flows.items()}
@@ -127,7 +132,7 @@ class Expect:
         for ts, values in self.lab.xdp.reports:
             if ts <= moved[-1]:
                 last.update({k[1:]: v for k, v in values.items() if k[0] == "xtrace_network_flow_bytes"})
-        return moved[-1] + OFFSET, last
+        return ms(moved[-1] + OFFSET), last
 
     # --- dashboards ------------------------------------------------------------------------------
     def traffic(self) -> dict[tuple[str, str], dict]:
