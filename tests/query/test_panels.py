@@ -17,16 +17,13 @@ import re
 import pytest
 import yaml
 
+from tests.fixtures.make_sysfs import ERROR_COUNTERS as PORT_ERRORS  # the PMA error counters
 from tests.query.conftest import RDMA_MOVES, ROOT, Lab
 
 pytestmark = [pytest.mark.kernel, pytest.mark.vm]
 
 OFFSET = 0.1  # seconds after a report: its samples are in, the next report's (0.5 s later) are not
 PORTS = [("mlx5_0", "1"), ("mlx5_1", "1"), ("mlx5_bond_0", "1"), ("mlx4_0", "1"), ("mlx4_0", "2")]
-PORT_ERRORS = ("symbol_error", "link_error_recovery", "link_downed", "port_rcv_errors",
-               "port_rcv_remote_physical_errors", "port_rcv_switch_relay_errors", "port_xmit_discards",
-               "port_xmit_constraint_errors", "port_rcv_constraint_errors", "local_link_integrity_errors",
-               "excessive_buffer_overrun_errors", "VL15_dropped")
 TRANSPORT_ERRORS = ("out_of_sequence", "packet_seq_err", "duplicate_request", "local_ack_timeout_err",
                     "out_of_buffer", "req_transport_retries_exceeded", "rnr_nak_retry_err")
 
