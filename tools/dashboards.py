@@ -177,6 +177,10 @@ def rdma() -> gd.Dashboard:
         return metric + sel(C, N, 'device=~"$device"', 'port=~"$port"', f'counter=~"{any_of(names)}"')
 
     by = "node, device, port"
+
+    def per_counter(title: str, fn: str, metric: str, names, description: str) -> timeseries.Panel:
+        return series(title, "short", q(f"sum by ({by}, counter) ({fn}({counters(metric, names)}[{RATE}]))",
+                                        "{{node}} {{device}}/{{port}} {{counter}}"), description=description)
     rows = [
         ("Throughput", [
             series("Bytes per second per port", "Bps",
@@ -189,20 +193,16 @@ def rdma() -> gd.Dashboard:
                    q(f"sum by ({by}) (rate(xtrace_rdma_port_receive_packets_total{port}[{RATE}]))", "{{node}} {{device}}/{{port}} rx")),
         ]),
         ("Errors and discards", [
-            series("Port errors and discards (per interval)", "short",
-                   q(f"sum by ({by}, counter) (increase({counters('xtrace_rdma_port_counter_total', PORT_ERRORS)}[{RATE}]))",
-                     "{{node}} {{device}}/{{port}} {{counter}}"),
-                   description="PMA error counters (symbol_error, link_downed, port_rcv_errors, port_xmit_discards, ...)."),
-            series("Transport errors and retransmissions (per interval)", "short",
-                   q(f"sum by ({by}, counter) (increase({counters('xtrace_rdma_hw_counter_total', TRANSPORT_ERRORS)}[{RATE}]))",
-                     "{{node}} {{device}}/{{port}} {{counter}}"),
-                   description="mlx5 hw_counters (nccl mode): out_of_sequence, packet_seq_err, out_of_buffer, ..."),
+            per_counter("Port errors and discards (per interval)", "increase", "xtrace_rdma_port_counter_total",
+                        PORT_ERRORS, "PMA error counters (symbol_error, link_downed, port_rcv_errors, "
+                                     "port_xmit_discards, ...)."),
+            per_counter("Transport errors and retransmissions (per interval)", "increase",
+                        "xtrace_rdma_hw_counter_total", TRANSPORT_ERRORS,
+                        "mlx5 hw_counters (nccl mode): out_of_sequence, packet_seq_err, out_of_buffer, ..."),
         ]),
         ("Congestion", [
-            series("Congestion notifications per second", "short",
-                   q(f"sum by ({by}, counter) (rate({counters('xtrace_rdma_hw_counter_total', CONGESTION)}[{RATE}]))",
-                     "{{node}} {{device}}/{{port}} {{counter}}"),
-                   description="RoCE DCQCN: np_cnp_sent (we saw ECN marks), rp_cnp_handled (we slowed down)."),
+            per_counter("Congestion notifications per second", "rate", "xtrace_rdma_hw_counter_total", CONGESTION,
+                        "RoCE DCQCN: np_cnp_sent (we saw ECN marks), rp_cnp_handled (we slowed down)."),
             series("Transmit wait (ticks per second)", "short",
                    q(f'sum by ({by}) (rate({counters("xtrace_rdma_port_counter_total", ["port_xmit_wait"])}[{RATE}]))',
                      "{{node}} {{device}}/{{port}}"),
