@@ -301,3 +301,14 @@ def test_recording_rules(lab, expect):
         for record, values in want.items():
             expr = re.sub(r"\[1m\]", f"[{window}ms]", rules[record])
             assert_exact(lab.query(expr, at), values, record)
+
+
+def test_every_metric_queried_is_one_the_agents_push(lab):
+    """No panel or rule may query a metric the agent does not export (a renamed or invented one would
+    only show as an empty panel): each one is in the database the real agents filled."""
+    exprs = [e for board in ("traffic", "rdma", "health") for _, _, e in panels(board)]
+    with open(os.path.join(ROOT, "deploy", "rules", "xtrace.rules.yml")) as f:
+        exprs += [r["expr"] for g in yaml.safe_load(f)["groups"] for r in g["rules"]]
+    names = {n for e in exprs for n in re.findall(r"(?<![\w:])xtrace_\w+", e)}
+    stored = {s["metric"]["__name__"] for s in lab.vm.export('{__name__=~"xtrace_.*"}')}
+    assert len(names) > 20 and names <= stored, f"queried but never pushed: {sorted(names - stored)}"
