@@ -47,6 +47,7 @@ VM_VERSION = _versions()["VM_VERSION"]
 VM_BIN_DIR = os.path.join(os.environ.get("XTRACE_CACHE") or "/var/cache/xtrace", "vm", VM_VERSION, "bin")
 VM_BIN = os.path.join(VM_BIN_DIR, "victoria-metrics")
 VMAUTH_BIN = os.path.join(VM_BIN_DIR, "vmauth")
+VMAGENT_BIN = os.path.join(VM_BIN_DIR, "vmagent")
 
 
 def free_port() -> int:
@@ -205,6 +206,22 @@ class VmAuth(_Process):
     @property
     def write_url(self) -> str:
         return f"{self.url}/api/v1/write"
+
+
+class VmAgent(_Process):
+    """vmagent as an insert tier: accepts /insert/<tenant>/prometheus/api/v1/write (the tenant
+    becomes the vm_account_id / vm_project_id labels) and replicates everything to every backend."""
+
+    def __init__(self, backends: list[VictoriaMetrics], work_dir: str):
+        port = free_port()
+        queue = os.path.join(work_dir, "vmagent-queue")
+        super().__init__(lambda: [VMAGENT_BIN, f"-httpListenAddr=127.0.0.1:{port}", "-enableMultitenantHandlers",
+                                  f"-remoteWrite.tmpDataPath={queue}", "-remoteWrite.flushInterval=100ms",
+                                  "-loggerLevel=ERROR", *(f"-remoteWrite.url={b.write_url}" for b in backends)],
+                         os.path.join(work_dir, "vmagent.log"), port)
+
+    def tenant_url(self, tenant: int) -> str:
+        return f"{self.url}/insert/{tenant}/prometheus/api/v1/write"
 
 
 def _need_binary(path: str) -> None:
