@@ -21,10 +21,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[operator,test]'
 	@touch $(STAMP)
 
-test: setup vm
+test: setup vm cluster-bin
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-bench: setup vm
+bench: setup vm cluster-bin
 	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 # VictoriaMetrics built from its Go module at the release in tools/vm/versions.env, cached under
@@ -40,6 +40,20 @@ vm-cluster: setup
 vm-cluster-down:
 	@$(PY) tools/vm/cluster.py down
 
+# A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler and kwok with three fake nodes, built once from their Go modules (tools/cluster,
+# cached under $${XTRACE_CACHE:-/var/cache/xtrace}/cluster/<versions>/bin; the first build takes minutes).
+# Writes .cluster/kubeconfig and .cluster/bin/kubectl. The tests start their own on other ports.
+.PHONY: cluster cluster-down cluster-bin
+cluster:
+	@/usr/bin/python3 tools/cluster/cluster.py up
+
+cluster-down:
+	@/usr/bin/python3 tools/cluster/cluster.py down
+
+cluster-bin:
+	@bash tools/cluster/build.sh >/dev/null
+
 lint: setup
 	$(VENV)/bin/ruff check agent operator tests bench tools
 
@@ -53,9 +67,24 @@ dashboards: setup
 
 # Opt-in, not part of `make test`: builds Dockerfile.agent and Dockerfile.operator with podman (no
 # registry) and runs both images for real; caches under /var/cache/xtrace-image-test.
-.PHONY: image-test
+.PHONY: image-test images push
 image-test: setup
 	bash tools/image_test.sh $(PYTEST_ARGS)
+
+# The images, tagged with the project version (pyproject.toml, the one place it is written):
+# `make images` builds $(REGISTRY)/xtrace-agent:$(VERSION) and .../xtrace-operator:$(VERSION) with
+# podman, or docker where an engine runs (ENGINE=... to choose); `make push REGISTRY=...` pushes them.
+VERSION = $(shell python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+REGISTRY ?= ghcr.io/xtrace-io
+ENGINE ?= $(shell if command -v podman >/dev/null; then echo podman; elif docker info >/dev/null 2>&1; then echo docker; fi)
+images:
+	@test -n "$(ENGINE)" || { echo "make images: needs podman, or docker with a running engine" >&2; exit 1; }
+	$(ENGINE) build --build-arg VERSION=$(VERSION) -f Dockerfile.agent -t $(REGISTRY)/xtrace-agent:$(VERSION) .
+	$(ENGINE) build --build-arg VERSION=$(VERSION) -f Dockerfile.operator -t $(REGISTRY)/xtrace-operator:$(VERSION) .
+
+push: images
+	$(ENGINE) push $(REGISTRY)/xtrace-agent:$(VERSION)
+	$(ENGINE) push $(REGISTRY)/xtrace-operator:$(VERSION)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

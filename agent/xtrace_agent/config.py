@@ -39,6 +39,21 @@ DEFAULT_SPOOL_BYTES = 320 * 1024 * 1024
 MEMORY_SPOOL_BYTES = 64 * 1024 * 1024
 DEFAULT_QUEUE_SAMPLES = 1_000_000
 
+# Every numeric bound, named once by its key in the agent's YAML. The agent's config schema, the
+# command line, the operator's model and (checked by tests/operator/test_contract.py) the CRD's
+# minimum/maximum all read them from here.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "interval": (0.05, 3600),
+    "count": (1, 1 << 31),
+    "xdp.flowTableSize": (1024, 1 << 24),
+    "xdp.sampling": (1, 1 << 20),
+    "xdp.idleTimeout": (1, 86400),
+    "xdp.maxFlows": (1, 10_000_000),
+    "queueSamples": (1000, 100_000_000),
+    "maxPushAge": (1, 86400),
+    "spool.maxBytes": (0, 1 << 40),
+}
+
 
 @dataclass(frozen=True)
 class XdpConfig:
@@ -234,24 +249,24 @@ def _targets(v: Any) -> tuple[RemoteWriteTarget, ...]:
 
 _XDP = {
     "attachMode": ("attach_mode", _enum(ATTACH_MODES)),
-    "flowTableSize": ("flow_table_size", _int(1024, 1 << 24)),
-    "sampling": ("sampling", _int(1, 1 << 20)),
-    "idleTimeout": ("idle_timeout", _num(1, 86400)),
-    "maxFlows": ("max_flows", _int(1, 10_000_000)),
+    "flowTableSize": ("flow_table_size", _int(*BOUNDS["xdp.flowTableSize"])),
+    "sampling": ("sampling", _int(*BOUNDS["xdp.sampling"])),
+    "idleTimeout": ("idle_timeout", _num(*BOUNDS["xdp.idleTimeout"])),
+    "maxFlows": ("max_flows", _int(*BOUNDS["xdp.maxFlows"])),
     "flowGauges": ("flow_gauges", _bool),
 }
 
 _SPOOL = {
     "path": ("path", _str),
-    "maxBytes": ("max_bytes", _int(0, 1 << 40)),
+    "maxBytes": ("max_bytes", _int(*BOUNDS["spool.maxBytes"])),
 }
 
 SCHEMA: dict[str, tuple[str, Any]] = {
     "mode": ("mode", _enum(MODES)),
     "interfaces": ("interfaces", _str_list),
     "devices": ("devices", _str_list),
-    "interval": ("interval", _num(0.05, 3600)),
-    "count": ("count", _int(1, 1 << 31)),
+    "interval": ("interval", _num(*BOUNDS["interval"])),
+    "count": ("count", _int(*BOUNDS["count"])),
     "output": ("output", _enum(OUTPUTS)),
     "sysfs": ("sysfs", _str),
     "node": ("node", _str),
@@ -260,10 +275,10 @@ SCHEMA: dict[str, tuple[str, Any]] = {
     "labels": ("labels", _labels),
     "xdp": ("xdp", _section(XdpConfig, _XDP, "xdp.")),
     "remoteWrite": ("remote_write", _targets),
-    "queueSamples": ("queue_samples", _int(1000, 100_000_000)),
+    "queueSamples": ("queue_samples", _int(*BOUNDS["queueSamples"])),
     "spool": ("spool", _section(SpoolConfig, _SPOOL, "spool.")),
     "httpListen": ("http_listen", _str),
-    "maxPushAge": ("max_push_age", _num(1, 86400)),
+    "maxPushAge": ("max_push_age", _num(*BOUNDS["maxPushAge"])),
 }
 
 

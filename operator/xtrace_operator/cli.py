@@ -15,6 +15,7 @@ would retry for about a minute and then die in a handful of tracebacks.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from typing import Any
@@ -144,6 +145,10 @@ def _reach_api(timeout: float) -> str | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # kopf installs its own SIGTERM handler only once its tasks run, after the first handlers may
+    # already have started: a SIGTERM before that (a pod deleted during start-up) must still stop
+    # the process cleanly (main() turns the KeyboardInterrupt into exit 0), not kill it.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     problem = _reach_api(30.0 if args.connect_timeout is None else args.connect_timeout)
     if problem:
         print(f"xtrace-operator: {problem}", file=sys.stderr)

@@ -67,15 +67,6 @@ class BasicAuth:
 
 
 @dataclass(frozen=True)
-class Xdp:
-    attach_mode: str = "auto"
-    flow_table_size: int = agent_config.DEFAULT_FLOW_TABLE_SIZE
-    sampling: int = 1
-    idle_timeout: float = agent_config.DEFAULT_IDLE_TIMEOUT
-    max_flows: int = agent_config.DEFAULT_MAX_FLOWS
-
-
-@dataclass(frozen=True)
 class VictoriaMetrics:
     urls: tuple[str, ...]  # the remote-write endpoints, tenant path already applied
     tenant: str | None = None
@@ -103,7 +94,7 @@ class Monitor:
     interval: float = agent_config.DEFAULT_INTERVAL
     output: str = "text"
     port: int = DEFAULT_PORT
-    xdp: Xdp = field(default_factory=Xdp)
+    xdp: agent_config.XdpConfig = field(default_factory=agent_config.XdpConfig)  # the agent's own type
     victoria_metrics: VictoriaMetrics | None = None
     image: str = DEFAULT_IMAGE
     image_pull_policy: str = "IfNotPresent"
@@ -208,14 +199,20 @@ def _secret_key(r: _Reader, name_field: str, default_key: str) -> SecretKey:
     return SecretKey(name, key)
 
 
-def _xdp(r: _Reader) -> Xdp:
-    d = Xdp()
-    out = Xdp(
+def _bounded(r: _Reader, key: str, bound: str, default: float, integer: bool = False) -> Any:
+    """A number under the agent's own bound for it (agent_config.BOUNDS: one place for every limit)."""
+    return r.number(key, default, *agent_config.BOUNDS[bound], integer=integer)
+
+
+def _xdp(r: _Reader) -> agent_config.XdpConfig:
+    d = agent_config.XdpConfig()
+    out = agent_config.XdpConfig(
         attach_mode=r.enum("attachMode", d.attach_mode, ATTACH_MODES),
-        flow_table_size=r.number("flowTableSize", d.flow_table_size, 1024, 1 << 24, integer=True),
-        sampling=r.number("sampling", d.sampling, 1, 1 << 20, integer=True),
-        idle_timeout=r.number("idleTimeout", d.idle_timeout, 1, 86400),
-        max_flows=r.number("maxFlows", d.max_flows, 1, 10_000_000, integer=True),
+        flow_table_size=_bounded(r, "flowTableSize", "xdp.flowTableSize", d.flow_table_size, integer=True),
+        sampling=_bounded(r, "sampling", "xdp.sampling", d.sampling, integer=True),
+        idle_timeout=float(_bounded(r, "idleTimeout", "xdp.idleTimeout", d.idle_timeout)),
+        max_flows=_bounded(r, "maxFlows", "xdp.maxFlows", d.max_flows, integer=True),
+        flow_gauges=r.boolean("flowGauges", d.flow_gauges),
     )
     r.done()
     return out
@@ -287,9 +284,9 @@ def _victoria_metrics(r: _Reader) -> VictoriaMetrics:
     out = VictoriaMetrics(
         urls=urls, tenant=tenant, basic=basic, bearer=bearer, ca=ca, insecure_skip_verify=insecure,
         headers=headers, extra_labels=_labels(r, "extraLabels"),
-        queue_samples=r.number("queueSamples", d.queue_samples, 1000, 100_000_000, integer=True),
-        max_push_age=r.number("maxPushAge", d.max_push_age, 1, 86400),
-        spool_max_bytes=spool.number("maxBytes", d.spool_max_bytes, 0, 1 << 40, integer=True),
+        queue_samples=_bounded(r, "queueSamples", "queueSamples", d.queue_samples, integer=True),
+        max_push_age=_bounded(r, "maxPushAge", "maxPushAge", d.max_push_age),
+        spool_max_bytes=_bounded(spool, "maxBytes", "spool.maxBytes", d.spool_max_bytes, integer=True),
         spool_host_path=spool.string("hostPath", d.spool_host_path, re.compile(r"^/[^\s]*$"),
                                      "an absolute path"),
     )
@@ -376,7 +373,7 @@ def parse(name: str, namespace: str, spec: Any, uid: str = "", created: str = ""
     monitor = Monitor(
         name=name, namespace=namespace, mode=mode, interfaces=interfaces, devices=devices,
         node_selector=node_selector, tolerations=_tolerations(r),
-        interval=r.number("interval", agent_config.DEFAULT_INTERVAL, 0.05, 3600),
+        interval=_bounded(r, "interval", "interval", agent_config.DEFAULT_INTERVAL),
         output=r.enum("output", "text", OUTPUTS),
         port=r.number("port", DEFAULT_PORT, 1024, 65535, integer=True),
         xdp=_xdp(r.sub("xdp")),

@@ -87,16 +87,13 @@ def agent_config_of(monitor: Monitor) -> agent_config.AgentConfig:
                 url=url, name="victoriametrics" if len(vm.urls) == 1 else f"victoriametrics-{i}",
                 basic_auth=basic, bearer_token_file=bearer, ca_file=ca,
                 insecure_skip_verify=vm.insecure_skip_verify, headers=dict(vm.headers)))
-    x = monitor.xdp
     spool = spool_host_path(monitor)
     return agent_config.AgentConfig(
         mode=monitor.mode, interfaces=monitor.interfaces, devices=monitor.devices,
         interval=float(monitor.interval), output=monitor.output,
         sysfs=HOST_SYS, monitor=monitor.name, namespace=monitor.namespace,
         labels=dict(vm.extra_labels) if vm else {},
-        xdp=agent_config.XdpConfig(attach_mode=x.attach_mode, flow_table_size=x.flow_table_size,
-                                   sampling=x.sampling, idle_timeout=float(x.idle_timeout),
-                                   max_flows=x.max_flows),
+        xdp=monitor.xdp,
         remote_write=tuple(targets),
         queue_samples=vm.queue_samples if vm else agent_config.DEFAULT_QUEUE_SAMPLES,
         spool=agent_config.SpoolConfig(path=SPOOL_MOUNT if spool else None,

@@ -115,13 +115,15 @@ def compute(*, generation: int, invalid: str | None, conflict: str | None, count
     else:
         reason, message = "AgentsReady", f"{ready} of {desired} agents ready"
     is_ready = reason == "AgentsReady"
-    degraded = bool(counts_) and not invalid and not conflict and 0 < desired and ready < desired
+    # Problems count even on Ready pods: an agent's own report comes before its probe fails.
+    not_ready = max(desired - ready, len(problems))
+    degraded = bool(counts_) and not invalid and not conflict and 0 < desired and not_ready > 0
     listed = [{"node": n, "reason": r} for n, r in problems[:MAX_LISTED_NODES]]
     degraded_msg = ""
     if degraded:
         shown = ", ".join(f"{p['node']} ({_first_line(p['reason'], 120)})" for p in listed[:5])
         more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
-        degraded_msg = f"{desired - ready} of {desired} agents not ready" + (f": {shown}{more}" if shown else "")
+        degraded_msg = f"{not_ready} of {desired} agents not ready" + (f": {shown}{more}" if shown else "")
     conditions = [
         _condition("Ready", is_ready, reason, message, generation, prev, now),
         _condition("Degraded", degraded, "AgentsNotReady" if degraded else "AsExpected", degraded_msg,

@@ -2,29 +2,21 @@
 
 The agent writes the condition `xtrace.io/AgentReady` on its pod (xtrace_agent.podstatus);
 the operator puts its reason in `status.notReadyNodes`. Covered here: the operator's reading
-of the condition (pure), the RBAC that lets the agents write it (real schemas, and the escalation
-rule the API server applies to the operator), and the whole path through kmock with the real
-agent reporter writing to the emulated API server.
+of the condition (pure) and the RBAC that lets the agents write it (real schemas, and the escalation
+rule the API server applies to the operator). The whole path, the real agent writing to a real API
+server with its ServiceAccount's token, is tests/k8s/test_agent_pod.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-
 import kubernetes_validate
-import pytest
 import yaml
 
-from tests.operator.conftest import REAL_CLUSTER, ROOT
+from tests.operator.conftest import ROOT
 from xtrace_agent import podstatus
-from xtrace_agent.health import Health
 from xtrace_operator import model, render
 from xtrace_operator import status as status_mod
 
-MON = "/apis/xtrace.io/v1alpha1/namespaces/{ns}/xtracemonitors/%s"
-DS = "/apis/apps/v1/namespaces/{ns}/daemonsets/xtrace-%s"
-ROLE = "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles/xtrace-%s"
-BINDING = "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings/xtrace-%s"
 XDP = {"mode": "xdp", "interfaces": ["eth0", "eth1"]}
 RUNNING_NOT_READY = {"name": "agent", "ready": False, "restartCount": 0, "image": "x", "imageID": "",
                      "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}}}
@@ -131,62 +123,3 @@ def test_operator_holds_what_it_grants_and_can_create_the_rbac():
             assert _allows(rules, "rbac.authorization.k8s.io", resource, verb), (resource, verb)
     rbac_verbs = {v for r in rules if "rbac.authorization.k8s.io" in r["apiGroups"] for v in r["verbs"]}
     assert not rbac_verbs & {"escalate", "bind", "delete", "*"}
-
-
-# --- end to end through kmock --------------------------------------------------------------------
-
-async def test_children_include_the_agents_rbac(api, operator):
-    """The Role and RoleBinding are created with the other children, owned by the monitor."""
-    mon = await api.create_monitor("rbac", XDP)
-    for path in (ROLE, BINDING):
-        child = await api.eventually(lambda p=path: api.get(p % "rbac"), what=path % "rbac")
-        assert [r["uid"] for r in child["metadata"]["ownerReferences"]] == [mon["metadata"]["uid"]]
-    role = await api.get(ROLE % "rbac")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]}]
-
-
-@pytest.mark.skipif(REAL_CLUSTER, reason="the DaemonSet controller and kubelet own pods on a real cluster")
-async def test_agents_reason_reaches_the_monitor_status(api, operator, tmp_path):
-    """The real agent reporter writes its condition; the monitor lists the node with the agent's reason.
-
-    kmock stands in for the kubelet (the test creates the running-but-unready agent pod and the
-    DaemonSet status). It applies the agent's strategic merge patch as a plain merge, replacing
-    the conditions list instead of merging by `type`; the patch's shape is checked against the
-    real merge semantics in tests/test_podstatus.py.
-    """
-    await api.create_monitor("fleet", XDP)
-    await api.eventually(lambda: api.get(DS % "fleet"), what="DaemonSet")
-    await api.set_daemonset_status("fleet", desired=2, ready=1)
-    pod_name = "xtrace-fleet-x7k2p"
-    await api.create_agent_pod("fleet", pod_name, "gpu-7", _pod_status())
-
-    async def listed(expected: str):
-        st = ((await api.get(MON % "fleet")) or {}).get("status") or {}
-        nodes = st.get("notReadyNodes") or []
-        return nodes and nodes[0]["reason"].startswith(expected) and st
-    await api.eventually(lambda: listed("AgentNotReady"), what="the generic reason first")
-
-    token = tmp_path / "token"
-    token.write_text("agent-token")
-    health = Health()
-    health.not_ready("xdp:eth1", "interface not found")
-    reporter = podstatus.PodStatusReporter(health, api.namespace, pod_name, str(api.kmock.url), token,
-                                           min_interval=0.2, jitter=0.0, timeout=5.0).start()
-    try:
-        for _ in range(3):  # three intervals, one readiness: one write
-            reporter.observe()
-        st = await api.eventually(lambda: listed("InterfaceNotFound"), what="the agent's reason")
-        assert st["notReadyNodes"] == [{"node": "gpu-7", "reason": "InterfaceNotFound: xdp:eth1: interface not found"}]
-        degraded = next(c for c in st["conditions"] if c["type"] == "Degraded")
-        assert "gpu-7 (InterfaceNotFound: xdp:eth1: interface not found)" in degraded["message"]
-        patches = [r for r in api.kmock if r.method == "PATCH" and r.url.path.endswith(f"/pods/{pod_name}/status")]
-        assert len(patches) == 1 and patches[0].headers["Authorization"] == "Bearer agent-token"
-        assert health.get("xtrace_pod_status_writes_total") == 1
-
-        # Another problem of another kind: one more write, and the monitor follows.
-        health.not_ready("remote_write:vm", "no successful push to vm for 130s (maxPushAge 120s): HTTP 503")
-        reporter.observe()
-        st = await api.eventually(lambda: listed("Degraded"), what="the agent's new reason")
-        assert "remote_write:vm: no successful push" in st["notReadyNodes"][0]["reason"]
-    finally:
-        await asyncio.to_thread(reporter.close)

@@ -17,7 +17,8 @@ NOT_FROM_THE_CRD = {
 # A spec that moves every field away from the agent's defaults, so to_dict() emits it.
 EVERYTHING = [
     {"mode": "xdp", "interfaces": ["eth0"], "interval": 7, "output": "json", "port": 9500,
-     "xdp": {"attachMode": "native", "flowTableSize": 4096, "sampling": 3, "idleTimeout": 60, "maxFlows": 10},
+     "xdp": {"attachMode": "native", "flowTableSize": 4096, "sampling": 3, "idleTimeout": 60, "maxFlows": 10,
+             "flowGauges": False},
      "victoriaMetrics": {"url": "https://vm", "auth": {"basic": {"secretName": "b", "username": "u"}},
                          "tls": {"caSecret": {"name": "ca"}, "insecureSkipVerify": True},
                          "headers": {"X-A": "1"}, "extraLabels": {"cluster": "c"}, "queueSamples": 5000,
@@ -73,3 +74,30 @@ def test_every_agent_config_field_is_reachable():
         reached |= set(_paths(yaml.safe_load(text)))
     missing = sorted(set(_schema_paths()) - reached - set(NOT_FROM_THE_CRD))
     assert missing == [], f"agent config fields no XTraceMonitor can set: {missing}"
+
+
+# Where each of the agent's bounds sits in the CRD (the agent config key -> the monitor's spec path).
+CRD_PATHS = {
+    "interval": "interval",
+    "xdp.flowTableSize": "xdp.flowTableSize",
+    "xdp.sampling": "xdp.sampling",
+    "xdp.idleTimeout": "xdp.idleTimeout",
+    "xdp.maxFlows": "xdp.maxFlows",
+    "queueSamples": "victoriaMetrics.queueSamples",
+    "maxPushAge": "victoriaMetrics.maxPushAge",
+    "spool.maxBytes": "victoriaMetrics.spool.maxBytes",
+}
+
+
+def test_the_crd_bounds_are_the_agents_bounds(crd):
+    """One source of truth: every bound in agent_config.BOUNDS is the CRD's minimum/maximum for that field."""
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert set(CRD_PATHS) == set(agent_config.BOUNDS) - set(NOT_FROM_THE_CRD)
+    for key, path in CRD_PATHS.items():
+        node = spec
+        for part in path.split("."):
+            node = node["properties"][part]
+        assert (node["minimum"], node["maximum"]) == agent_config.BOUNDS[key], key
+        default = getattr(agent_config.AgentConfig(), key.split(".")[0], None) if "." not in key else None
+        if key == "interval":
+            assert node["default"] == default

@@ -1,7 +1,7 @@
 """The installed `xtrace-operator` command as a deployment runs it: a real process, found by its entry point.
 
-The integration tests start kopf in-process on the handlers module; these start the console script
-itself, so a broken `cli.main`, argument wiring, login fallback or signal handling fails here.
+The run against a real API server, with the ServiceAccount deploy/manifests ships, and its SIGTERM, is
+tests/k8s/test_operator.py; these cover what happens without any API server, and `render`.
 """
 
 from __future__ import annotations
@@ -9,21 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
-import signal
 import subprocess
 
 import pytest
 import yaml
 
-from tests.operator.conftest import REAL_CLUSTER, ROOT, SAMPLES
-
-pytestmark = pytest.mark.cluster
+from tests.operator.conftest import ROOT, SAMPLES
 
 CLI = str(ROOT / ".venv" / "bin" / "xtrace-operator")
-CHILDREN = ("/api/v1/namespaces/{ns}/serviceaccounts/xtrace-entry",
-            "/api/v1/namespaces/{ns}/configmaps/xtrace-entry",
-            "/apis/apps/v1/namespaces/{ns}/daemonsets/xtrace-entry")
-
 
 def _kubeconfig(path: pathlib.Path, server: str) -> str:
     """A kubeconfig as `kubectl config` would write it for a plain-HTTP, unauthenticated server."""
@@ -42,45 +35,6 @@ def _env(kubeconfig: str | None, home: pathlib.Path) -> dict[str, str]:
     if kubeconfig:
         env["KUBECONFIG"] = kubeconfig
     return env
-
-
-async def test_run_reconciles_and_stops_on_sigterm(api, tmp_path: pathlib.Path):
-    """`xtrace-operator run` logs in from KUBECONFIG, creates a monitor's children, and stops cleanly on SIGTERM.
-
-    kmock stands in for the API server the kubeconfig names (kopf's `login_via_client` and the
-    handlers' `kubernetes` client both read the file); SIGTERM is what the kubelet sends when the
-    operator's pod is deleted or rolled. On a real cluster (KUBECONFIG set) the same test runs
-    against it, watching only the test's namespace.
-    """
-    if REAL_CLUSTER:
-        env, scope = _env(os.environ["KUBECONFIG"], tmp_path), ["--namespace", api.namespace]
-    else:
-        env, scope = _env(_kubeconfig(tmp_path / "kubeconfig", str(api.kmock.url).rstrip("/")), tmp_path), []
-    log_path = tmp_path / "operator.log"
-    # A file, not a pipe: nobody has to drain it while the test waits on the API.
-    with open(log_path, "wb") as log:
-        proc = await asyncio.create_subprocess_exec(CLI, "run", "--connect-timeout", "5", *scope, env=env,
-                                                    stdout=log, stderr=subprocess.STDOUT)
-
-    async def child(path: str):
-        if proc.returncode is not None:  # a broken entry point exits at once: say so, not "timed out"
-            raise AssertionError(f"operator exited with {proc.returncode}:\n{log_path.read_text()}")
-        return await api.get(path)
-
-    try:
-        await api.create_monitor("entry", {"mode": "xdp", "interfaces": ["eth0"]})
-        for path in CHILDREN:
-            obj = await api.eventually(lambda p=path: child(p), timeout=15, what=path)
-            assert obj["metadata"]["ownerReferences"][0]["name"] == "entry"
-        proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(proc.wait(), timeout=10)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    out = log_path.read_text()
-    assert code == 0, out
-    assert "Signal SIGTERM is received" in out and "Traceback" not in out, out
 
 
 @pytest.mark.parametrize("case", ["closed-port", "no-config"])
