@@ -57,7 +57,7 @@ cluster-bin:
 lint: setup
 	$(VENV)/bin/ruff check agent operator tests bench tools
 
-demo: setup
+demo: setup vm
 	$(PY) tools/demo.py
 
 # deploy/dashboards/*.json and deploy/rules/ are generated: edit tools/dashboards.py or tools/rules.py, then this.
