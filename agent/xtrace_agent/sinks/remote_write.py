@@ -306,7 +306,8 @@ class RemoteWriteSink:
     def _spool_series(self, series: dict[bytes, list[tuple[float, int]]]) -> None:
         """Spool grouped series as blocks of at most spool.block_limit bytes (halving until they fit)."""
         body = self.transport.compress(prompb.encode_write_request(series))
-        if len(body) > self.spool.block_limit and len(series) > 1:
+        fits = self.spool.max_bytes - self.spool.rescued_bytes >= 64  # else no split can ever fit: skip halving
+        if fits and len(body) > self.spool.block_limit and len(series) > 1:
             keys = list(series)
             half = len(keys) // 2
             self._spool_series({k: series[k] for k in keys[:half]})
