@@ -8,6 +8,8 @@ while the sink spills, evicts, rescues and shuts down.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import threading
 import time
 
@@ -115,3 +117,36 @@ def test_newest_values_that_cannot_fit_are_counted_in_samples(receiver, tmp_path
         second.close(2)
     arrived = {(name, labels["src_port"]) for name, labels, _v, _t in receiver.accepted()}
     assert len(arrived) + given_up == 2 * flows
+
+
+def test_sigterm_to_the_agent_during_an_outage_leaves_the_spool_within_its_limit(tmp_path):
+    """The real xtrace-agent (rdma mode on a fixture sysfs tree, pushing to a port nobody listens
+    on) spills, evicts and is stopped with SIGTERM: the directory never held more than maxBytes."""
+    from tests.fixtures import make_sysfs
+    from tests.helpers.vm import free_port
+    from tests.rdma.test_e2e import BINARY
+
+    limit = 16384
+    sysfs, spool = tmp_path / "sys", tmp_path / "spool"
+    make_sysfs.build(str(sysfs))
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"mode: rdma\nsysfs: {sysfs}\ninterval: 0.05\noutput: none\nhttpListen: ''\nnode: n1\n"
+                      f"queueSamples: 1000\nremoteWrite:\n  - url: http://127.0.0.1:{free_port()}/api/v1/write\n"
+                      f"spool:\n  path: {spool}\n  maxBytes: {limit}\n")
+    spool.mkdir()
+    watch = SizeWatch(str(spool))
+    agent = subprocess.Popen([BINARY, "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert wait_until(lambda: _size(str(spool)) > limit // 2 or agent.poll() is not None, timeout=30)
+        time.sleep(2)  # keep evicting for a while
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        rc = agent.wait(30)
+    peak = watch.stop()
+    err = agent.stderr.read()
+    assert rc == 0, err
+    assert "spool full" in err  # it did evict
+    assert any(f == "rescued.sz" for _d, _s, files in os.walk(spool) for f in files)
+    assert 0 < _size(str(spool)) <= limit
+    assert peak <= limit, f"the spool held {peak} bytes, more than spool.maxBytes={limit}"
