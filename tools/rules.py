@@ -117,6 +117,12 @@ def alerting_rules(t: Timing) -> list[dict]:
               t.short_for, "warning", "XTrace agent on {{ $labels.node }} stopped pushing",
               f"No successful remote write from {{{{ $labels.node }}}} for {{{{ $value | humanizeDuration }}}} "
               f"(limit {t.push_age}s). Check the agent pod's readiness reasons (/readyz)."),
+        alert("XTraceAgentsNotReady",
+              'max by (cluster, namespace, daemonset) (kube_daemonset_status_desired_number_scheduled{daemonset=~"xtrace-.+"})\n'
+              '- max by (cluster, namespace, daemonset) (kube_daemonset_status_number_ready{daemonset=~"xtrace-.+"}) > 0',
+              t.long_for, "warning", "{{ $value }} XTrace agents of {{ $labels.namespace }}/{{ $labels.daemonset }} not ready",
+              "Agents that never pushed are invisible to XTraceAgentNotPushing: kube-state-metrics sees them. "
+              "kubectl describe xtm shows each node's reason."),
         alert("XTraceSamplesDropped",
               f"sum by (cluster, node, target, reason) (increase(xtrace_remote_write_samples_dropped_total[{w}])) > 0",
               t.short_for, "warning", "XTrace agent on {{ $labels.node }} dropped samples ({{ $labels.reason }})",

@@ -170,10 +170,12 @@ def pods(ip4_a: str, ip4_b: str) -> list[dict]:
 
 
 class KubeStateMetrics:
-    """Stands in for a vmagent scraping kube-state-metrics (two replicas, as HA setups run it)."""
+    """Stands in for a vmagent scraping kube-state-metrics (two replicas, as HA setups run it): pods and
+    the agents' DaemonSet."""
 
     def __init__(self, vm: VictoriaMetrics, pods_: list[dict]):
         self.vm, self.pods = vm, pods_
+        self.ready_agents = 3  # of the DaemonSet xtrace-uplinks' 3 desired
         self.stop = threading.Event()
         self.write()
         threading.Thread(target=self._loop, daemon=True).start()
@@ -188,6 +190,9 @@ class KubeStateMetrics:
                              f'node="{p["node"]}",host_network="{p["host_network"]}",uid="u-{p["pod"]}"}} 1 {ms}')
                 for phase in ("Pending", "Running", "Succeeded", "Failed", "Unknown"):
                     lines.append(f'kube_pod_status_phase{{{base},phase="{phase}"}} {int(phase == p["phase"])} {ms}')
+            ds = f'cluster="test",instance="{replica}",namespace="xtrace-system",daemonset="xtrace-uplinks"'
+            lines.append(f"kube_daemonset_status_desired_number_scheduled{{{ds}}} 3 {ms}")
+            lines.append(f"kube_daemonset_status_number_ready{{{ds}}} {self.ready_agents} {ms}")
         req = urllib.request.Request(self.vm.import_url, data="\n".join(lines).encode() + b"\n", method="POST")
         urllib.request.urlopen(req, timeout=5).read()
 

@@ -65,7 +65,7 @@ class VmAlert:
         for a in json.loads(self._get("/api/v1/alerts"))["data"]["alerts"] or []:
             labels = a["labels"]
             where = tuple(labels.get(k, "") for k in ("cluster", "node", "interface", "target", "reason", "device",
-                                                       "port", "counter"))
+                                                       "port", "counter", "daemonset"))
             out.add((labels["alertname"], a["state"], *where))
         return out
 
@@ -90,24 +90,26 @@ def vmalert(lab, tmp_path_factory):
 
 
 def expected_firing(lab) -> set[tuple]:
+    """(alertname, cluster, node, interface, target, reason, device, port, counter, daemonset)."""
     iface = lab.veth.dev_b
-    b = ("test", "node-b", "", "", "")
 
-    def port(name, device, port_, counter=""):
-        return (name, *b, device, port_, counter)
+    def at(name, cluster="test", node="", interface="", target="", reason="", device="", port="", counter="",
+           daemonset=""):
+        return (name, cluster, node, interface, target, reason, device, port, counter, daemonset)
 
     return {
-        ("XTraceAgentNotPushing", "other", "node-c", "", "", "", "", "", ""),
-        ("XTraceSamplesDropped", "test", "node-a", "", "reject", "rejected", "", "", ""),
-        ("XTraceFlowTableOverflow", "test", "node-a", iface, "", "", "", "", ""),
-        ("XTraceOtherShareHigh", "test", "node-a", iface, "", "", "", "", ""),
-        port("XTraceRdmaLinkDown", "mlx5_0", "1"),
-        port("XTraceRdmaLinkFlapping", "mlx5_0", "1"),
-        port("XTraceRdmaPortErrors", "mlx5_0", "1", "link_downed"),
-        port("XTraceRdmaPortErrors", "mlx5_bond_0", "1", "port_rcv_errors"),
-        port("XTraceRdmaTransportErrors", "mlx5_1", "1", "out_of_sequence"),
-        port("XTraceRdmaCongestion", "mlx5_1", "1", "np_cnp_sent"),
-        port("XTraceRdmaCounterSaturated", "mlx4_0", "1", "symbol_error"),
+        at("XTraceAgentNotPushing", cluster="other", node="node-c"),
+        at("XTraceAgentsNotReady", daemonset="xtrace-uplinks"),
+        at("XTraceSamplesDropped", node="node-a", target="reject", reason="rejected"),
+        at("XTraceFlowTableOverflow", node="node-a", interface=iface),
+        at("XTraceOtherShareHigh", node="node-a", interface=iface),
+        at("XTraceRdmaLinkDown", node="node-b", device="mlx5_0", port="1"),
+        at("XTraceRdmaLinkFlapping", node="node-b", device="mlx5_0", port="1"),
+        at("XTraceRdmaPortErrors", node="node-b", device="mlx5_0", port="1", counter="link_downed"),
+        at("XTraceRdmaPortErrors", node="node-b", device="mlx5_bond_0", port="1", counter="port_rcv_errors"),
+        at("XTraceRdmaTransportErrors", node="node-b", device="mlx5_1", port="1", counter="out_of_sequence"),
+        at("XTraceRdmaCongestion", node="node-b", device="mlx5_1", port="1", counter="np_cnp_sent"),
+        at("XTraceRdmaCounterSaturated", node="node-b", device="mlx4_0", port="1", counter="symbol_error"),
     }
 
 
@@ -129,6 +131,7 @@ def test_every_alert_fires_on_its_fault_and_resolves(lab, vmalert):
     s.add("mlx5_1", 1, "hw_counters", "np_cnp_sent", 100_000)
     s.write("mlx4_0", 1, "counters/symbol_error", "65535")  # 16-bit: saturated
     lab.spare.stop(signal.SIGKILL)                         # node-c's agent dies
+    lab.ksm.ready_agents = 2                               # and one agent pod of a DaemonSet is not ready
 
     # each alert fires for as long as its fault lasts in its window (seconds): collect every one seen
     want, seen = expected_firing(lab), set()
@@ -149,6 +152,7 @@ def test_every_alert_fires_on_its_fault_and_resolves(lab, vmalert):
     s.write("mlx5_0", 1, "phys_state", "5: LinkUp")
     s.write("mlx4_0", 1, "counters/symbol_error", "0")      # cleared (perfquery -R)
     lab.spare.start()
+    lab.ksm.ready_agents = 3
     try:
         wait_for(lambda: not vmalert.active(), 40, "every alert to resolve")
     except AssertionError:

@@ -46,7 +46,7 @@ def test_rule_formats_carry_the_same_groups():
     assert (promrule["apiVersion"], promrule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
     assert vmrule["spec"]["groups"] == plain == promrule["spec"]["groups"]
     alerts = {r["alert"] for g in plain for r in g["rules"] if "alert" in r}
-    assert alerts == {"XTraceAgentNotPushing", "XTraceSamplesDropped", "XTraceFlowTableOverflow",
+    assert alerts == {"XTraceAgentNotPushing", "XTraceAgentsNotReady", "XTraceSamplesDropped", "XTraceFlowTableOverflow",
                       "XTraceOtherShareHigh", "XTraceRdmaLinkDown", "XTraceRdmaLinkFlapping", "XTraceRdmaPortErrors",
                       "XTraceRdmaTransportErrors", "XTraceRdmaCongestion", "XTraceRdmaCounterSaturated"}
 
