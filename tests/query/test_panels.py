@@ -35,9 +35,10 @@ def panels(name: str) -> list[tuple[str, str, str]]:
     return [(p["title"], t["refId"], t["expr"]) for p in doc["panels"] for t in p.get("targets", [])]
 
 
-def grafana(expr: str, window_ms: int) -> str:
-    """The query as Grafana sends it with every variable on `All` and cluster `test`."""
-    for name, value in (("cluster", "test"), ("node", ".*"), ("interface", ".*"), ("port", ".*"), ("device", ".*")):
+def grafana(expr: str, window_ms: int, **chosen: str) -> str:
+    """The query as Grafana sends it: cluster `test`, every other variable on `All` unless chosen."""
+    values = {"cluster": "test", "node": ".*", "interface": ".*", "port": ".*", "device": ".*", **chosen}
+    for name, value in values.items():
         expr = expr.replace(f"${name}", value)
     return expr.replace("$__rate_interval", f"{window_ms}ms")
 
@@ -312,3 +313,22 @@ def test_every_metric_queried_is_one_the_agents_push(lab):
     names = {n for e in exprs for n in re.findall(r"(?<![\w:])xtrace_\w+", e)}
     stored = {s["metric"]["__name__"] for s in lab.vm.export('{__name__=~"xtrace_.*"}')}
     assert len(names) > 20 and names <= stored, f"queried but never pushed: {sorted(names - stored)}"
+
+
+def test_variables_select(lab, expect):
+    """The variables narrow the panels: a destination port, a node, a device, another cluster."""
+    traffic = {t: e for t, _, e in panels("traffic")}
+    rdma = {t: e for t, r, e in panels("rdma") if r == "A"}
+
+    def ask(expr, at, window, **chosen):
+        return lab.query(grafana(expr, window, **chosen), at)
+
+    b, dt = expect.bytes, expect.dt
+    assert_exact(ask(traffic["Protocol mix"], expect.t_xdp, expect.w_xdp, port="9999"),
+                 {key(protocol=17, traffic_type="ethernet"): (b["udp4"] + b["udp6"]) / dt}, "port 9999")
+    assert ask(traffic["Protocol mix"], expect.t_xdp, expect.w_xdp, node="node-b") == {}
+    tx = expect.rdma()[("Bytes per second per port", "A")]
+    assert_exact(ask(rdma["Bytes per second per port"], expect.t_rdma, expect.w_rdma, device="mlx5_1"),
+                 {k: v for k, v in tx.items() if dict(k)["device"] == "mlx5_1"}, "device mlx5_1")
+    other = ask(rdma["Bytes per second per port"], expect.t_rdma, expect.w_rdma, cluster="other")
+    assert set(other) == {key(node="node-c", device="mlx5_1", port="1")}
