@@ -1,0 +1,45 @@
+"""One project version everywhere an image is named: pyproject.toml's (what `make images` tags), the
+agent package's, the kustomization's operator tag, the operator's and the CRD's default agent image
+and the README's commands. Part of `make test` (no images needed): a version bump that misses one
+fails here, not on a cluster pulling a tag nobody pushed."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+import yaml
+
+import xtrace_agent
+from xtrace_operator import model
+
+ROOT = Path(__file__).resolve().parents[2]
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+REGISTRY = "ghcr.io/xtrace-io"
+
+
+def test_the_package_and_the_makefile_tag_the_pyproject_version():
+    assert xtrace_agent.__version__ == VERSION
+    r = subprocess.run(["make", "-s", "--no-print-directory", "-n", "images", "ENGINE=podman"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    tags = re.findall(r"-t (\S+)", r.stdout)
+    assert tags == [f"{REGISTRY}/xtrace-agent:{VERSION}", f"{REGISTRY}/xtrace-operator:{VERSION}"], r.stdout
+    assert r.stdout.count(f"--build-arg VERSION={VERSION}") == 2, r.stdout
+
+
+def test_kustomization_operator_and_crd_defaults_follow_the_version():
+    kustomization = yaml.safe_load((ROOT / "deploy/manifests/kustomization.yaml").read_text())
+    assert kustomization["images"] == [{"name": f"{REGISTRY}/xtrace-operator",
+                                        "newName": f"{REGISTRY}/xtrace-operator", "newTag": VERSION}]
+    assert model.DEFAULT_IMAGE == f"{REGISTRY}/xtrace-agent:{VERSION}"
+    crd = (ROOT / "deploy/crds/xtrace.io_xtracemonitors.yaml").read_text()
+    assert re.findall(r"default: (\S*xtrace-agent:\S+)", crd) == [model.DEFAULT_IMAGE]
+
+
+def test_the_readme_names_the_current_images():
+    readme = (ROOT / "README.md").read_text()
+    named = set(re.findall(r"xtrace-(?:agent|operator):(\d[\w.\-]*)", readme))
+    assert named == {VERSION}, named
