@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.parse
+import urllib.request
 
 import pytest
 import yaml
@@ -332,3 +334,24 @@ def test_variables_select(lab, expect):
                  {k: v for k, v in tx.items() if dict(k)["device"] == "mlx5_1"}, "device mlx5_1")
     other = ask(rdma["Bytes per second per port"], expect.t_rdma, expect.w_rdma, cluster="other")
     assert set(other) == {key(node="node-c", device="mlx5_1", port="1")}
+
+
+def test_variable_queries_list_what_the_agents_pushed(lab, expect):
+    """Each variable's label_values() query, as Grafana turns it into a label-values request."""
+    found = {}
+    for board in ("traffic", "rdma", "health"):
+        with open(os.path.join(ROOT, "deploy", "dashboards", f"xtrace-{board}.json")) as f:
+            for v in json.load(f)["templating"]["list"]:
+                if v["type"] != "query":
+                    continue
+                match = re.fullmatch(r"label_values\((.*), (\w+)\)", v["query"])
+                selector, label = grafana(match[1], 0, cluster="test", node="node-.*"), match[2]
+                url = f"{lab.vm.url}/api/v1/label/{label}/values?" + urllib.parse.urlencode({"match[]": selector})
+                with urllib.request.urlopen(url, timeout=10) as r:
+                    found[(board, v["name"])] = set(json.load(r)["data"])
+    assert found[("traffic", "cluster")] == {"test", "other"}
+    assert found[("traffic", "node")] == found[("health", "node")] == {"node-a", "node-b"}
+    assert found[("traffic", "interface")] == {expect.iface}
+    assert {"9999", "6001", "4791"} <= found[("traffic", "port")]
+    assert found[("rdma", "device")] >= {"mlx5_0", "mlx5_1", "mlx5_bond_0", "mlx4_0", "cxgb4_0"}
+    assert found[("rdma", "port")] == {"1", "2"}
