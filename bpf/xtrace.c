@@ -1,9 +1,11 @@
-/* XTrace XDP program: counts every packet exactly once, in its flow or in its interface's
- * untracked entry, and never drops anything.
+/* XTrace's packet counter: counts every packet exactly once, in its flow or in its interface's
+ * untracked entry, and never drops or changes anything.
  *
- * Two entry points share all maps: xtrace_eth (Ethernet links) and xtrace_ipoib (IPoIB links).
- * Their names start with "xtrace_": that is how the agent recognises a program left attached by a
- * crashed agent (and how it recognises another tool's program, which it never replaces).
+ * Four entry points share all maps and the parser: XDP for what an interface receives
+ * (xtrace_eth on Ethernet links, xtrace_ipoib on IPoIB links) and TC (sched_cls, attached with
+ * tcx or the clsact egress hook) for what it sends (xtrace_eth_tx, xtrace_ipoib_tx). Their names
+ * start with "xtrace_": that is how the agent recognises a program left attached by a crashed
+ * agent (and how it recognises another tool's program, which it never replaces).
  *
  * Compile-time constants (the agent passes them with -D):
  *   XT_FLOW_TABLE_SIZE   entries of each of the two flow tables
@@ -12,7 +14,9 @@
  *
  * Parsing is cursor style: each parse_<hdr>() checks its header against data_end, advances the
  * cursor and reports XT_OK, XT_MALFORMED (cut short or invalid) or XT_NON_IP. The program has a
- * single exit, and it returns XDP_PASS whatever happened.
+ * single exit, and it returns XDP_PASS (receive) or TC_ACT_UNSPEC (send) whatever happened:
+ * TC_ACT_UNSPEC lets the next program run, in tcx and in a cls_bpf chain alike (TC_ACT_OK would
+ * end a cls_bpf chain, so another tool's filter after ours would never see the packet).
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -358,34 +362,65 @@ static __always_inline void count_flow(void *table, struct flow_key *key, __u64 
         count_untracked(table, key->ifindex, XT_UNTRACKED_TABLE_FULL, bytes);
 }
 
-static __always_inline int xtrace(struct xdp_md *ctx, const int ipoib)
+/* `ifindex` carries XT_EGRESS for what the interface sends (xtrace.h). */
+static __always_inline void xtrace(struct cursor *c, __u32 ifindex, __u64 bytes, const int ipoib)
 {
-    struct cursor c = {.pos = (void *)(long)ctx->data, .end = (void *)(long)ctx->data_end};
-    __u64 bytes = c.end - c.pos;
     __u32 zero = 0;
     void *table = tables.lookup(&zero);
     if (!table) {
         count_unattributed(bytes);
-        return XDP_PASS;
+        return;
     }
     struct flow_key key;   /* parse_frame writes every word of it */
 
-    key.ifindex = ctx->ingress_ifindex;
-    int r = parse_frame(&c, &key, ipoib);
+    key.ifindex = ifindex;
+    int r = parse_frame(c, &key, ipoib);
     if (r == XT_OK)
         count_flow(table, &key, bytes);
     else
         count_untracked(table, key.ifindex, r == XT_MALFORMED ? XT_UNTRACKED_MALFORMED : XT_UNTRACKED_NON_IP,
                         bytes);
+}
+
+/* ---- receive: XDP ---- */
+
+static __always_inline int xtrace_rx(struct xdp_md *ctx, const int ipoib)
+{
+    struct cursor c = {.pos = (void *)(long)ctx->data, .end = (void *)(long)ctx->data_end};
+    xtrace(&c, ctx->ingress_ifindex, c.end - c.pos, ipoib);
     return XDP_PASS;
 }
 
 int xtrace_eth(struct xdp_md *ctx)
 {
-    return xtrace(ctx, 0);
+    return xtrace_rx(ctx, 0);
 }
 
 int xtrace_ipoib(struct xdp_md *ctx)
 {
-    return xtrace(ctx, 1);
+    return xtrace_rx(ctx, 1);
+}
+
+/* ---- send: TC egress (tcx link, or a cls_bpf filter on clsact) ---- */
+
+#define XT_TC_NEXT (-1)   /* TC_ACT_UNSPEC (TCX_NEXT): observe only, the next program decides */
+
+/* The bytes are skb->len, the whole frame as the driver gets it (a GSO packet is one packet of
+ * up to 64 KiB, as the interface's tx counters count it); the headers are read from the linear
+ * part, where the stack always puts them when it sends. */
+static __always_inline int xtrace_tx(struct __sk_buff *skb, const int ipoib)
+{
+    struct cursor c = {.pos = (void *)(long)skb->data, .end = (void *)(long)skb->data_end};
+    xtrace(&c, skb->ifindex | XT_EGRESS, skb->len, ipoib);
+    return XT_TC_NEXT;
+}
+
+int xtrace_eth_tx(struct __sk_buff *skb)
+{
+    return xtrace_tx(skb, 0);
+}
+
+int xtrace_ipoib_tx(struct __sk_buff *skb)
+{
+    return xtrace_tx(skb, 1);
 }

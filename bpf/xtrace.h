@@ -9,11 +9,14 @@
 #ifndef XTRACE_H
 #define XTRACE_H
 
-#if !defined(XT_TRAFFIC_ETHERNET) || !defined(XT_UNTRACKED_MALFORMED)
-#error "compile through the agent (xtrace_agent.xdp.compiler): it defines XT_TRAFFIC_* and XT_UNTRACKED_*"
+#if !defined(XT_TRAFFIC_ETHERNET) || !defined(XT_UNTRACKED_MALFORMED) || !defined(XT_EGRESS)
+#error "compile through the agent (xtrace_agent.xdp.compiler): it defines XT_TRAFFIC_*, XT_UNTRACKED_* and XT_EGRESS"
 #endif
 
-/* One flow, per ingress interface. Addresses are 16 bytes; IPv4 is stored IPv4-mapped
+/* One flow, per interface and direction: XT_EGRESS (the top bit, never part of a kernel ifindex)
+ * set in ifindex marks what the interface sent (TC egress) from what it received (XDP); the
+ * direction rides in the word the key already has, so the hash costs nothing more.
+ * Addresses are 16 bytes; IPv4 is stored IPv4-mapped
  * (::ffff:a.b.c.d) and ip_version says which text form to print. Ports are host order and
  * 0 for protocols without ports and for non-first fragments.
  *

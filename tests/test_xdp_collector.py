@@ -17,23 +17,30 @@ from xtrace_agent.xdp.program import Drained, FlowKey
 LO = socket.if_nametoindex("lo")
 
 
+class FakeEgress:
+    def resolve(self):
+        return "tcx"
+
+
 class FakeProgram:
     def __init__(self):
         self.pending: list[Drained] = []
-        self._attached: dict[int, str] = {}
+        self._attached: dict[str, dict[int, str]] = {"ingress": {}, "egress": {}}
+        self.egress = FakeEgress()
 
     def claim(self, interval):
         pass
 
-    def attach(self, ifname, ifindex, infiniband, mode):
-        self._attached[ifindex] = "generic"
-        return "generic"
+    def attach(self, ifname, ifindex, infiniband, mode, direction="ingress"):
+        mode = "generic" if direction == "ingress" else "tcx"
+        self._attached[direction][ifindex] = mode
+        return mode
 
-    def attached(self):
-        return dict(self._attached)
+    def attached(self, direction="ingress"):
+        return dict(self._attached[direction])
 
-    def detach(self, ifindex):
-        self._attached.pop(ifindex, None)
+    def detach(self, ifindex, direction="ingress"):
+        self._attached[direction].pop(ifindex, None)
 
     def drain(self):
         return self.pending.pop(0) if self.pending else Drained({}, {}, {})
@@ -42,7 +49,8 @@ class FakeProgram:
         return (0, 0)
 
     def close(self):
-        self._attached.clear()
+        for links in self._attached.values():
+            links.clear()
 
 
 def drained(flows, untracked=None, sampled=0, sampling=1):
@@ -168,7 +176,7 @@ def test_every_self_metric_exists_at_zero_in_the_first_report():
 
 
 def test_ipv6_endpoints_are_bracketed():
-    key = ("eth0", "fd00::1", "fd00::2", "5", "6", "17", "ethernet", None, None)
+    key = (("eth0", "ingress"), "fd00::1", "fd00::2", "5", "6", "17", "ethernet", None, None)
     assert text_line(key, 1, 2, with_interface=True) == "[fd00::1]:5 -> [fd00::2]:6 proto=17 packets=1 bytes=2 interface=eth0"
 
 
@@ -236,10 +244,10 @@ def test_traffic_while_another_program_replaced_ours_is_exported_as_unobserved(t
     class Replaced(FakeProgram):
         refuse = False
 
-        def attach(self, ifname, ifindex, infiniband, mode):
+        def attach(self, ifname, ifindex, infiniband, mode, direction="ingress"):
             if self.refuse:
                 raise AttachError(f"{ifname} already has another tool's XDP program (id 7, name other)")
-            return super().attach(ifname, ifindex, infiniband, mode)
+            return super().attach(ifname, ifindex, infiniband, mode, direction)
 
     fake = Replaced()
     cfg = AgentConfig(interfaces=("lo",), sysfs=str(tmp_path), from_file=True)
@@ -249,7 +257,7 @@ def test_traffic_while_another_program_replaced_ours_is_exported_as_unobserved(t
     accounting = FlowAccounting(cfg, health)
     driver_counted(100)
     accounting.report(source.collect(1.0), 1.0)
-    fake._attached.clear()  # another tool took the interface
+    fake._attached["ingress"].clear()  # another tool took the interface
     fake.refuse = True
     accounting.report(source.collect(2.0), 2.0)  # noticed: from now on the driver's counts are looked at
     assert health.get("xtrace_xdp_attached", {"interface": "lo", "mode": "generic"}) == 0

@@ -87,6 +87,9 @@ def parser() -> argparse.ArgumentParser:
                    help="address for /metrics, /healthz, /readyz (default 0.0.0.0:9435; '' disables)")
     p.add_argument("--no-flow-gauges", action="store_true",
                    help="do not export XTrace-Catch's per-interval gauges xtrace_network_flow_{packets,bytes}")
+    p.add_argument("--direction", action="append", metavar="DIR[,DIR...]",
+                   help="xdp mode: ingress (default: what the interfaces receive), egress (what they send), "
+                        "or both; repeatable")
     p.add_argument("--spool-dir", default=None, metavar="DIR", help="remote-write spool directory (survives restarts)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
@@ -149,6 +152,11 @@ def build_config(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
         xdp["attach_mode"] = args.attach_mode
     if args.no_flow_gauges:
         xdp["flow_gauges"] = False
+    if args.direction:
+        try:
+            xdp["directions"] = config_mod.parse_directions(list(_split(args.direction)))
+        except ValueError as e:
+            raise UsageError(f"--direction: {e}") from None
     if xdp:
         changes["xdp"] = dataclasses.replace(cfg.xdp, **xdp)
     cfg = dataclasses.replace(cfg, **changes)

@@ -20,6 +20,7 @@ from xtrace_agent.errors import UsageError
 
 MODES = ("xdp", "rdma", "nccl")
 ATTACH_MODES = ("auto", "native", "generic")
+DIRECTIONS = ("ingress", "egress")  # what interfaces receive (XDP), what they send (TC egress)
 OUTPUTS = ("text", "json", "none")  # none: nothing on stdout (a DaemonSet's log stays small)
 
 # Defaults, with the reasoning that picked them (see README "Sizing").
@@ -65,6 +66,9 @@ class XdpConfig:
     # XTrace-Catch's per-interval gauges xtrace_network_flow_{packets,bytes}: up to 2 more series
     # per flow that moved in the interval (README "Sizing")
     flow_gauges: bool = True
+    # ingress: what the interfaces receive (XDP); egress adds what they send (TC, tcx or clsact),
+    # and a `direction` label on every flow and interface series (README "Both directions")
+    directions: tuple[str, ...] = ("ingress",)
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,12 @@ def _str_list(v: Any) -> tuple[str, ...]:
     return tuple(v)
 
 
+def parse_directions(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not v or any(d not in DIRECTIONS for d in v) or len(set(v)) != len(v):
+        raise ValueError(f"must be a non-empty list of distinct {', '.join(DIRECTIONS)}, got {v!r}")
+    return tuple(d for d in DIRECTIONS if d in v)
+
+
 def _str_map(v: Any) -> dict[str, str]:
     if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
         raise ValueError(f"must be a map of strings to strings, got {v!r}")
@@ -254,6 +264,7 @@ _XDP = {
     "idleTimeout": ("idle_timeout", _num(*BOUNDS["xdp.idleTimeout"])),
     "maxFlows": ("max_flows", _int(*BOUNDS["xdp.maxFlows"])),
     "flowGauges": ("flow_gauges", _bool),
+    "directions": ("directions", parse_directions),
 }
 
 _SPOOL = {

@@ -3,7 +3,7 @@ cumulative flow counters, `other` flows, interface totals and the samples every 
 
     XdpCollector.collect() -> Observed (deltas) -> FlowAccounting.report() -> Report
 
-Conservation (docs/architecture.md): per interface, at every report,
+Conservation (docs/architecture.md): per interface and direction, at every report,
     sum of its flows + its `other` flow == xtrace_interface_packets_total (and _bytes_total)
 exactly; with sampling the flows are estimates (counts x N), so the equality holds up to the
 sampling. `other` holds what the kernel could not track per flow (malformed, non-IP, table
@@ -61,7 +61,10 @@ describe("xtrace_collector_duration_seconds", "gauge", "Time the last collection
 
 # A flow's identity in what we export: the label values (so a recreated interface, with a new
 # ifindex, continues the same series). Ports and protocol stay ints until they become labels.
-FlowLabels = tuple  # (interface, src_ip, dst_ip, src_port, dst_port, protocol, traffic_type, opcode, qp)
+# Its first element is its group, (interface, direction): conservation holds per group, and
+# every per-interface series (totals, untracked, `other`) is per group.
+Group = tuple  # (interface, "ingress" | "egress")
+FlowLabels = tuple  # (group, src_ip, dst_ip, src_port, dst_port, protocol, traffic_type, opcode, qp)
 NO_BTH = (None, None)  # the BTH fields mean nothing outside RoCE: kept out of other flows' identity
 LABEL_NAMES = ("interface", "src_ip", "dst_ip", "src_port", "dst_port", "protocol", "traffic_type")
 
@@ -70,11 +73,11 @@ class Observed(NamedTuple):
     """What the XDP source saw in one interval (deltas, except `unattributed`)."""
 
     flows: dict[FlowLabels, tuple[int, int]]  # estimates (x sampling)
-    untracked: dict[tuple[str, str], tuple[int, int]]  # (interface, reason) -> as counted
-    interfaces: dict[str, tuple[int, int]]  # every packet, exact
+    untracked: dict[tuple[Group, str], tuple[int, int]]  # (group, reason) -> as counted
+    interfaces: dict[Group, tuple[int, int]]  # every packet, exact
     sampled: int = 0
     unattributed: tuple[int, int] = (0, 0)  # cumulative since the program was loaded
-    watched: tuple[str, ...] = ()  # interfaces the program is attached to now
+    watched: tuple[Group, ...] = ()  # (interface, direction) the program is attached to now
     began: float | None = None  # time.monotonic() when the collection started
     unobserved: dict[str, tuple[int, int]] = {}  # interface -> driver rx while our program was not on it
 
@@ -87,17 +90,28 @@ def _endpoint(ip: str, port: str) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def flow_labels(key: FlowLabels) -> dict[str, str]:
-    labels = dict(zip(LABEL_NAMES, map(str, key[:7]), strict=True))
+def group_labels(group: Group, directed: bool) -> dict[str, str]:
+    """Labels of a per-interface series: `direction` only when the agent counts both directions,
+    so that with ingress alone every series is exactly what it was before egress existed."""
+    return {"interface": group[0], "direction": group[1]} if directed else {"interface": group[0]}
+
+
+def flow_labels(key: FlowLabels, directed: bool = False) -> dict[str, str]:
+    labels = group_labels(key[0], directed)
+    labels.update(zip(LABEL_NAMES[1:], map(str, key[1:7]), strict=True))
     if key[6] == "roce":
         labels["rdma_opcode"] = str(key[7])
         labels["dest_qp"] = str(key[8])
     return labels
 
 
-def text_line(key: FlowLabels, packets: int, bytes_: int, with_interface: bool) -> str:
+def directed_flow_labels(key: FlowLabels) -> dict[str, str]:
+    return flow_labels(key, True)
+
+
+def text_line(key: FlowLabels, packets: int, bytes_: int, with_interface: bool, with_direction: bool = False) -> str:
     """The old tool's line, with extra key=value fields appended (never inserted) for new facts."""
-    iface, src, dst, sport, dport, proto, ttype, opcode, qp = key
+    (iface, direction), src, dst, sport, dport, proto, ttype, opcode, qp = key
     line = f"{_endpoint(src, sport)} -> {_endpoint(dst, dport)} proto={proto} packets={packets} bytes={bytes_}"
     if ttype == "roce":
         line += f" traffic_type=roce rdma_opcode={opcode} dest_qp={qp}"
@@ -105,6 +119,8 @@ def text_line(key: FlowLabels, packets: int, bytes_: int, with_interface: bool) 
         line += f" traffic_type={ttype}"
     if with_interface:
         line += f" interface={iface}"
+    if with_direction:
+        line += f" direction={direction}"
     return line
 
 
@@ -116,7 +132,9 @@ class FlowAccounting:
         self.health = health
         self.sampling = cfg.xdp.sampling
         self.reasons = reasons(self.sampling)
-        self.flows = Accumulator(cfg.xdp.max_flows, cfg.xdp.idle_timeout, other_of, describe=flow_labels)
+        self.directed = "egress" in cfg.xdp.directions
+        self.flows = Accumulator(cfg.xdp.max_flows, cfg.xdp.idle_timeout, other_of,
+                                 describe=directed_flow_labels if self.directed else flow_labels)
         self.interfaces = Totals()
         self.untracked = Totals()
         self.unobserved = Totals()
@@ -131,22 +149,23 @@ class FlowAccounting:
             health.set(name, 0)
 
     def report(self, seen: Observed, now: float) -> Report:
-        for iface in seen.watched:  # present at 0 from the first report, traffic or not
-            self.interfaces.add(iface, 0, 0)
-            self.unobserved.add(iface, 0, 0)
-            self.flows.add_other(other_of((iface,)), 0, 0, now)
+        for group in seen.watched:  # present at 0 from the first report, traffic or not
+            self.interfaces.add(group, 0, 0)
+            if group[1] == "ingress":  # the driver's receive counters: ingress only
+                self.unobserved.add(group[0], 0, 0)
+            self.flows.add_other(other_of((group,)), 0, 0, now)
             for reason in self.reasons:
-                self.untracked.add((iface, reason), 0, 0)
+                self.untracked.add((group, reason), 0, 0)
         self.flows.add(seen.flows, now)
-        for (iface, reason), (packets, bytes_) in seen.untracked.items():
-            self.untracked.add((iface, reason), packets, bytes_)
+        for (group, reason), (packets, bytes_) in seen.untracked.items():
+            self.untracked.add((group, reason), packets, bytes_)
             if reason == "unsampled":
                 continue  # these are what the scaled flow counts stand for
             if reason == "table_full" and self.sampling > 1:  # only sampled packets reach the table
                 packets, bytes_ = packets * self.sampling, bytes_ * self.sampling
-            self.flows.add_other(other_of((iface,)), packets, bytes_, now)
-        for iface, (packets, bytes_) in seen.interfaces.items():
-            self.interfaces.add(iface, packets, bytes_)
+            self.flows.add_other(other_of((group,)), packets, bytes_, now)
+        for group, (packets, bytes_) in seen.interfaces.items():
+            self.interfaces.add(group, packets, bytes_)
         for iface, (packets, bytes_) in seen.unobserved.items():
             self.unobserved.add(iface, packets, bytes_)
         self.flows.expire(now)
@@ -171,16 +190,17 @@ class FlowAccounting:
             for labels, packets, bytes_ in self.flows.described():
                 append(new(Sample, (PACKETS, labels, packets, now)))
                 append(new(Sample, (BYTES, labels, bytes_, now)))
-        for iface, (p, b) in sorted(self.interfaces.values.items()):
-            samples.append(Sample(IFACE_PACKETS, {"interface": iface}, p, now))
-            samples.append(Sample(IFACE_BYTES, {"interface": iface}, b, now))
+        directed = self.directed
+        for group, (p, b) in sorted(self.interfaces.values.items()):
+            samples.append(Sample(IFACE_PACKETS, group_labels(group, directed), p, now))
+            samples.append(Sample(IFACE_BYTES, group_labels(group, directed), b, now))
         for iface, (p, b) in sorted(self.unobserved.values.items()):
             samples.append(Sample(UNOBSERVED_PACKETS, {"interface": iface}, p, now))
             samples.append(Sample(UNOBSERVED_BYTES, {"interface": iface}, b, now))
         per_reason: Counter = Counter()
-        for (iface, reason), (p, b) in sorted(self.untracked.values.items()):
-            samples.append(Sample(UNTRACKED_PACKETS, {"interface": iface, "reason": reason}, p, now))
-            samples.append(Sample(UNTRACKED_BYTES, {"interface": iface, "reason": reason}, b, now))
+        for (group, reason), (p, b) in sorted(self.untracked.values.items()):
+            samples.append(Sample(UNTRACKED_PACKETS, {**group_labels(group, directed), "reason": reason}, p, now))
+            samples.append(Sample(UNTRACKED_BYTES, {**group_labels(group, directed), "reason": reason}, b, now))
             per_reason[reason] += p
         health = self.health
         for reason, (name, _) in _GLOBAL.items():
@@ -189,8 +209,8 @@ class FlowAccounting:
         health.set("xtrace_xdp_unattributed_bytes_total", seen.unattributed[1])
         health.set("xtrace_xdp_sampled_packets_total", self.sampled)
         per_iface = Counter(map(itemgetter(0), self.flows.keys()))
-        for iface in seen.watched:
-            health.set("xtrace_flows_tracked", per_iface.get(iface, 0), {"interface": iface})
+        for group in seen.watched:
+            health.set("xtrace_flows_tracked", per_iface.get(group, 0), group_labels(group, directed))
         health.set("xtrace_flows_folded_total", self.flows.folded_flows)
         health.set("xtrace_flows_expired_total", self.flows.expired_flows)
         health.set("xtrace_flows_retired_total", self.flows.retired_flows)
@@ -198,6 +218,6 @@ class FlowAccounting:
         return Report(now, samples, lines)
 
     def _text(self) -> list[str]:
-        """The old tool's lines: per interface, busiest flows first, the `other` flow last."""
+        """The old tool's lines: per interface and direction, busiest flows first, the `other` flow last."""
         rows = sorted(self.flows.items(), key=lambda r: (r[0][0], r[3], -r[2]))
-        return [text_line(key, packets, bytes_, self._multi) for key, packets, bytes_, _ in rows]
+        return [text_line(key, packets, bytes_, self._multi, self.directed) for key, packets, bytes_, _ in rows]

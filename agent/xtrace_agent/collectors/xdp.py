@@ -1,8 +1,9 @@
 """XDP source: keeps the program attached to the wanted interfaces and reports what it counted.
 
 Each interval: swap and drain the kernel tables, name the interfaces, reconcile attachments (an
-interface that vanished and came back is attached again). What comes out is an Observed of
-deltas; turning those into cumulative counters is the next stage's job (flows.FlowAccounting).
+interface that vanished and came back is attached again), for each direction configured
+(ingress: XDP; egress: TC). What comes out is an Observed of deltas, per (interface, direction);
+turning those into cumulative counters is the next stage's job (flows.FlowAccounting).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from xtrace_agent.config import AgentConfig
 from xtrace_agent.errors import UsageError
 from xtrace_agent.flows import NO_BTH, Observed
 from xtrace_agent.health import Health, describe
+from xtrace_agent.xdp.layout import split_ifindex
 
 log = logging.getLogger("xtrace.xdp")
 
-describe("xtrace_xdp_attached", "gauge", "1 when the XDP program is attached to the interface (label mode).")
+describe("xtrace_xdp_attached", "gauge", "1 when the program is attached to the interface (label mode: native or "
+         "generic XDP for ingress, tcx or tc for egress).")
 
 
 class XdpCollector:
@@ -29,10 +32,12 @@ class XdpCollector:
         self.health = health
         self._load = program_loader
         self.program = None
-        self._attached: dict[str, int] = {}  # interface name -> ifindex we attached to
+        self.directions = cfg.xdp.directions
+        self._directed = "egress" in self.directions  # series carry a `direction` label
+        self._attached: dict[tuple[str, str], int] = {}  # (interface, direction) -> ifindex we attached to
         self._names: dict[int, str] = {}  # ifindex -> name, also for links gone since the last drain
         self._problems: dict[str, str] = {}
-        self._modes: dict[str, str] = {}  # interface -> mode of its xtrace_xdp_attached series
+        self._modes: dict[tuple[str, str], str] = {}  # -> mode of its xtrace_xdp_attached series
         self._unwatched: set[str] = set()  # present, but our program could not be (re)attached
         self._rx_since: dict[str, tuple[int, int]] = {}  # their driver rx counters at the last look
 
@@ -59,6 +64,8 @@ class XdpCollector:
             self._load = XdpProgram.load
         self.program = self._load(self.cfg.xdp)
         try:
+            if "egress" in self.directions:
+                self.program.egress.resolve()  # a kernel with no egress hook: one line, before anything
             self.program.claim(self.cfg.interval)
             self._reconcile(strict=not self.cfg.from_file, first=True)
         except BaseException:
@@ -74,9 +81,11 @@ class XdpCollector:
     # attachment --------------------------------------------------------------------------
     def _reconcile(self, strict: bool = False, first: bool = False) -> None:
         from xtrace_agent.xdp.attach import AgentConflict, AttachError
+        from xtrace_agent.xdp.egress import NoEgressHook
 
         wanted = netdev.expand(self.cfg.interfaces)
-        live = self.program.attached()  # one kernel query per link, once per interval
+        # one kernel query per link, once per interval
+        live = {d: self.program.attached(d) for d in self.directions}
         self._unwatched = set()
         for spec in self.cfg.interfaces:
             if netdev.is_pattern(spec):
@@ -86,47 +95,60 @@ class XdpCollector:
                     self._problem(spec, f"xdp:{spec}", "no interface matches")
         for name in wanted:
             li = netdev.link(name, self.cfg.sysfs)
-            component = f"xdp:{name}"
-            if li is None:
-                if name in self._attached:
-                    log.warning("interface %s disappeared; will attach again when it returns", name)
-                    del self._attached[name]
-                self._problem(name, component, "interface not found")
-                continue
-            if self._attached.get(name) == li.ifindex and li.ifindex in live:
-                if li.is_down:
-                    self._problem(name, component, "link down")
+            for direction in self.directions:
+                where = (name, direction)
+                # ingress keeps the component name it always had
+                component = f"xdp:{name}" if direction == "ingress" else f"xdp-{direction}:{name}"
+                problem_key = name if direction == "ingress" else f"{name} {direction}"
+                if li is None:
+                    if where in self._attached:
+                        if direction == self.directions[0]:
+                            log.warning("interface %s disappeared; will attach again when it returns", name)
+                        del self._attached[where]
+                    self._problem(problem_key, component, "interface not found")
+                    continue
+                if self._attached.get(where) == li.ifindex and li.ifindex in live[direction]:
+                    if li.is_down:
+                        self._problem(problem_key, component, "link down")
+                    else:
+                        self._ok(problem_key, component)
+                    continue
+                try:
+                    mode = self.program.attach(name, li.ifindex, li.infiniband, self.cfg.xdp.attach_mode, direction)
+                except AttachError as e:
+                    if strict or isinstance(e, NoEgressHook) or (first and isinstance(e, AgentConflict)):
+                        raise
+                    self._problem(problem_key, component, str(e))
+                    if direction == "ingress":
+                        self._unwatched.add(name)
+                    if where in self._modes:
+                        self.health.set("xtrace_xdp_attached", 0, self._attached_labels(where, self._modes[where]))
+                    continue
+                if where in self._attached:
+                    log.info("interface %s is back (ifindex %d): attached again (%s %s)", name, li.ifindex,
+                             direction, mode)
                 else:
-                    self._ok(name, component)
-                continue
-            try:
-                mode = self.program.attach(name, li.ifindex, li.infiniband, self.cfg.xdp.attach_mode)
-            except AttachError as e:
-                if strict or (first and isinstance(e, AgentConflict)):
-                    raise
-                self._problem(name, component, str(e))
-                self._unwatched.add(name)
-                if name in self._modes:
-                    self.health.set("xtrace_xdp_attached", 0, {"interface": name, "mode": self._modes[name]})
-                continue
-            if name in self._attached:
-                log.info("interface %s is back (ifindex %d): attached again (%s)", name, li.ifindex, mode)
-            else:
-                log.info("attached to %s (ifindex %d, %s mode)", name, li.ifindex, mode)
-            self._attached[name] = li.ifindex
-            self._names[li.ifindex] = name
-            if self._modes.get(name, mode) != mode:
-                self.health.set("xtrace_xdp_attached", 0, {"interface": name, "mode": self._modes[name]})
-            self._modes[name] = mode
-            self.health.set("xtrace_xdp_attached", 1, {"interface": name, "mode": mode})
-            if li.is_down:
-                self._problem(name, component, "link down")
-            else:
-                self._ok(name, component)
-        for name in list(self._attached):
-            if name not in wanted:  # a glob no longer matches (renamed): let it go
-                ifindex = self._attached.pop(name)
-                self.program.detach(ifindex)
+                    log.info("attached to %s (ifindex %d, %s, %s)", name, li.ifindex, direction, mode)
+                self._attached[where] = li.ifindex
+                self._names[li.ifindex] = name
+                if self._modes.get(where, mode) != mode:
+                    self.health.set("xtrace_xdp_attached", 0, self._attached_labels(where, self._modes[where]))
+                self._modes[where] = mode
+                self.health.set("xtrace_xdp_attached", 1, self._attached_labels(where, mode))
+                if li.is_down:
+                    self._problem(problem_key, component, "link down")
+                else:
+                    self._ok(problem_key, component)
+        for where in list(self._attached):
+            if where[0] not in wanted:  # a glob no longer matches (renamed): let it go
+                ifindex = self._attached.pop(where)
+                self.program.detach(ifindex, where[1])
+
+    def _attached_labels(self, where: tuple[str, str], mode: str) -> dict[str, str]:
+        labels = {"interface": where[0], "mode": mode}
+        if self._directed:
+            labels["direction"] = where[1]
+        return labels
 
     def _problem(self, name: str, component: str, reason: str) -> None:
         if self._problems.get(name) != reason:
@@ -145,7 +167,7 @@ class XdpCollector:
         drained = self.program.drain()
         flows = drained.flows
         # one comprehension, no call per flow: at 100k flows every Python call costs ~5 ms
-        ifaces = {i: (self._iface_name(i),) for i in {fk[0] for fk in flows}}
+        ifaces = {i: (self._group(i),) for i in {fk[0] for fk in flows}}
         deltas = {ifaces[fk[0]] + fk[1:7] + (fk[7:] if fk[6] == "roce" else NO_BTH): c for fk, c in flows.items()}
         if len(deltas) < len(flows):
             # two ifindexes under one name (a link recreated within the interval): add them up
@@ -154,24 +176,24 @@ class XdpCollector:
                 key = ifaces[fk[0]] + fk[1:7] + (fk[7:] if fk[6] == "roce" else NO_BTH)
                 old = deltas.get(key, (0, 0))
                 deltas[key] = (old[0] + p, old[1] + b)
-        untracked: dict[tuple[str, str], tuple[int, int]] = {}
+        untracked: dict[tuple[tuple[str, str], str], tuple[int, int]] = {}
         for (ifindex, reason), (p, b) in drained.untracked.items():
-            key = (self._iface_name(ifindex), reason)
+            key = (self._group(ifindex), reason)
             old = untracked.get(key, (0, 0))
             untracked[key] = (old[0] + p, old[1] + b)
-        interfaces: dict[str, tuple[int, int]] = {}
+        interfaces: dict[tuple[str, str], tuple[int, int]] = {}
         for ifindex, (p, b) in drained.interfaces.items():
-            name = self._iface_name(ifindex)
-            old = interfaces.get(name, (0, 0))
-            interfaces[name] = (old[0] + p, old[1] + b)
+            group = self._group(ifindex)
+            old = interfaces.get(group, (0, 0))
+            interfaces[group] = (old[0] + p, old[1] + b)
         # attach after the drain, so what a vanished link counted was read under its old name
         self._reconcile()
         for name in self._unwatched - self._rx_since.keys():
             self._look(name)
         for name in self._rx_since.keys() - self._unwatched:
             del self._rx_since[name]
-        watching = self.program.attached()
-        watched = tuple(name for name, ifindex in self._attached.items() if ifindex in watching)
+        watching = {d: self.program.attached(d) for d in self.directions}
+        watched = tuple(where for where, ifindex in self._attached.items() if ifindex in watching[where[1]])
         return Observed(deltas, untracked, interfaces, drained.sampled, self.program.unattributed(),
                         watched, began, unobserved)
 
@@ -193,5 +215,7 @@ class XdpCollector:
                 out[name] = (cur[0] - p0, cur[1] - b0)
         return out
 
-    def _iface_name(self, ifindex: int) -> str:
-        return self._names.get(ifindex) or f"ifindex{ifindex}"
+    def _group(self, raw: int) -> tuple[str, str]:
+        """(interface name, direction) of a flow key's ifindex word."""
+        ifindex, direction = split_ifindex(raw)
+        return (self._names.get(ifindex) or f"ifindex{ifindex}", direction)

@@ -21,7 +21,10 @@ from pathlib import Path
 
 from xtrace_agent.errors import AgentFailure
 
-PROGRAMS = ("xtrace_eth", "xtrace_ipoib")
+# receive (XDP) and send (TC, sched_cls) entry points of bpf/xtrace.c: Ethernet, then IPoIB
+RX_PROGRAMS = ("xtrace_eth", "xtrace_ipoib")
+TX_PROGRAMS = ("xtrace_eth_tx", "xtrace_ipoib_tx")
+PROGRAMS = RX_PROGRAMS + TX_PROGRAMS
 MAPS = ("flows_a", "flows_b", "tables", "state")
 MAX_MESSAGE = 1 << 20
 HEADERS_LINE = "xtrace-compiler-headers: "  # the child's first stderr line: which headers it compiles against
@@ -83,11 +86,12 @@ def cflags(flow_table_size: int, sampling: int, extra: dict[str, int] | None = N
 
 def compile_and_load(flow_table_size: int, sampling: int, source: str | None = None,
                      programs: tuple[str, ...] = PROGRAMS, extra: dict[str, int] | None = None,
-                     timeout: float = 120.0) -> Compiled:
-    """Compile in a child process; AgentFailure with one line on any failure."""
+                     timeout: float = 120.0, tc: tuple[str, ...] = TX_PROGRAMS) -> Compiled:
+    """Compile in a child process; AgentFailure with one line on any failure. The programs named
+    in `tc` load as sched_cls (TC), the others as XDP."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     request = {"cflags": cflags(flow_table_size, sampling, extra), "programs": list(programs),
-               "source": source or str(bpf_dir() / "xtrace.c")}
+               "tc": [name for name in programs if name in tc], "source": source or str(bpf_dir() / "xtrace.c")}
     cmd = [sys.executable, "-m", "xtrace_agent.xdp.compiler", str(child.fileno()), json.dumps(request)]
     try:
         proc = subprocess.Popen(cmd, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
@@ -201,7 +205,7 @@ def _child(sock_fd: int, request: dict) -> int:
         b = BPF(src_file=request["source"].encode(), cflags=request["cflags"])
         fds, progs = [], {}
         for name in request["programs"]:
-            fn = b.load_func(name.encode(), BPF.XDP)
+            fn = b.load_func(name.encode(), BPF.SCHED_CLS if name in request.get("tc", ()) else BPF.XDP)
             progs[name] = len(fds)
             fds.append(fn.fd)
         maps = []

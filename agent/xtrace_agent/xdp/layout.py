@@ -21,10 +21,21 @@ UNTRACKED = {
     4: "unsampled",  # with xdp.sampling N: the N-1 in N packets not counted per flow
 }
 
+# The top bit of flow_key.ifindex marks what an interface sent (the TC program) from what it
+# received (XDP): kernel ifindexes are positive ints, so the bit is never part of one.
+EGRESS = 1 << 31
+DIRECTIONS = ("ingress", "egress")
+
+
+def split_ifindex(raw: int) -> tuple[int, str]:
+    """(ifindex, direction) of a flow key's ifindex word."""
+    return (raw & ~EGRESS, "egress") if raw & EGRESS else (raw, "ingress")
+
 
 def defines() -> dict[str, int]:
     """The -D defines bpf/xtrace.h requires."""
     out = {f"XT_TRAFFIC_{name.upper()}": value for value, name in TRAFFIC_TYPES.items()}
+    out["XT_EGRESS"] = EGRESS
     out.update({f"XT_UNTRACKED_{name.upper()}": value for value, name in UNTRACKED.items()})
     return out
 

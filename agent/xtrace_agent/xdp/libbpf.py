@@ -23,6 +23,29 @@ MODE_NAMES = {XDP_ATTACHED_DRV: "native", XDP_ATTACHED_SKB: "generic", XDP_ATTAC
 MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE, "offload": XDP_FLAGS_HW_MODE}
 
 
+# enum bpf_attach_type: tcx (Linux 6.6+; libbpf 1.1 predates it, the kernel takes the number)
+BPF_TCX_INGRESS, BPF_TCX_EGRESS = 46, 47
+# enum bpf_tc_attach_point, and bpf_tc_attach's flags (libbpf's netlink clsact/cls_bpf helpers)
+BPF_TC_INGRESS, BPF_TC_EGRESS = 1 << 0, 1 << 1
+BPF_TC_F_REPLACE = 1 << 0
+
+
+class TcHook(ctypes.Structure):
+    _fields_ = [("sz", c_size_t), ("ifindex", c_int), ("attach_point", c_int), ("parent", c_uint32)]
+
+
+class TcOpts(ctypes.Structure):
+    _fields_ = [("sz", c_size_t), ("prog_fd", c_int), ("flags", c_uint32), ("prog_id", c_uint32),
+                ("handle", c_uint32), ("priority", c_uint32)]
+
+
+class ProgQueryOpts(ctypes.Structure):
+    """struct bpf_prog_query_opts as libbpf 1.1 has it (newer fields are optional)."""
+
+    _fields_ = [("sz", c_size_t), ("query_flags", c_uint32), ("attach_flags", c_uint32),
+                ("prog_ids", c_void_p), ("prog_cnt", c_uint32), ("prog_attach_flags", c_void_p)]
+
+
 class BatchOpts(ctypes.Structure):
     _fields_ = [("sz", c_size_t), ("elem_flags", c_uint64), ("flags", c_uint64)]
 
@@ -91,6 +114,11 @@ def lib() -> ctypes.CDLL:
     so.bpf_obj_get_info_by_fd.argtypes = [c_int, c_void_p, u32p]
     so.bpf_prog_test_run_opts.argtypes = [c_int, c_void_p]
     so.libbpf_num_possible_cpus.argtypes = []
+    so.bpf_link_create.argtypes = [c_int, c_int, c_int, c_void_p]
+    so.bpf_prog_query_opts.argtypes = [c_int, c_int, c_void_p]
+    for name in ("bpf_tc_attach", "bpf_tc_detach", "bpf_tc_query"):
+        getattr(so, name).argtypes = [c_void_p, c_void_p]
+    so.bpf_tc_hook_create.argtypes = [c_void_p]
     _lib = so
     return so
 
@@ -223,6 +251,51 @@ def xdp_query(ifindex: int) -> tuple[int, str | None]:
     return opts.prog_id, MODE_NAMES.get(opts.attach_mode)
 
 
+def tcx_attach(prog_fd: int, ifindex: int, attach_type: int = BPF_TCX_EGRESS) -> int:
+    """A tcx link (after the programs already there); returns the link's fd. The program stays
+    attached while the fd is open: closing it (or the process ending) detaches exactly it."""
+    return _check(lib().bpf_link_create(prog_fd, ifindex, attach_type, None),
+                  f"bpf_link_create(ifindex {ifindex}, tcx)")
+
+
+def tcx_query(ifindex: int, attach_type: int = BPF_TCX_EGRESS) -> list[int]:
+    """Ids of the programs on the interface's tcx hook, in the order they run (EINVAL: no tcx)."""
+    ids = (c_uint32 * 64)()
+    opts = ProgQueryOpts(sz=ctypes.sizeof(ProgQueryOpts), prog_ids=ctypes.addressof(ids), prog_cnt=64)
+    _check(lib().bpf_prog_query_opts(ifindex, attach_type, byref(opts)), f"bpf_prog_query(ifindex {ifindex}, tcx)")
+    return list(ids[:min(opts.prog_cnt, 64)])
+
+
+def _tc_hook(ifindex: int) -> TcHook:
+    return TcHook(sz=ctypes.sizeof(TcHook), ifindex=ifindex, attach_point=BPF_TC_EGRESS)
+
+
+def tc_attach(prog_fd: int, ifindex: int, handle: int, priority: int, replace: bool = False) -> None:
+    """A direct-action cls_bpf filter on the clsact egress hook (clsact created if missing)."""
+    hook = _tc_hook(ifindex)
+    ret = lib().bpf_tc_hook_create(byref(hook))
+    if ret < 0 and -ret != errno.EEXIST:
+        _check(ret, f"clsact qdisc on ifindex {ifindex}")
+    opts = TcOpts(sz=ctypes.sizeof(TcOpts), prog_fd=prog_fd, handle=handle, priority=priority,
+                  flags=BPF_TC_F_REPLACE if replace else 0)
+    _check(lib().bpf_tc_attach(byref(hook), byref(opts)), f"bpf_tc_attach(ifindex {ifindex})")
+
+
+def tc_query(ifindex: int, handle: int, priority: int) -> int:
+    """Id of the program in the egress filter (handle, priority); 0 when there is none."""
+    opts = TcOpts(sz=ctypes.sizeof(TcOpts), handle=handle, priority=priority)
+    ret = lib().bpf_tc_query(byref(_tc_hook(ifindex)), byref(opts))
+    if ret < 0 and -ret in (errno.ENOENT, errno.EINVAL):
+        return 0
+    _check(ret, f"bpf_tc_query(ifindex {ifindex})")
+    return opts.prog_id
+
+
+def tc_detach(ifindex: int, handle: int, priority: int) -> None:
+    opts = TcOpts(sz=ctypes.sizeof(TcOpts), handle=handle, priority=priority)
+    _check(lib().bpf_tc_detach(byref(_tc_hook(ifindex)), byref(opts)), f"bpf_tc_detach(ifindex {ifindex})")
+
+
 def prog_fd_by_id(prog_id: int) -> int:
     return _check(lib().bpf_prog_get_fd_by_id(prog_id), f"bpf_prog_get_fd_by_id({prog_id})")
 
@@ -245,8 +318,10 @@ def prog_name_by_id(prog_id: int) -> str:
         os.close(fd)
 
 
-def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, ifindex: int | None = None) -> tuple[int, int]:
-    """(return value, mean duration in ns) of running the program `repeat` times on `data`."""
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, ifindex: int | None = None,
+                  skb_ifindex: int | None = None) -> tuple[int, int]:
+    """(return value, mean duration in ns) of running the program `repeat` times on `data`
+    (ifindex: an XDP program's ingress interface; skb_ifindex: a TC program's device)."""
     buf = ctypes.create_string_buffer(bytes(data), len(data))
     opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), data_in=ctypes.addressof(buf), data_size_in=len(data),
                        repeat=repeat)
@@ -254,5 +329,11 @@ def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, ifindex: int | Non
         md = XdpMd(data_end=len(data), ingress_ifindex=ifindex)
         opts.ctx_in = ctypes.addressof(md)
         opts.ctx_size_in = ctypes.sizeof(md)
+    elif skb_ifindex is not None:
+        # struct __sk_buff up to ifindex: the kernel takes the device from ifindex for sched_cls
+        skb = (c_uint32 * 11)()
+        skb[10] = skb_ifindex
+        opts.ctx_in = ctypes.addressof(skb)
+        opts.ctx_size_in = ctypes.sizeof(skb)
     _check(lib().bpf_prog_test_run_opts(prog_fd, byref(opts)), "bpf_prog_test_run_opts")
     return opts.retval, opts.duration

@@ -38,12 +38,14 @@ from xtrace_agent.xdp.attach import (
     start_time,
 )
 from xtrace_agent.xdp.compiler import Compiled, MapInfo
+from xtrace_agent.xdp.egress import EgressAttachments
 
 __all__ = ["AttachError", "Drained", "FlowKey", "XdpProgram", "ip_text", "test_run"]
 
 log = logging.getLogger("xtrace.xdp")
 
-ETH_PROG, IPOIB_PROG = compiler.PROGRAMS
+ETH_PROG, IPOIB_PROG = compiler.RX_PROGRAMS
+ETH_TX_PROG, IPOIB_TX_PROG = compiler.TX_PROGRAMS
 TABLES = ("flows_a", "flows_b")
 # Per-CPU value buffers of one drain step are capped at this size (at 64 CPUs, a whole 65536-flow
 # table would need 64 MiB at once; chunks keep the agent's RSS flat).
@@ -53,7 +55,7 @@ DRAIN_CHUNK_BYTES = 8 << 20
 class FlowKey(NamedTuple):
     """A decoded flow key; src_ip/dst_ip in canonical text (RFC 5952, as the ipaddress module prints)."""
 
-    ifindex: int
+    ifindex: int  # with layout.EGRESS set for what the interface sent
     src_ip: str
     dst_ip: str
     src_port: int
@@ -70,6 +72,7 @@ class Drained(NamedTuple):
     flows: dict[FlowKey, tuple[int, int]]  # (packets, bytes) summed over CPUs, scaled up by the sampling
     untracked: dict[tuple[int, str], tuple[int, int]]  # (ifindex, reason) -> (packets, bytes), as counted
     interfaces: dict[int, tuple[int, int]]  # ifindex -> every packet counted there (exact, never sampled)
+    # (every ifindex here is a key's: with layout.EGRESS set for what the interface sent)
     sampled: int = 0  # with sampling: packets counted per flow (before scaling); else 0
 
     @property
@@ -124,7 +127,8 @@ class _Table:
 
 
 class XdpProgram:
-    """The XDP program loaded in the kernel with its maps, attached to any number of interfaces."""
+    """The program loaded in the kernel with its maps, attached to any number of interfaces: XDP
+    for what they receive, and (direction "egress") TC for what they send."""
 
     def __init__(self, compiled: Compiled, sampling: int = 1):
         self._c = compiled
@@ -145,6 +149,8 @@ class XdpProgram:
         fields = {f.name: f for f in maps[TABLES[0]].value_fields}
         self._packets_word, self._bytes_word = fields["packets"].offset // 8, fields["bytes"].offset // 8
         self.links = Attachments(compiled.programs, self.prog_ids, ETH_PROG, IPOIB_PROG, on_attach=self.register)
+        self.egress = EgressAttachments(compiled.programs, self.prog_ids, ETH_TX_PROG, IPOIB_TX_PROG,
+                                        on_attach=lambda ifindex: self.register(ifindex | layout.EGRESS))
         self._install(self._active)
 
     # ---- loading --------------------------------------------------------------------------
@@ -167,8 +173,9 @@ class XdpProgram:
     def maps(self) -> dict[str, MapInfo]:
         return dict(self._c.maps)
 
-    def prog_fd(self, infiniband: bool = False) -> int:
-        return self._c.programs[IPOIB_PROG if infiniband else ETH_PROG]
+    def prog_fd(self, infiniband: bool = False, egress: bool = False) -> int:
+        names = (IPOIB_TX_PROG, ETH_TX_PROG) if egress else (IPOIB_PROG, ETH_PROG)
+        return self._c.programs[names[0] if infiniband else names[1]]
 
     # ---- ownership and attachment ---------------------------------------------------------
     def claim(self, interval: float) -> None:
@@ -182,18 +189,21 @@ class XdpProgram:
         key = ctypes.c_uint32(OWNER)
         libbpf.update_elem(self._state.fd, ctypes.byref(key), ctypes.byref(self._owner))
 
-    def attach(self, ifname: str, ifindex: int, infiniband: bool, mode: str) -> str:
+    def attach(self, ifname: str, ifindex: int, infiniband: bool, mode: str, direction: str = "ingress") -> str:
+        """Attach for one direction; returns the mode (XDP: native, generic) or hook (egress: tcx, tc)."""
+        if direction == "egress":
+            return self.egress.attach(ifname, ifindex, infiniband)
         return self.links.attach(ifname, ifindex, infiniband, mode)
 
-    def detach(self, ifindex: int) -> None:
-        self.links.detach(ifindex)
+    def detach(self, ifindex: int, direction: str = "ingress") -> None:
+        (self.egress if direction == "egress" else self.links).detach(ifindex)
 
-    def attached(self) -> dict[int, str]:
-        return self.links.attached()
+    def attached(self, direction: str = "ingress") -> dict[int, str]:
+        return (self.egress if direction == "egress" else self.links).attached()
 
     def register(self, ifindex: int) -> None:
-        """Create the interface's untracked entries in both tables, so that a full table still
-        has a place for its packets."""
+        """Create the untracked entries of an interface (ifindex with layout.EGRESS: of its send
+        side) in both tables, so that a full table still has a place for its packets."""
         self._registered.add(ifindex)
         for table in self._tables:
             self._prepare(table, (ifindex,))
@@ -303,6 +313,7 @@ class XdpProgram:
         """Detach everywhere and release the program and maps; idempotent."""
         if self._closed:
             return
+        self.egress.close()
         self.links.close()
         self._c.close()
         self._closed = True
@@ -317,10 +328,14 @@ class XdpProgram:
 _new_flow_key = partial(tuple.__new__, FlowKey)
 
 
-def test_run(prog_fd: int, frame: bytes, repeat: int = 1, ifindex: int | None = None) -> tuple[int, int]:
-    """(XDP action, mean duration in ns) of the program on `frame`, through BPF_PROG_TEST_RUN.
+def test_run(prog_fd: int, frame: bytes, repeat: int = 1, ifindex: int | None = None,
+             egress: bool = False) -> tuple[int, int]:
+    """(return value, mean duration in ns) of the program on `frame`, through BPF_PROG_TEST_RUN.
 
-    Without ifindex the kernel presents the frame as received on the loopback device (ifindex 1)."""
+    Without ifindex the kernel presents the frame as received on (egress: sent by) the loopback
+    device (ifindex 1)."""
+    if egress:
+        return libbpf.prog_test_run(prog_fd, frame, repeat, skb_ifindex=ifindex)
     return libbpf.prog_test_run(prog_fd, frame, repeat, ifindex)
 
 
