@@ -39,7 +39,7 @@ def counts(ds_meta: dict[str, Any], ds_status: dict[str, Any]) -> Counts:
 
 def pod_problem(pod_spec: dict[str, Any], pod_status: dict[str, Any]) -> tuple[str, str] | None:
     """(node, reason) for an agent pod that is not ready, or None when it is ready."""
-    node = pod_spec.get("nodeName") or "(unscheduled)"
+    node = pod_spec.get("nodeName") or _target_node(pod_spec) or "(unscheduled)"
     conditions = {c.get("type"): c for c in pod_status.get("conditions") or []}
     agent = conditions.get(AGENT_CONDITION) or {}
     if conditions.get("Ready", {}).get("status") == "True":
@@ -66,6 +66,17 @@ def pod_problem(pod_spec: dict[str, Any], pod_status: dict[str, Any]) -> tuple[s
             return node, "AgentNotReady: /readyz failing (see the agent log)"
     phase = pod_status.get("phase") or "Pending"
     return node, f"Pod{phase}" if phase != "Running" else "Starting"
+
+
+def _target_node(pod_spec: dict[str, Any]) -> str | None:
+    """The node a DaemonSet pod is meant for before it is bound: its affinity names it (metadata.name)."""
+    required = (((pod_spec.get("affinity") or {}).get("nodeAffinity") or {})
+                .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    for term in required.get("nodeSelectorTerms") or []:
+        for field in term.get("matchFields") or []:
+            if field.get("key") == "metadata.name" and field.get("values"):
+                return str(field["values"][0])
+    return None
 
 
 def _agent_reason(cond: dict[str, Any]) -> str:

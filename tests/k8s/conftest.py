@@ -140,9 +140,12 @@ def cluster() -> Iterator[Cluster]:
     if shutil.which("go") is None and not REQUIRE:
         pytest.skip("no Go toolchain to build the control plane (make cluster)")
     state = pathlib.Path(tempfile.mkdtemp(prefix="xtrace-cluster-"))
-    proc = subprocess.run([sys.executable, str(CLUSTER_TOOL), "up", "--state", str(state),
-                           "--port-base", str(_free_port_base()), "--json"],
-                          capture_output=True, text=True, timeout=3600)
+    for _attempt in range(2):  # another process may take one of the free ports between check and bind
+        proc = subprocess.run([sys.executable, str(CLUSTER_TOOL), "up", "--state", str(state),
+                               "--port-base", str(_free_port_base()), "--json"],
+                              capture_output=True, text=True, timeout=3600)
+        if proc.returncode == 0:
+            break
     if proc.returncode != 0:
         shutil.rmtree(state, ignore_errors=True)
         why = (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -204,3 +204,28 @@ def test_agent_pods_carry_the_rendered_identity(installed: Cluster, operator: Op
         # kwok gives a host-network pod its node's address, distinct per node
         assert pod["status"]["podIP"] == pod["status"]["hostIP"]
     assert len({p["status"]["podIP"] for p in installed.pods(ns, "ident")}) == 3
+
+
+def test_agents_that_cannot_be_scheduled_are_named_per_node(installed: Cluster, operator: Operator):
+    """Another workload holds the agents' host port on one node: the real scheduler leaves that agent Pending.
+
+    The operator only sees its own monitors' ports; the monitor's status names the node and gives the
+    scheduler's reason, while the other nodes' agents run.
+    """
+    ns = installed.namespace()
+    spec = xdp(ns)
+    squatted = installed.nodes[0]
+    installed.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "squatter", "namespace": ns},
+                     "spec": {"hostNetwork": True, "nodeSelector": {"kubernetes.io/hostname": squatted},
+                              "containers": [{"name": "c", "image": "example.invalid/web",
+                                              "ports": [{"containerPort": spec["port"]}]}]}})
+    wait_for(lambda: (installed.get("pod", "squatter", "-n", ns) or {}).get("status", {}).get("phase") == "Running",
+             30, "the squatter running")
+    installed.monitor(ns, "late", spec)
+    st = wait_for(lambda: installed.status(ns, "late").get("readyNodes") == 2
+                  and installed.status(ns, "late").get("notReadyNodes") and installed.status(ns, "late"),
+                  60, "two agents ready, one node listed")
+    assert st["desiredNodes"] == 3
+    assert [n["node"] for n in st["notReadyNodes"]] == [squatted]
+    assert "free ports" in st["notReadyNodes"][0]["reason"], st["notReadyNodes"]
+    assert installed.condition(ns, "late", "Degraded")["status"] == "True"

@@ -14,7 +14,9 @@ source "$here/versions.env"
 die() { echo "make cluster: $*" >&2; exit 1; }
 say() { echo "[cluster-build] $*" >&2; }
 
-command -v go >/dev/null 2>&1 || die "no Go toolchain on PATH: install Go >= 1.26 and run make cluster again"
+need_go() {
+    command -v go >/dev/null 2>&1 || die "no Go toolchain on PATH to build the control plane: install Go >= 1.26 and run make cluster again"
+}
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
 
 cache_root=${XTRACE_CACHE:-/var/cache/xtrace}
@@ -24,6 +26,7 @@ staging_version() { echo "v0.${K8S_VERSION#v1.}"; }
 
 regen() {
     local gomod staging
+    need_go
     say "resolving k8s.io/kubernetes@$K8S_VERSION"
     gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
     [ -f "$gomod" ] || die "could not fetch k8s.io/kubernetes@$K8S_VERSION from the Go module proxy"
@@ -84,6 +87,7 @@ start=$SECONDS
 build_one() {  # name, wrapper dir, package, ldflags
     local name=$1 dir=$2 pkg=$3 ldflags=$4 t0=$SECONDS ticker
     if [ -x "$bin/$name" ]; then say "$name: cached"; return; fi
+    need_go
     say "$name: building $pkg (the first build of the set takes many minutes)"
     ( while sleep 30; do say "$name: still building, $((SECONDS - t0)) s (total $((SECONDS - start)) s)"; done ) &
     ticker=$!

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A real local Kubernetes control plane on 127.0.0.1, for `make cluster` and the test suite.
 
-    cluster.py up   [--state DIR] [--port-base N] [--nodes N]   start; return once every component is healthy
+    cluster.py up   [--state DIR] [--port-base N] [--nodes N] [--audit USER]
+                                                                 start; return once every component is healthy
     cluster.py down [--state DIR]                                stop every process `up` started, remove the state
 
 Processes: etcd, kube-apiserver (Node,RBAC authorization, a generated CA and serving certificate, a
@@ -10,7 +11,9 @@ token controllers among its defaults; node lifecycle off: kwok's nodes never run
 and kwok, which plays the kubelet for N fake nodes (their pods become Running and Ready; nothing executes
 in them). The binaries come from build.sh (built from their Go modules, cached outside the checkout).
 
-`up` writes DIR/kubeconfig (admin), DIR/bin/kubectl and DIR/cluster.json (ports, pids, nodes). Every
+`up` writes DIR/kubeconfig (admin), DIR/bin/kubectl and DIR/cluster.json (ports, pids, nodes); with
+--audit USER, the API server logs every request of that user (one JSON line each) to DIR/logs/audit.log,
+which is how the benchmark counts the operator's requests. Every
 failure is one line on stderr and exit 1, with nothing left running; the components' logs stay in
 DIR/logs for a failed start. Only the standard library and the `openssl` command are used, so it runs
 before any virtualenv exists.
@@ -192,7 +195,18 @@ def node_ip(index: int) -> str:
     return f"10.0.{index // 250}.{index % 250 + 1}"
 
 
-def up(state: Path, port_base: int, nodes: int) -> dict:
+def _audit_flags(state: Path, user: str | None) -> list[str]:
+    if not user:
+        return []
+    policy = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+              "omitStages": ["RequestReceived", "ResponseStarted"],  # one line per request, when it ends
+              "rules": [{"level": "Metadata", "users": [user]}, {"level": "None"}]}
+    (state / "audit-policy.json").write_text(json.dumps(policy))
+    return [f"--audit-policy-file={state / 'audit-policy.json'}", f"--audit-log-path={state / 'logs' / 'audit.log'}",
+            "--audit-log-format=json", "--audit-log-mode=blocking"]
+
+
+def up(state: Path, port_base: int, nodes: int, audit_user: str | None = None) -> dict:
     if (state / "cluster.json").exists():
         info = json.loads((state / "cluster.json").read_text())
         if all(_alive(p) for p in info["pids"].values()):
@@ -249,7 +263,7 @@ def up(state: Path, port_base: int, nodes: int) -> dict:
             "--authorization-mode=Node,RBAC", f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
             # the "kubernetes" Service's endpoints would be 127.0.0.1, which validation refuses
-            "--endpoint-reconciler-type=none"])
+            "--endpoint-reconciler-type=none", *_audit_flags(state, audit_user)])
         save()
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
@@ -371,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port-base", type=int,
                    default=int(os.environ.get("XTRACE_CLUSTER_PORT_BASE", DEFAULT_PORT_BASE)))
     p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--audit", default=None, metavar="USER", help="log every API request of USER to logs/audit.log")
     p.add_argument("--json", action="store_true", help="print cluster.json on stdout after `up`")
     args = p.parse_args(argv)
     if not 1024 <= args.port_base <= 65000:
@@ -384,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             print(build())
         elif args.command == "up":
-            info = up(state, args.port_base, args.nodes)
+            info = up(state, args.port_base, args.nodes, args.audit)
             if args.json:
                 print(json.dumps(info))
             else:
