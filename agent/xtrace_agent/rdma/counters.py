@@ -118,8 +118,8 @@ class CounterTracker:
 
     The first read of a counter is pushed as is (the hardware's own total since the device
     came up). After that each read adds its delta, computed for the counter's width, so what
-    we push never goes backwards (DESIGN.md §5). A counter that cannot be read keeps its state:
-    when it comes back its delta is computed from the last good read.
+    we push never goes backwards (docs/design.md, "Rules that hold everywhere"). A counter that
+    cannot be read keeps its state: when it comes back its delta is computed from the last good read.
     """
 
     def __init__(self) -> None:
