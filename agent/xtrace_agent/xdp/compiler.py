@@ -11,6 +11,7 @@ the kernel objects live on through the parent's fds.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xtrace_agent.errors import AgentFailure
+
+log = logging.getLogger("xtrace.xdp")
 
 # receive (XDP) and send (TC, sched_cls) entry points of bpf/xtrace.c: Ethernet, then IPoIB
 RX_PROGRAMS = ("xtrace_eth", "xtrace_ipoib")
@@ -119,7 +122,9 @@ def compile_and_load(flow_table_size: int, sampling: int, source: str | None = N
         for fd in fds:
             os.close(fd)
         raise AgentFailure(f"cannot load the XDP program: {summarize(err or '', proc.returncode)}")
-    return _decode(json.loads(msg), fds)
+    compiled = _decode(json.loads(msg), fds)
+    log.info("compiled against kernel headers %s", compiled.headers or "?")
+    return compiled
 
 
 def _decode(desc: dict, fds: list[int]) -> Compiled:
