@@ -25,6 +25,7 @@ from xtrace_operator import status as status_mod
 MONITORS = (GROUP, VERSION, PLURAL)
 DAEMONSETS = ("apps", "v1", "daemonsets")
 CONFIGMAPS = ("v1", "configmaps")
+SERVICES = ("v1", "services")
 PODS = ("v1", "pods")
 FLUSH_SECONDS = float(os.environ.get("XTRACE_STATUS_FLUSH_SECONDS", "3"))
 OWNED_FILTER = dict(render.OWNED)
@@ -46,6 +47,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     selector = ",".join(f"{k}={v}" for k, v in sorted(render.OWNED.items()))
     settings.watching.label_selectors[DAEMONSETS] = selector
     settings.watching.label_selectors[CONFIGMAPS] = selector
+    settings.watching.label_selectors[SERVICES] = selector
     settings.watching.label_selectors[PODS] = selector
     # Handler chatter as Kubernetes events would flood large clusters: warnings and errors only.
     settings.posting.level = logging.WARNING
@@ -80,6 +82,11 @@ def set_versions(namespace: str, labels: Any, meta: Any, **_: Any) -> dict:
 @kopf.index(*CONFIGMAPS, labels=OWNED_FILTER)
 def config_versions(namespace: str, labels: Any, meta: Any, **_: Any) -> dict:
     return {(namespace, labels.get(render.INSTANCE_LABEL)): _version(meta.get("resourceVersion"))}
+
+
+@kopf.index(*SERVICES, labels=OWNED_FILTER)
+def agent_services(namespace: str, labels: Any, **_: Any) -> dict:
+    return {(namespace, labels.get(render.INSTANCE_LABEL)): True}
 
 
 def _version(rv: Any) -> int:
@@ -121,7 +128,16 @@ def _apply_children(monitor: model.Monitor, body: Any, logger: Any) -> str:
     applied: dict[str, int] = {}
     try:
         for obj in objs:
-            stored = kube.apply(obj)
+            try:
+                stored = kube.apply(obj)
+            except kube.ApiError as e:
+                if e.status != 404 or obj["kind"] not in render.SCRAPE_API:
+                    raise
+                # The scraper's operator (its CRD) is not installed: the agents still run and push.
+                kopf.warn(body, reason="ScrapeNotInstalled",
+                          message=f"spec.scrape.kind {obj['kind']}: no {obj['apiVersion']} API in this cluster "
+                                  f"(install its operator's CRDs, or use kind Service)")
+                continue
             meta = stored.get("metadata") or {}
             version = int(meta.get("generation") or 0) if obj["kind"] == "DaemonSet" else \
                 _version(meta.get("resourceVersion"))
@@ -166,11 +182,14 @@ def _write(patch: kopf.Patch, body: Any, desired: dict[str, Any]) -> None:
 @kopf.on.create(*MONITORS)
 @kopf.on.update(*MONITORS)
 def reconcile(body: kopf.Body, meta: Any, patch: kopf.Patch, logger: Any, claims: kopf.Index,
-              agent_sets: kopf.Index, agent_problems: kopf.Index, **_: Any) -> None:
+              agent_sets: kopf.Index, agent_problems: kopf.Index, agent_services: kopf.Index, **_: Any) -> None:
     monitor, invalid, clash = _examine(body, claims)
     config_hash = None
     if monitor is not None and clash is None:
         config_hash = _apply_children(monitor, body, logger)
+        if (meta["namespace"], meta["name"]) in agent_services:
+            for api_version, kind in render.scrape_leftovers(monitor):  # spec.scrape removed or changed
+                kube.delete(api_version, kind, meta["namespace"], render.child_name(monitor))
     elif clash is not None:
         kube.delete("apps/v1", "DaemonSet", meta["namespace"], render.child_name(monitor))
         kopf.warn(body, reason="Conflict", message=clash)

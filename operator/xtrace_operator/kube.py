@@ -23,6 +23,10 @@ PATHS = {
     ("rbac.authorization.k8s.io/v1", "Role"): "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"):
         "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+    ("v1", "Service"): "/api/v1/namespaces/{ns}/services",
+    ("operator.victoriametrics.com/v1beta1", "VMServiceScrape"):
+        "/apis/operator.victoriametrics.com/v1beta1/namespaces/{ns}/vmservicescrapes",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "/apis/monitoring.coreos.com/v1/namespaces/{ns}/servicemonitors",
 }
 
 

@@ -82,6 +82,18 @@ class VictoriaMetrics:
     spool_host_path: str = DEFAULT_SPOOL_HOST_PATH
 
 
+SCRAPE_KINDS = ("Service", "VMServiceScrape", "ServiceMonitor")
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """What points a scraper at the agents' /metrics: a headless Service, plus the scrape object
+    of the VictoriaMetrics operator (VMServiceScrape) or of the Prometheus operator (ServiceMonitor)."""
+
+    kind: str
+    interval: str = "30s"
+
+
 @dataclass(frozen=True)
 class Monitor:
     name: str
@@ -96,6 +108,7 @@ class Monitor:
     port: int = DEFAULT_PORT
     xdp: agent_config.XdpConfig = field(default_factory=agent_config.XdpConfig)  # the agent's own type
     victoria_metrics: VictoriaMetrics | None = None
+    scrape: Scrape | None = None
     image: str = DEFAULT_IMAGE
     image_pull_policy: str = "IfNotPresent"
     image_pull_secrets: tuple[str, ...] = ()
@@ -216,6 +229,20 @@ def _xdp(r: _Reader) -> agent_config.XdpConfig:
     )
     r.done()
     return out
+
+
+_DURATION = re.compile(r"^[0-9]+(ms|s|m|h)$")
+
+
+def _scrape(r: _Reader) -> Scrape:
+    out = Scrape(kind=r.enum("kind", "", SCRAPE_KINDS) if r.has("kind") else _missing(r, "kind"),
+                 interval=r.string("interval", "30s", _DURATION, "a duration such as 30s"))
+    r.done()
+    return out
+
+
+def _missing(r: _Reader, key: str) -> Any:
+    raise InvalidSpec(f"{r.where(key)}: required")
 
 
 def _endpoint(url: Any, where: str, tenant: str | None) -> str:
@@ -378,6 +405,7 @@ def parse(name: str, namespace: str, spec: Any, uid: str = "", created: str = ""
         port=r.number("port", DEFAULT_PORT, 1024, 65535, integer=True),
         xdp=_xdp(r.sub("xdp")),
         victoria_metrics=_victoria_metrics(r.sub("victoriaMetrics")) if r.has("victoriaMetrics") else None,
+        scrape=_scrape(r.sub("scrape")) if r.has("scrape") else None,
         image=r.string("image", DEFAULT_IMAGE, re.compile(r"^\S+$"), "an image reference"),
         image_pull_policy=policy, image_pull_secrets=tuple(s["name"] for s in pull_secrets),
         resources=_resources(r), privileged=r.boolean("privileged"), priority_class_name=priority,

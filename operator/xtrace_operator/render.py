@@ -271,6 +271,39 @@ def daemonset(monitor: Monitor, hash_: str | None = None) -> dict[str, Any]:
     }
 
 
+SCRAPE_API = {"VMServiceScrape": "operator.victoriametrics.com/v1beta1", "ServiceMonitor": "monitoring.coreos.com/v1"}
+
+
+def service(monitor: Monitor) -> dict[str, Any]:
+    """A headless Service over the agent pods: one endpoint per node's agent, for a scraper to find."""
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(monitor),
+            "spec": {"clusterIP": "None", "selector": selector_labels(monitor),
+                     "ports": [{"name": "metrics", "port": monitor.port, "targetPort": "metrics", "protocol": "TCP"}]}}
+
+
+def scrape(monitor: Monitor) -> dict[str, Any]:
+    """The VMServiceScrape or ServiceMonitor for the Service above: /metrics of every agent, labelled by node."""
+    assert monitor.scrape is not None and monitor.scrape.kind in SCRAPE_API
+    endpoint = {"port": "metrics", "path": "/metrics", "interval": monitor.scrape.interval,
+                # the agents' self-metrics carry no node label of their own: the pod's node is the one
+                "relabelings" if monitor.scrape.kind == "ServiceMonitor" else "relabelConfigs": [
+                    {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}]}
+    return {"apiVersion": SCRAPE_API[monitor.scrape.kind], "kind": monitor.scrape.kind, "metadata": _metadata(monitor),
+            "spec": {"selector": {"matchLabels": selector_labels(monitor)}, "endpoints": [endpoint]}}
+
+
 def objects(monitor: Monitor) -> list[dict[str, Any]]:
     """Every object the operator creates for a monitor, in apply order (permissions before pods)."""
-    return [serviceaccount(monitor), role(monitor), rolebinding(monitor), configmap(monitor), daemonset(monitor)]
+    objs = [serviceaccount(monitor), role(monitor), rolebinding(monitor), configmap(monitor), daemonset(monitor)]
+    if monitor.scrape is not None:
+        objs.append(service(monitor))
+        if monitor.scrape.kind != "Service":
+            objs.append(scrape(monitor))
+    return objs
+
+
+def scrape_leftovers(monitor: Monitor) -> list[tuple[str, str]]:
+    """(apiVersion, kind) of the scrape objects a monitor no longer asks for, to delete."""
+    wanted = {o["kind"] for o in objects(monitor)}
+    return [(api, kind) for kind, api in [("Service", "v1"), *((k, v) for k, v in SCRAPE_API.items())]
+            if kind not in wanted]

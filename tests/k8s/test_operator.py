@@ -229,3 +229,55 @@ def test_agents_that_cannot_be_scheduled_are_named_per_node(installed: Cluster, 
     assert [n["node"] for n in st["notReadyNodes"]] == [squatted]
     assert "free ports" in st["notReadyNodes"][0]["reason"], st["notReadyNodes"]
     assert installed.condition(ns, "late", "Degraded")["status"] == "True"
+
+
+def _stand_in_crd(group: str, kind: str, plural: str, version: str) -> dict:
+    """A schemaless CRD standing in for the Prometheus or VictoriaMetrics operator's own (not installed here)."""
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.{group}"},
+            "spec": {"group": group, "scope": "Namespaced",
+                     "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": kind + "List"},
+                     "versions": [{"name": version, "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                         "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
+
+
+def test_scrape_renders_a_headless_service_and_the_scrape_object(installed: Cluster, operator: Operator):
+    """spec.scrape: the real EndpointSlice controller lists every agent; the ServiceMonitor selects them."""
+    installed.apply(_stand_in_crd("monitoring.coreos.com", "ServiceMonitor", "servicemonitors", "v1"))
+    installed.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com")
+    ns = installed.namespace()
+    spec = {**xdp(ns), "scrape": {"kind": "ServiceMonitor", "interval": "15s"}}
+    installed.monitor(ns, "scr", spec)
+    wait_for(lambda: _ready(installed, ns, "scr", 3), 60, "READY 3")
+    svc = wait_for(lambda: installed.get("svc", "xtrace-scr", "-n", ns), 30, "the Service")
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["ports"][0]["port"] == spec["port"]
+
+    def endpoints():
+        slices = installed.get("endpointslices", "-n", ns, "-l", "kubernetes.io/service-name=xtrace-scr")["items"]
+        return sorted(a for sl in slices for e in sl.get("endpoints") or [] for a in e["addresses"])
+    pod_ips = sorted(p["status"]["podIP"] for p in installed.pods(ns, "scr"))
+    wait_for(lambda: endpoints() == pod_ips, 30, "every agent behind the Service")
+    sm = wait_for(lambda: installed.get("servicemonitors.monitoring.coreos.com", "xtrace-scr", "-n", ns), 30,
+                  "the ServiceMonitor")
+    assert sm["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["interval"] == "15s"
+    assert endpoint["relabelings"] == [{"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}]
+    assert sm["metadata"]["ownerReferences"][0]["name"] == "scr"
+    # scrape removed: the Service and the ServiceMonitor go, the agents stay
+    installed.monitor(ns, "scr", xdp(ns))
+    wait_for(lambda: installed.get("svc", "xtrace-scr", "-n", ns) is None
+             and installed.get("servicemonitors.monitoring.coreos.com", "xtrace-scr", "-n", ns) is None,
+             30, "the scrape objects removed")
+    assert _ready(installed, ns, "scr", 3)
+
+
+def test_a_scrape_kind_whose_operator_is_missing_is_a_warning(installed: Cluster, operator: Operator):
+    """No VMServiceScrape API in the cluster: the agents and the Service still come, and an event says why."""
+    ns = installed.namespace()
+    installed.monitor(ns, "novm", {**xdp(ns), "scrape": {"kind": "VMServiceScrape"}})
+    wait_for(lambda: _ready(installed, ns, "novm", 3), 60, "READY 3")
+    assert installed.get("svc", "xtrace-novm", "-n", ns)
+    events = wait_for(lambda: [e for e in installed.get("events", "-n", ns)["items"]
+                               if e.get("reason") == "ScrapeNotInstalled"], 30, "the warning event")
+    assert "operator.victoriametrics.com/v1beta1" in events[0]["message"]

@@ -168,3 +168,22 @@ def test_names_and_labels():
         labels = obj["metadata"]["labels"]
         assert labels["app.kubernetes.io/instance"] == "edge"
         assert labels.items() >= render.OWNED.items()
+
+
+def test_scrape_adds_a_valid_headless_service_and_its_scrape_object():
+    base = {"mode": "xdp", "interfaces": ["eth0"], "port": 9500}
+    assert [o["kind"] for o in render.objects(_monitor(base))][-1] == "DaemonSet"
+    for kind, extra in (("Service", []), ("VMServiceScrape", ["VMServiceScrape"]),
+                        ("ServiceMonitor", ["ServiceMonitor"])):
+        objs = render.objects(_monitor({**base, "scrape": {"kind": kind}}))
+        assert [o["kind"] for o in objs][5:] == ["Service", *extra]
+        svc = objs[5]
+        _validate([svc])
+        assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["ports"][0]["port"] == 9500
+        assert svc["spec"]["selector"] == objs[4]["spec"]["selector"]["matchLabels"]
+    left = render.scrape_leftovers(_monitor({**base, "scrape": {"kind": "ServiceMonitor"}}))
+    assert left == [("operator.victoriametrics.com/v1beta1", "VMServiceScrape")]
+    with pytest.raises(model.InvalidSpec, match="spec.scrape.kind: required"):
+        _monitor({**base, "scrape": {"interval": "10s"}})
+    with pytest.raises(model.InvalidSpec, match="spec.scrape.interval"):
+        _monitor({**base, "scrape": {"kind": "Service", "interval": "soon"}})
