@@ -93,15 +93,22 @@ def board(uid: str, title: str, description: str, variables, rows) -> gd.Dashboa
 CLUSTER = var("cluster", "Cluster", "label_values(xtrace_reports_total, cluster)")
 NODE = var("node", "Node", 'label_values(xtrace_reports_total{cluster=~"$cluster"}, node)')
 C, N = 'cluster=~"$cluster"', 'node=~"$node"'
+# Agents that count ingress only push no `direction` label (their series are what they were
+# before egress existed), so "ingress" must also select unlabelled series: its value is the regex
+# `ingress|`, used raw. The board opens on ingress, what it always showed.
+DIRECTION = (gd.CustomVariable("direction").label("Direction").values("ingress : ingress|,egress : egress")
+             .include_all(True).all_value(".*")
+             .current(dm.VariableOption(selected=True, text="ingress", value="ingress|")))
+D = 'direction=~"${direction:raw}"'
 
 
 # --- Traffic ----------------------------------------------------------------------------------
 def traffic() -> gd.Dashboard:
-    iface = sel(C, N, 'interface=~"$interface"')
-    flows = sel(C, N, 'interface=~"$interface"', 'dst_port=~"$port"')
-    named = sel(C, N, 'interface=~"$interface"', 'dst_port=~"$port"', 'src_ip!="other"')
-    roce = sel(C, N, 'interface=~"$interface"', 'traffic_type="roce"')
-    other = sel(C, N, 'interface=~"$interface"', 'src_ip="other"')
+    iface = sel(C, N, 'interface=~"$interface"', D)
+    flows = sel(C, N, 'interface=~"$interface"', D, 'dst_port=~"$port"')
+    named = sel(C, N, 'interface=~"$interface"', D, 'dst_port=~"$port"', 'src_ip!="other"')
+    roce = sel(C, N, 'interface=~"$interface"', D, 'traffic_type="roce"')
+    other = sel(C, N, 'interface=~"$interface"', D, 'src_ip="other"')
 
     def top(by: str) -> str:
         return f"sum by (cluster, {by}) (rate(xtrace_network_bytes_total{named}[{RATE}]))"
@@ -111,12 +118,13 @@ def traffic() -> gd.Dashboard:
     rows = [
         ("Throughput", [
             series("Bytes per second by node and interface", "Bps",
-                   q(f"sum by (node, interface) (rate(xtrace_interface_bytes_total{iface}[{RATE}]))",
-                     "{{node}} {{interface}}"),
-                   description="Every frame XDP saw (L2 length), parsable or not: xtrace_interface_bytes_total."),
+                   q(f"sum by (node, interface, direction) (rate(xtrace_interface_bytes_total{iface}[{RATE}]))",
+                     "{{node}} {{interface}} {{direction}}"),
+                   description="Every frame counted (L2 length), parsable or not: xtrace_interface_bytes_total. "
+                               "direction: ingress (XDP) or egress (TC), on agents with xdp.directions egress."),
             series("Packets per second by node and interface", "pps",
-                   q(f"sum by (node, interface) (rate(xtrace_interface_packets_total{iface}[{RATE}]))",
-                     "{{node}} {{interface}}")),
+                   q(f"sum by (node, interface, direction) (rate(xtrace_interface_packets_total{iface}[{RATE}]))",
+                     "{{node}} {{interface}} {{direction}}")),
         ]),
         ("Top talkers (pods named through kube-state-metrics' kube_pod_info)", [
             series("Top sources", "Bps", q(f"topk(10, {with_owner(top('src_ip'), 'src', 'cluster, src_ip')})",
@@ -141,16 +149,18 @@ def traffic() -> gd.Dashboard:
         ]),
         ("Series budget and kernel table", [
             series("`other` share of bytes (budget pressure)", "percentunit",
-                   q(f"sum by (node, interface) (rate(xtrace_network_bytes_total{other}[{RATE}]))\n"
-                     f"/ sum by (node, interface) (rate(xtrace_interface_bytes_total{iface}[{RATE}]))",
-                     "{{node}} {{interface}}"),
+                   q(f"sum by (node, interface, direction) (rate(xtrace_network_bytes_total{other}[{RATE}]))\n"
+                     f"/ sum by (node, interface, direction) (rate(xtrace_interface_bytes_total{iface}[{RATE}]))",
+                     "{{node}} {{interface}} {{direction}}"),
                    description="Traffic counted in the interface's `other` flow because xdp.maxFlows was full.",
                    width=8),
             series("Flows exported", "short",
-                   q(f"sum by (node, interface) (xtrace_flows_tracked{iface})", "{{node}} {{interface}}"), width=8),
+                   q(f"sum by (node, interface, direction) (xtrace_flows_tracked{iface})",
+                     "{{node}} {{interface}} {{direction}}"), width=8),
             series("Packets not tracked per flow, by reason", "pps",
-                   q(f"sum by (node, interface, reason) (rate(xtrace_xdp_untracked_packets_total{iface}[{RATE}]))",
-                     "{{node}} {{interface}} {{reason}}"),
+                   q(f"sum by (node, interface, direction, reason) "
+                     f"(rate(xtrace_xdp_untracked_packets_total{iface}[{RATE}]))",
+                     "{{node}} {{interface}} {{direction}} {{reason}}"),
                    description="Counted in the interface's `other` flow: table_full means xdp.flowTableSize is "
                                "too small for one interval's flows; malformed and non_ip are the traffic itself.",
                    width=8),
@@ -163,7 +173,7 @@ def traffic() -> gd.Dashboard:
                                "agent's last interval (xdp.flowGauges: false turns it off).", width=24),
         ]),
     ]
-    variables = [CLUSTER, NODE,
+    variables = [CLUSTER, NODE, DIRECTION,
                  var("interface", "Interface", 'label_values(xtrace_interface_bytes_total{cluster=~"$cluster", node=~"$node"}, interface)'),
                  var("port", "Destination port", 'label_values(xtrace_network_bytes_total{cluster=~"$cluster", node=~"$node"}, dst_port)')]
     return board("xtrace-traffic", "XTrace / Traffic", "XDP flow counts per node, interface and flow.", variables, rows)

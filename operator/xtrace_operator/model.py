@@ -226,9 +226,17 @@ def _xdp(r: _Reader) -> agent_config.XdpConfig:
         idle_timeout=float(_bounded(r, "idleTimeout", "xdp.idleTimeout", d.idle_timeout)),
         max_flows=_bounded(r, "maxFlows", "xdp.maxFlows", d.max_flows, integer=True),
         flow_gauges=r.boolean("flowGauges", d.flow_gauges),
+        directions=_directions(r, d.directions),
     )
     r.done()
     return out
+
+
+def _directions(r: _Reader, default: tuple[str, ...]) -> tuple[str, ...]:
+    try:
+        return agent_config.parse_directions(r.get("directions", list(default)))
+    except ValueError as e:
+        raise InvalidSpec(f"{r.where('directions')}: {e}") from None
 
 
 _DURATION = re.compile(r"^[0-9]+(ms|s|m|h)$")

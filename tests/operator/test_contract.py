@@ -18,7 +18,7 @@ NOT_FROM_THE_CRD = {
 EVERYTHING = [
     {"mode": "xdp", "interfaces": ["eth0"], "interval": 7, "output": "json", "port": 9500,
      "xdp": {"attachMode": "native", "flowTableSize": 4096, "sampling": 3, "idleTimeout": 60, "maxFlows": 10,
-             "flowGauges": False},
+             "flowGauges": False, "directions": ["ingress", "egress"]},
      "victoriaMetrics": {"url": "https://vm", "auth": {"basic": {"secretName": "b", "username": "u"}},
                          "tls": {"caSecret": {"name": "ca"}, "insecureSkipVerify": True},
                          "headers": {"X-A": "1"}, "extraLabels": {"cluster": "c"}, "queueSamples": 5000,

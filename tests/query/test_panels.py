@@ -39,9 +39,10 @@ def panels(name: str) -> list[tuple[str, str, str]]:
 
 def grafana(expr: str, window_ms: int, **chosen: str) -> str:
     """The query as Grafana sends it: cluster `test`, every other variable on `All` unless chosen."""
-    values = {"cluster": "test", "node": ".*", "interface": ".*", "port": ".*", "device": ".*", **chosen}
+    values = {"cluster": "test", "node": ".*", "interface": ".*", "port": ".*", "device": ".*", "direction": ".*",
+              **chosen}
     for name, value in values.items():
-        expr = expr.replace(f"${name}", value)
+        expr = expr.replace(f"${{{name}:raw}}", value).replace(f"${name}", value)
     return expr.replace("$__rate_interval", f"{window_ms}ms")
 
 
@@ -329,6 +330,10 @@ def test_variables_select(lab, expect):
     assert_exact(ask(traffic["Protocol mix"], expect.t_xdp, expect.w_xdp, port="9999"),
                  {key(protocol=17, traffic_type="ethernet"): (b["udp4"] + b["udp6"]) / dt}, "port 9999")
     assert ask(traffic["Protocol mix"], expect.t_xdp, expect.w_xdp, node="node-b") == {}
+    # an ingress-only agent's series have no direction label: "ingress" (the regex `ingress|`) keeps them
+    mix = ask(traffic["Protocol mix"], expect.t_xdp, expect.w_xdp)
+    assert ask(traffic["Protocol mix"], expect.t_xdp, expect.w_xdp, direction="ingress|") == mix != {}
+    assert ask(traffic["Protocol mix"], expect.t_xdp, expect.w_xdp, direction="egress") == {}
     tx = expect.rdma()[("Bytes per second per port", "A")]
     assert_exact(ask(rdma["Bytes per second per port"], expect.t_rdma, expect.w_rdma, device="mlx5_1"),
                  {k: v for k, v in tx.items() if dict(k)["device"] == "mlx5_1"}, "device mlx5_1")
