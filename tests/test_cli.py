@@ -30,6 +30,8 @@ def run(*args, env=None):
     (["--http-listen", "nonsense"], "httpListen"),
     (["--remote-write-url", "ftp://x"], "http://"),
     (["-i", "xt-no-such-if0"], "unknown interface 'xt-no-such-if0'"),
+    (["--direction", "sideways"], "--direction"),
+    (["--direction", "ingress,,egress"], "empty name"),
 ])
 def test_bad_flags_give_one_line_and_exit_2(args, needle):
     r = run(*args, "--http-listen", "") if "--http-listen" not in args else run(*args)
@@ -121,3 +123,15 @@ def test_sysfs_that_does_not_exist_says_so():
 def test_flow_gauges_switch():
     assert _cfg([]).xdp.flow_gauges is True
     assert _cfg(["--no-flow-gauges", "--attach-mode", "native"]).xdp.flow_gauges is False
+
+
+def test_directions_from_flags_and_config(tmp_path):
+    assert _cfg([]).xdp.directions == ("ingress",)
+    assert _cfg(["--direction", "egress,ingress"]).xdp.directions == ("ingress", "egress")
+    assert _cfg(["--direction", "egress", "--direction", "egress"]).xdp.directions == ("egress",)
+    f = tmp_path / "agent.yaml"
+    f.write_text("interfaces: [lo]\nxdp:\n  directions: [ingress, egress]\n")
+    assert _cfg(["--config", str(f)]).xdp.directions == ("ingress", "egress")
+    f.write_text("interfaces: [lo]\nxdp:\n  directions: []\n")
+    with pytest.raises(UsageError, match="xdp.directions: must be a non-empty list"):
+        _cfg(["--config", str(f)])

@@ -272,3 +272,68 @@ def test_traffic_while_another_program_replaced_ours_is_exported_as_unobserved(t
     driver_counted(500)
     report = accounting.report(source.collect(5.0), 5.0)
     assert values(report)[("xtrace_xdp_unobserved_packets_total", (("interface", "lo"),))] == 70
+
+
+def test_both_directions_are_separate_groups_each_conserved_and_labelled():
+    """With egress on, every flow and interface series carries `direction`, and flows + `other`
+    equal the interface total per direction; the text lines say the direction."""
+    from xtrace_agent.xdp.layout import EGRESS
+
+    source, accounting, fake, health = pipeline(directions=("ingress", "egress"))
+    out = FlowKey(LO | EGRESS, "10.0.0.2", "10.0.0.1", 9999, 1, 17, "ethernet", 0, 0)
+    fake.pending = [drained({flow(1): (2, 200), out: (3, 330)}, {(LO | EGRESS, "non_ip"): (1, 60),
+                                                                  (LO, "malformed"): (1, 50)})]
+    report = accounting.report(source.collect(1.0), 1.0)
+    v = values(report)
+    assert v[("xtrace_interface_packets_total", (("direction", "egress"), ("interface", "lo")))] == 4
+    assert v[("xtrace_interface_bytes_total", (("direction", "ingress"), ("interface", "lo")))] == 250
+    assert v[("xtrace_xdp_untracked_packets_total", (("direction", "egress"), ("interface", "lo"),
+                                                     ("reason", "non_ip")))] == 1
+    assert health.get("xtrace_xdp_attached", {"interface": "lo", "mode": "tcx", "direction": "egress"}) == 1
+    assert health.get("xtrace_flows_tracked", {"interface": "lo", "direction": "egress"}) == 1
+    per_group: dict = {}
+    for s in report.samples:
+        if s.name.startswith(("xtrace_network_", "xtrace_interface_")) and s.name.endswith("_total"):
+            assert s.labels["direction"] in ("ingress", "egress"), s
+            sign = -1 if s.name.startswith("xtrace_interface_") else 1
+            group = (s.labels["interface"], s.labels["direction"], s.name.endswith("packets_total"))
+            per_group[group] = per_group.get(group, 0) + sign * s.value
+    assert per_group and set(per_group.values()) == {0}
+    assert "10.0.0.2:9999 -> 10.0.0.1:1 proto=17 packets=3 bytes=330 direction=egress" in report.text
+    assert "10.0.0.1:1 -> 10.0.0.2:9999 proto=17 packets=2 bytes=200 direction=ingress" in report.text
+    source.close()
+
+
+def test_a_kernel_without_an_egress_hook_is_refused_in_one_line(monkeypatch):
+    """tcx unknown (EINVAL) and clsact missing (EOPNOTSUPP): the agent stops, even from a config
+    file, with one line saying what is missing. The kernel calls are faked: this kernel has both."""
+    import errno
+
+    from xtrace_agent.xdp import egress, libbpf
+    from xtrace_agent.xdp.egress import EgressAttachments, NoEgressHook
+
+    def fail(code):
+        def call(*args, **kwargs):
+            raise OSError(code, "faked")
+        return call
+
+    monkeypatch.setattr(libbpf, "tcx_query", fail(errno.EINVAL))
+    monkeypatch.setattr(libbpf, "tc_query", lambda *a: 0)
+    monkeypatch.setattr(libbpf, "tc_attach", fail(errno.EOPNOTSUPP))
+    links = EgressAttachments({"e": 3, "i": 4}, {"e": 30, "i": 40}, "e", "i")
+    assert links.resolve() == "tc"
+    with pytest.raises(NoEgressHook) as e:
+        links.attach("lo", LO, False)
+    assert str(e.value) == egress.NO_HOOK and "\n" not in str(e.value)
+
+    class NoHook(FakeProgram):
+        def attach(self, ifname, ifindex, infiniband, mode, direction="ingress"):
+            if direction == "egress":
+                raise NoEgressHook(egress.NO_HOOK)
+            return super().attach(ifname, ifindex, infiniband, mode, direction)
+
+    fake = NoHook()
+    cfg = AgentConfig(interfaces=("lo",), xdp=XdpConfig(directions=("ingress", "egress")), from_file=True)
+    with pytest.raises(NoEgressHook):
+        XdpCollector(cfg, Health(), program_loader=lambda _: fake).start()
+    assert fake.attached("ingress") == {}  # closed on the way out

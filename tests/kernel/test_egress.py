@@ -330,3 +330,22 @@ def test_ingress_only_keeps_series_without_direction_label(veth):
     assert rc == 0, err
     for s in agent.reports[-1]["samples"]:
         assert "direction" not in s["labels"], s
+
+
+def test_a_killed_agent_leaves_no_egress_program_and_a_second_live_one_is_refused(veth):
+    """A tcx link lives as long as the agent's fd: SIGKILL takes it away with the process. While an
+    agent lives, another one asked to count the same interface's egress exits 1 naming it."""
+    bpf_prerequisites()
+    first = Agent("-i", veth.dev_b, "--direction", "egress", "--interval", "0.2")
+    try:
+        wait_for(lambda: first.reports or first.proc.poll() is not None, what="the first report")
+        assert len(egress_prog_ids(veth.dev_b)) == 1
+        second = subprocess.run([*first.proc.args[:1], "-i", veth.dev_b, "--direction", "egress", "--count", "1",
+                                 "--http-listen", ""], capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1, second.stderr
+        errors = [line for line in second.stderr.splitlines() if " INFO " not in line]
+        assert len(errors) == 1 and f"pid {first.proc.pid}" in errors[0], second.stderr
+    finally:
+        first.proc.kill()
+        first.proc.wait(30)
+    assert egress_prog_ids(veth.dev_b) == []
