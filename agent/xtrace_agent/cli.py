@@ -250,7 +250,11 @@ def run(cfg: AgentConfig, stop: threading.Event, env: dict[str, str] | None = No
     account = build_accounting(cfg, health)
     sinks = build_sinks(cfg, health, env) + ([server] if server else [])
     # not ready until the first report is out: compiling and attaching take a moment
-    health.not_ready("agent", "starting: no report yet")
+    starting = "starting: no report yet"
+    if cfg.mode == "xdp":  # /readyz names the kernel headers while the compile runs on them
+        from xtrace_agent.xdp import headers
+        starting += f" (compiling against kernel headers {headers.summary()})"
+    health.not_ready("agent", starting)
     health.set("xtrace_reports_total", 0)
     for sink in sinks:  # every self-metric exists from the first report, at 0
         health.inc("xtrace_sink_errors_total", 0, {"sink": type(sink).__name__})

@@ -17,6 +17,8 @@ import shlex
 import socket
 import subprocess
 import tomllib
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -224,6 +226,14 @@ def fallback_release() -> str:
     return releases[0]
 
 
+def readyz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 def readme_single_host_line() -> list[str]:
     """The README's single-host `podman run` line, as a shell would split it."""
     readme = (ROOT / "README.md").read_text()
@@ -264,6 +274,10 @@ def test_readme_single_host_line_pushes_exact_counts_and_refuses_a_second_agent(
         wait_for(lambda: xdp_prog(image_host.dev_b) or podman("ps", "-q", "--filter", f"name=^{first}$").stdout == "",
                  ATTACH_TIMEOUT, "the single-host agent to attach XDP")
         assert xdp_prog(image_host.dev_b), podman("logs", first).stderr
+        # before its first report (one 5 s interval), /readyz names the kernel headers it compiled on
+        status, body = readyz(9435)  # the agent's default port: the line leaves it as it is
+        assert status == 503 and f"(compiling against kernel headers {fallback_release()} from the image's " \
+            "fallback" in body, (status, body)
         # two agents, one interface: the second is refused while the first lives (its /metrics
         # elsewhere, or it would stop at the first one's port before it reaches the interface)
         r = subprocess.run([*as_tested(line, second, image_host.dev_b, victoria_metrics.write_url),
