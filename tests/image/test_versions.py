@@ -39,7 +39,8 @@ def test_kustomization_operator_and_crd_defaults_follow_the_version():
     assert re.findall(r"default: (\S*xtrace-agent:\S+)", crd) == [model.DEFAULT_IMAGE]
 
 
-def test_the_readme_names_the_current_images():
-    readme = (ROOT / "README.md").read_text()
-    named = set(re.findall(r"xtrace-(?:agent|operator):(\d[\w.\-]*)", readme))
-    assert named == {VERSION}, named
+def test_the_docs_and_manifests_name_the_current_images():
+    for path in [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "deploy").rglob("*.yaml")]:
+        named = set(re.findall(r"xtrace-(?:agent|operator):(\d[\w.\-]*)", path.read_text()))
+        assert named <= {VERSION}, (path, named)
+    assert f"ghcr.io/xtrace-io/xtrace-agent:{VERSION}" in (ROOT / "README.md").read_text()  # the single-host line
