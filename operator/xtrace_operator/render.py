@@ -23,6 +23,8 @@ SECRETS_PATH = "/etc/xtrace/secrets"
 HOST_SYS = "/host/sys"
 SPOOL_MOUNT = "/var/lib/xtrace/spool"
 HASH_ANNOTATION = "xtrace.io/config-hash"
+# NET_ADMIN attaches XDP, tcx links and clsact filters (egress); tests/kernel/test_egress.py runs
+# the agent with exactly these in its bounding set, both directions on.
 CAPABILITIES = ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_RESOURCE"]
 
 NAME_LABEL = "app.kubernetes.io/name"

@@ -20,7 +20,7 @@ import pytest
 
 from tests import frames
 from tests.helpers.bpf import bpf_prerequisites
-from tests.helpers.netns import wait_for
+from tests.helpers.netns import AGENT, wait_for
 from tests.kernel.test_agent import Agent, Capture
 from xtrace_agent.xdp import compiler, libbpf
 
@@ -340,7 +340,7 @@ def test_a_killed_agent_leaves_no_egress_program_and_a_second_live_one_is_refuse
     try:
         wait_for(lambda: first.reports or first.proc.poll() is not None, what="the first report")
         assert len(egress_prog_ids(veth.dev_b)) == 1
-        second = subprocess.run([*first.proc.args[:1], "-i", veth.dev_b, "--direction", "egress", "--count", "1",
+        second = subprocess.run([AGENT, "-i", veth.dev_b, "--direction", "egress", "--count", "1",
                                  "--http-listen", ""], capture_output=True, text=True, timeout=120)
         assert second.returncode == 1, second.stderr
         errors = [line for line in second.stderr.splitlines() if " INFO " not in line]
@@ -349,3 +349,19 @@ def test_a_killed_agent_leaves_no_egress_program_and_a_second_live_one_is_refuse
         first.proc.kill()
         first.proc.wait(30)
     assert egress_prog_ids(veth.dev_b) == []
+
+
+def test_the_daemonsets_capabilities_are_enough_for_both_directions(veth):
+    """The agent as the rendered DaemonSet runs it: root with only CAPABILITIES in its bounding set."""
+    from xtrace_operator.render import CAPABILITIES
+
+    bpf_prerequisites()
+    caps = ",".join(f"+{c.lower()}" for c in CAPABILITIES)
+    r = subprocess.run(["setpriv", f"--bounding-set=-all,{caps}", AGENT, "-i", veth.dev_b, "--direction",
+                        "ingress,egress", "--count", "2", "--interval", "0.2", "--http-listen", "", "--output", "json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    attached = {tuple(sorted(s["labels"].items())): s["value"] for s in json.loads(r.stdout.splitlines()[-1])["samples"]
+                if s["name"] == "xtrace_xdp_attached"}
+    assert attached[(("direction", "egress"), ("interface", veth.dev_b), ("mode", "tcx"))] == 1
+    assert attached[(("direction", "ingress"), ("interface", veth.dev_b), ("mode", "native"))] == 1
