@@ -83,8 +83,20 @@ def expand(specs: tuple[str, ...] | list[str]) -> list[str]:
     return out
 
 
+def _egress_programs(ifindex: int) -> str:
+    """The programs on the interface's tcx egress hook, in order ('-' when none or not readable)."""
+    try:
+        from xtrace_agent.xdp import libbpf
+
+        ids = libbpf.tcx_query(ifindex)
+        return ",".join(f"{libbpf.prog_name_by_id(i) or '?'}(id {i})" for i in ids) or "-"
+    except OSError:  # no tcx, no libbpf, no permission
+        return "-"
+
+
 def listing(sysfs: str = DEFAULT_SYSFS) -> list[str]:
-    """Human-readable lines for `xtrace-agent -l`: every interface with state, type, MTU and XDP program."""
+    """Human-readable lines for `xtrace-agent -l`: every interface with state, type, MTU, XDP program
+    and tcx egress programs."""
     try:
         raw = subprocess.run(["ip", "-d", "-j", "link", "show"], capture_output=True, text=True, timeout=10)
         links = json.loads(raw.stdout) if raw.returncode == 0 else []
@@ -108,5 +120,6 @@ def listing(sysfs: str = DEFAULT_SYSFS) -> list[str]:
         lines.append(
             f"{li.get('ifname', '?'):<16} state={li.get('operstate', '?').lower():<8} "
             f"type={li.get('link_type', '?'):<10} mtu={li.get('mtu', '?'):<6} xdp={xdp_text}"
+            f" tcx-egress={_egress_programs(li.get('ifindex', 0))}"
         )
     return lines

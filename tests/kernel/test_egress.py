@@ -270,6 +270,9 @@ def test_another_tools_tcx_program_keeps_working_and_its_place(veth, other_tool)
             ids = egress_prog_ids(veth.dev_b)
             assert ids[0] == other_id and len(ids) == 2, ids  # ours after theirs
             assert libbpf.prog_name_by_id(ids[1]) == "xtrace_eth_tx"
+            listed = subprocess.run([AGENT, "-l"], capture_output=True, text=True, timeout=60).stdout
+            line = next(x for x in listed.splitlines() if x.split()[0] == veth.dev_b)
+            assert f"tcx-egress=other_tool(id {other_id}),xtrace_eth_tx(id {ids[1]})" in line, line
             before = seen_count(other)
             send_out(veth, 25, 46001)
             time.sleep(0.5)
