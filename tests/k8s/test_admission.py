@@ -37,9 +37,12 @@ def test_install_establishes_the_crd_with_its_columns(installed: Cluster):
     assert conditions == {"NamesAccepted": "True", "Established": "True"}
     assert "xtm" in crd["status"]["acceptedNames"]["shortNames"]
     ns = installed.namespace()
-    installed.monitor(ns, "cols", {"interfaces": ["eth0"]})
-    header = installed.kubectl("get", "xtm", "-n", ns).stdout.splitlines()[0].split()
-    assert header == ["NAME", "MODE", "READY", "DESIRED", "REASON", "AGE"]
+    installed.monitor(ns, "cols", {"interfaces": ["cols0"], "port": 19999})
+    try:
+        header = installed.kubectl("get", "xtm", "-n", ns).stdout.splitlines()[0].split()
+        assert header == ["NAME", "MODE", "READY", "DESIRED", "REASON", "AGE"]
+    finally:  # an operator started later would give it agents on every node
+        installed.kubectl("delete", "xtm", "cols", "-n", ns)
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=[p.stem for p in SAMPLES])
@@ -98,7 +101,10 @@ def test_unknown_fields_inside_free_form_parts_are_pruned_not_stored(installed: 
 def test_status_is_a_subresource(installed: Cluster):
     """A user's write to the main resource cannot set status; only the status subresource can."""
     ns = installed.namespace()
-    obj = _monitor({"interfaces": ["eth0"]}, name="st", namespace=ns)
+    obj = _monitor({"interfaces": ["st0"], "port": 19998}, name="st", namespace=ns)
     obj["status"] = {"readyNodes": 99}
     installed.apply(obj)
-    assert "readyNodes" not in installed.status(ns, "st")
+    try:
+        assert "readyNodes" not in installed.status(ns, "st")
+    finally:
+        installed.kubectl("delete", "xtm", "st", "-n", ns)

@@ -131,7 +131,8 @@ def test_two_monitors_on_one_interface_the_later_is_conflict(installed: Cluster,
     ns = installed.namespace()
     installed.monitor(ns, "first", xdp(ns))
     wait_for(lambda: installed.get("ds", "xtrace-first", "-n", ns), 30, "first DaemonSet")
-    installed.monitor(ns, "second", {"mode": "xdp", "interfaces": [xdp(ns)["interfaces"][0][:4] + "*"]})
+    installed.monitor(ns, "second", {"mode": "xdp", "interfaces": [xdp(ns)["interfaces"][0][:4] + "*"],
+                                     "port": xdp(ns)["port"] + 1})
     c = wait_for(lambda: installed.condition(ns, "second", "Conflict").get("status") == "True"
                  and installed.condition(ns, "second", "Conflict"), 30, "Conflict")
     assert f"XTraceMonitor {ns}/first" in c["message"] and xdp(ns)["interfaces"][0] in c["message"]
