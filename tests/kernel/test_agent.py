@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -56,6 +57,15 @@ class Agent:
             return {}
         return {tuple(sorted(s["labels"].items())): s["value"]
                 for s in self.reports[-1]["samples"] if s["name"] == name}
+
+
+_PROGRESS = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO) ")
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without the agent's progress log (INFO: headers compiled against, attached...):
+    what must be exactly one line when the agent refuses to run."""
+    return [line for line in stderr.strip().splitlines() if not _PROGRESS.match(line)]
 
 
 def flow_labels(dev, src, dst, sport, dport, proto, traffic_type="ethernet", **extra):
@@ -198,7 +208,7 @@ def test_foreign_program_is_never_replaced(veth):
     r = subprocess.run([AGENT, "-i", veth.dev_b, "--count", "1", "--interval", "0.1", "--http-listen", ""],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
-    err = r.stderr.strip().splitlines()
+    err = error_lines(r.stderr)
     assert len(err) == 1 and str(foreign["id"]) in err[0] and "Traceback" not in r.stderr, r.stderr
     assert xdp_prog(veth.dev_b)["id"] == foreign["id"], "the foreign program must stay"
 

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from tests.helpers.netns import AGENT, wait_for, xdp_prog
-from tests.kernel.test_agent import Agent
+from tests.kernel.test_agent import Agent, error_lines
 
 pytestmark = pytest.mark.kernel
 
@@ -208,7 +208,7 @@ def test_a_second_agent_on_a_watched_interface_is_refused(veth):
         second = subprocess.run([AGENT, "-i", veth.dev_b, "--count", "1", "--http-listen", ""],
                                 capture_output=True, text=True, timeout=120)
         assert second.returncode == 1
-        lines = second.stderr.strip().splitlines()
+        lines = error_lines(second.stderr)
         assert len(lines) == 1 and veth.dev_b in lines[0] and f"pid {first.proc.pid}" in lines[0], second.stderr
         time.sleep(0.5)
         assert xdp_prog(veth.dev_b)["id"] == prog["id"] and first.proc.poll() is None

@@ -21,7 +21,7 @@ import pytest
 from tests import frames
 from tests.helpers.bpf import bpf_prerequisites
 from tests.helpers.netns import AGENT, wait_for
-from tests.kernel.test_agent import Agent, Capture
+from tests.kernel.test_agent import Agent, Capture, error_lines
 from xtrace_agent.xdp import compiler, libbpf
 
 pytestmark = pytest.mark.kernel
@@ -346,7 +346,7 @@ def test_a_killed_agent_leaves_no_egress_program_and_a_second_live_one_is_refuse
         second = subprocess.run([AGENT, "-i", veth.dev_b, "--direction", "egress", "--count", "1",
                                  "--http-listen", ""], capture_output=True, text=True, timeout=120)
         assert second.returncode == 1, second.stderr
-        errors = [line for line in second.stderr.splitlines() if " INFO " not in line]
+        errors = error_lines(second.stderr)
         assert len(errors) == 1 and f"pid {first.proc.pid}" in errors[0], second.stderr
     finally:
         first.proc.kill()
