@@ -58,6 +58,14 @@ def check_directed_reports(reports: list[dict]) -> dict[tuple[str, str], tuple[i
     return {k: tuple(v) for k, v in totals.items()}
 
 
+def stopped(agent: Agent) -> tuple[dict, dict]:
+    """Stop the agent, check its exit and every report; the last report's flow packets and bytes."""
+    rc, err = agent.stop()
+    assert rc == 0, err
+    check_directed_reports(agent.reports)
+    return agent.latest("xtrace_network_packets_total"), agent.latest("xtrace_network_bytes_total")
+
+
 def directed(labels: dict) -> tuple:
     return tuple(sorted(labels.items()))
 
@@ -116,11 +124,7 @@ def test_each_end_counted_in_its_direction_exactly_ipv4_ipv6_vlan_roce(veth):
             time.sleep(0.1)
         time.sleep(0.3)
     finally:
-        rc, err = agent.stop()
-    assert rc == 0, err
-    check_directed_reports(agent.reports)
-    packets = agent.latest("xtrace_network_packets_total")
-    bytes_ = agent.latest("xtrace_network_bytes_total")
+        packets, bytes_ = stopped(agent)
     for direction, sent in (("ingress", inbound), ("egress", outbound)):
         for frame, n, (src, dst, sport, dport, proto, ttype, extra) in sent:
             k = flow(veth.dev_b, direction, src, dst, sport, dport, proto, ttype, **extra)
@@ -197,11 +201,7 @@ def test_tcp_connection_both_directions_match_the_kernel(veth):
         time.sleep(0.5)
         truth = tcp_truth(cap.drain(), (veth.ip4_b, 45001), (veth.ip4_a, 9300))
     finally:
-        rc, err = agent.stop()
-    assert rc == 0, err
-    check_directed_reports(agent.reports)
-    packets = agent.latest("xtrace_network_packets_total")
-    bytes_ = agent.latest("xtrace_network_bytes_total")
+        packets, bytes_ = stopped(agent)
     out = flow(veth.dev_b, "egress", veth.ip4_b, veth.ip4_a, 45001, 9300, 6)
     back = flow(veth.dev_b, "ingress", veth.ip4_a, veth.ip4_b, 9300, 45001, 6)
     assert [packets[out], bytes_[out]] == truth["egress"]

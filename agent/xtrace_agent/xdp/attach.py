@@ -259,8 +259,13 @@ class Attachments:
         return {ifindex: entry[0] for ifindex, entry in self._attached.items()}
 
     def close(self) -> None:
-        for ifindex in list(self._attached):
-            try:
-                self.detach(ifindex)
-            except Exception as e:  # close runs on the way out: report, keep going
-                log.warning("detach from ifindex %d failed: %s", ifindex, e)
+        detach_all(self.detach, self._attached, "XDP")
+
+
+def detach_all(detach: Callable[[int], None], ifindexes, what: str) -> None:
+    """Detach from every interface; on the way out, so a failure is reported and the rest go on."""
+    for ifindex in list(ifindexes):
+        try:
+            detach(ifindex)
+        except Exception as e:
+            log.warning("%s detach from ifindex %d failed: %s", what, ifindex, e)

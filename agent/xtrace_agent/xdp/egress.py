@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable
 
 from xtrace_agent.xdp import libbpf
-from xtrace_agent.xdp.attach import PROG_PREFIX, AgentConflict, AttachError, boottime_ns, owner_of
+from xtrace_agent.xdp.attach import PROG_PREFIX, AgentConflict, AttachError, boottime_ns, detach_all, owner_of
 
 log = logging.getLogger("xtrace.xdp")
 
@@ -164,8 +164,4 @@ class EgressAttachments:
         return {ifindex: entry[0] for ifindex, entry in self._attached.items()}
 
     def close(self) -> None:
-        for ifindex in list(self._attached):
-            try:
-                self.detach(ifindex)
-            except Exception as e:  # close runs on the way out: report, keep going
-                log.warning("egress detach from ifindex %d failed: %s", ifindex, e)
+        detach_all(self.detach, self._attached, "egress")
