@@ -9,9 +9,11 @@ message naming the older one, so `kubectl describe` says what to change.
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from typing import NamedTuple
 
-from xtrace_operator.model import Monitor, interface_overlap
+from xtrace_operator.model import Monitor
 
 
 class Claim(NamedTuple):
@@ -63,3 +65,14 @@ def find(mine: Claim, others: list[Claim]) -> str | None:
             return (f"{who} already uses host port {mine.port} on the same nodes; "
                     f"set a different spec.port or disjoint nodeSelectors")
     return None
+
+
+def interface_overlap(a: str, b: str) -> bool:
+    """Whether two interface names or globs could name the same interface (conservative for two globs)."""
+    wild = re.compile(r"[*?\[]")
+    if not wild.search(a) or not wild.search(b):
+        return fnmatch.fnmatchcase(a, b) or fnmatch.fnmatchcase(b, a)
+    # Two globs: compare the literal text before the first and after the last wildcard.
+    pa, pb = wild.split(a)[0], wild.split(b)[0]
+    sa, sb = re.split(r".*[*?\]]", a)[-1], re.split(r".*[*?\]]", b)[-1]
+    return (pa.startswith(pb) or pb.startswith(pa)) and (sa.endswith(sb) or sb.endswith(sa))

@@ -9,7 +9,6 @@ operator copies verbatim into the InvalidSpec condition.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -436,14 +435,3 @@ def from_body(body: Any) -> Monitor:
     meta = body.get("metadata") or {}
     return parse(meta.get("name"), meta.get("namespace") or "default", body.get("spec"),
                  uid=meta.get("uid", ""), created=meta.get("creationTimestamp", ""))
-
-
-def interface_overlap(a: str, b: str) -> bool:
-    """Whether two interface names or globs could name the same interface (conservative for two globs)."""
-    wild = re.compile(r"[*?\[]")
-    if not wild.search(a) or not wild.search(b):
-        return fnmatch.fnmatchcase(a, b) or fnmatch.fnmatchcase(b, a)
-    # Two globs: compare the literal text before the first and after the last wildcard.
-    pa, pb = wild.split(a)[0], wild.split(b)[0]
-    sa, sb = re.split(r".*[*?\]]", a)[-1], re.split(r".*[*?\]]", b)[-1]
-    return (pa.startswith(pb) or pb.startswith(pa)) and (sa.endswith(sb) or sb.endswith(sa))

@@ -13,10 +13,10 @@ def claim(name, created, spec):
 
 
 def test_interface_overlap():
-    assert model.interface_overlap("eth0", "eth0")
-    assert model.interface_overlap("eth*", "eth0") and model.interface_overlap("eth0", "eth*")
-    assert not model.interface_overlap("eth0", "eth1")
-    assert model.interface_overlap("ens*", "en*") and not model.interface_overlap("ens*", "eth*")
+    assert conflict.interface_overlap("eth0", "eth0")
+    assert conflict.interface_overlap("eth*", "eth0") and conflict.interface_overlap("eth0", "eth*")
+    assert not conflict.interface_overlap("eth0", "eth1")
+    assert conflict.interface_overlap("ens*", "en*") and not conflict.interface_overlap("ens*", "eth*")
 
 
 def test_later_monitor_conflicts_and_names_the_earlier():
