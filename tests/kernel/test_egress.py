@@ -424,3 +424,24 @@ def test_egress_under_load_on_two_cpus_every_packet_in_its_flow(veth):
             if dict(k)["direction"] == "egress" and dict(k)["src_ip"] == veth.ip4_b and dict(k)["protocol"] == "17"}
     assert len(ours) == 50 * len(cpus) and sum(ours.values()) == accepted
     assert len(agent.reports) > 5, "the tables were swapped while the senders ran"
+
+
+def test_egress_follows_an_interface_recreated_under_the_agent(veth):
+    """The veth deleted and made again (new ifindex): egress is attached again within an interval
+    and the flow's series goes on; the link on the deleted device is let go."""
+    bpf_prerequisites()
+    agent = start(veth, "--interval", "0.2")
+    try:
+        send_out(veth, 4, 48001)
+        time.sleep(0.5)
+        veth.delete_link()
+        time.sleep(0.5)
+        assert agent.proc.poll() is None
+        veth.create_link()
+        wait_for(lambda: len(egress_prog_ids(veth.dev_b)) == 1, timeout=5, what="egress attached again")
+        send_out(veth, 6, 48001)
+        time.sleep(0.5)
+    finally:
+        packets, _ = stopped(agent)
+    assert packets[flow(veth.dev_b, "egress", veth.ip4_b, veth.ip4_a, 48001, 9999)] == 10
+    assert egress_prog_ids(veth.dev_b) == []
