@@ -337,3 +337,15 @@ def test_a_kernel_without_an_egress_hook_is_refused_in_one_line(monkeypatch):
     with pytest.raises(NoEgressHook):
         XdpCollector(cfg, Health(), program_loader=lambda _: fake).start()
     assert fake.attached("ingress") == {}  # closed on the way out
+
+
+def test_a_missing_interface_is_reported_for_each_direction_as_an_xdp_problem():
+    from xtrace_agent.podstatus import summarize
+
+    cfg = AgentConfig(interfaces=("xtmissing0",), xdp=XdpConfig(directions=("ingress", "egress")), from_file=True)
+    c = XdpCollector(cfg, Health(), program_loader=lambda _: FakeProgram())
+    c.start()
+    reasons = c.health.reasons()
+    assert reasons == {"xdp:xtmissing0": "interface not found", "xdp:xtmissing0 (egress)": "interface not found"}
+    assert summarize(reasons).reason == "InterfaceNotFound"
+    c.close()

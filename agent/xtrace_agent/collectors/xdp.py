@@ -97,8 +97,9 @@ class XdpCollector:
             li = netdev.link(name, self.cfg.sysfs)
             for direction in self.directions:
                 where = (name, direction)
-                # ingress keeps the component name it always had
-                component = f"xdp:{name}" if direction == "ingress" else f"xdp-{direction}:{name}"
+                # ingress keeps the component name it always had; egress is an xdp component too
+                # (pod status sorts problems by the part before the colon)
+                component = f"xdp:{name}" if direction == "ingress" else f"xdp:{name} ({direction})"
                 problem_key = name if direction == "ingress" else f"{name} {direction}"
                 if li is None:
                     if where in self._attached:
