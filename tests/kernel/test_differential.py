@@ -3,22 +3,18 @@
 Frames start from well-formed ones (every shape the parser knows) and are mutated with a seeded
 random generator: cut at any length, bytes flipped in the headers, tags and next-headers swapped.
 Every frame must come back XDP_PASS; the flows the program counts (BPF_PROG_TEST_RUN, drained)
-must equal the truth computed by tools/heldout_pcap.py's parser, which shares no code with the
+must equal the truth computed by tests/helpers/heldout_pcap.py's parser, which shares no code with the
 agent, on every key where the contract is unambiguous; and the interface totals must hold every
 frame and every byte.
 """
 
 import errno
-import os
 import random
-import sys
 
 import pytest
 
 from tests import frames as F
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
-import heldout_pcap  # noqa: E402
+from tests.helpers import heldout_pcap
 
 pytestmark = pytest.mark.kernel
 

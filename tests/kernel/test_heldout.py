@@ -1,19 +1,16 @@
 """The held-out capture (real tcpdump regression frames, many malformed) through the real agent.
 
-tools/heldout_pcap.py computes the truth with its own parser (rules in the corpus's SOURCE.md)
+tests/helpers/heldout_pcap.py computes the truth with its own parser (rules in the corpus's SOURCE.md)
 and replays every frame over a veth to the agent binary; every checked flow and the interface
 totals must match exactly.
 """
 
 import os
-import sys
 
 import pytest
 
 from tests.conftest import need
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
-import heldout_pcap  # noqa: E402
+from tests.helpers import heldout_pcap
 
 pytestmark = pytest.mark.kernel
 

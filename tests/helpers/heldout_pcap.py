@@ -1,6 +1,6 @@
 """Replay a held-out capture through the real agent and compare its flows with an independent truth.
 
-    .venv/bin/python tools/heldout_pcap.py [--pcap FILE] [--limit N]
+    .venv/bin/python -m tests.helpers.heldout_pcap [--pcap FILE] [--limit N]
 
 The corpus (shared/heldout/tcpdump-frames.pcap.xz, see its SOURCE.md) holds real Ethernet frames
 nobody on this team wrote, many malformed on purpose. This tool:
@@ -35,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 DEFAULT_PCAP = os.path.join(os.path.dirname(ROOT), "shared", "heldout", "tcpdump-frames.pcap.xz")
 AGENT = os.path.join(os.path.dirname(sys.executable), "xtrace-agent")
 
