@@ -113,6 +113,7 @@ class Monitor:
     image_pull_secrets: tuple[str, ...] = ()
     resources: dict[str, Any] = field(default_factory=lambda: DEFAULT_RESOURCES)
     privileged: bool = False
+    host_kernel_headers: bool = False  # mount the node's /lib/modules and /usr/src (the image has its own)
     priority_class_name: str | None = None
     termination_grace_period: int = DEFAULT_GRACE
     uid: str = ""
@@ -416,6 +417,7 @@ def parse(name: str, namespace: str, spec: Any, uid: str = "", created: str = ""
         image=r.string("image", DEFAULT_IMAGE, re.compile(r"^\S+$"), "an image reference"),
         image_pull_policy=policy, image_pull_secrets=tuple(s["name"] for s in pull_secrets),
         resources=_resources(r), privileged=r.boolean("privileged"), priority_class_name=priority,
+        host_kernel_headers=r.boolean("hostKernelHeaders"),
         termination_grace_period=r.number("terminationGracePeriodSeconds", DEFAULT_GRACE, 10, 3600,
                                           integer=True),
         uid=uid, created=created,

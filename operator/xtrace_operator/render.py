@@ -177,10 +177,6 @@ def daemonset(monitor: Monitor, hash_: str | None = None) -> dict[str, Any]:
     volumes = [
         {"name": "config", "configMap": {"name": child_name(monitor)}},
         _host("host-sys", "/sys"),
-        # BCC resolves kernel headers through /lib/modules/$(uname -r)/build -> /usr/src/...:
-        # mounted at the same paths so the symlinks resolve inside the container.
-        _host("lib-modules", "/lib/modules"),
-        _host("usr-src", "/usr/src"),
         _host("bpffs", "/sys/fs/bpf"),
         # The root filesystem is read-only; BCC and Python still need a scratch directory.
         {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
@@ -189,13 +185,19 @@ def daemonset(monitor: Monitor, hash_: str | None = None) -> dict[str, Any]:
     mounts = [
         {"name": "config", "mountPath": CONFIG_PATH, "readOnly": True},
         {"name": "host-sys", "mountPath": HOST_SYS, "readOnly": True},
-        {"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True},
-        {"name": "usr-src", "mountPath": "/usr/src", "readOnly": True},
         {"name": "bpffs", "mountPath": "/sys/fs/bpf", "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
         *({"name": v["name"], "mountPath": _secret_dir(v["name"].removeprefix("secret-")), "readOnly": True}
           for v in _secret_volumes(monitor)),
     ]
+    if monitor.host_kernel_headers:
+        # The image carries kernel headers of its own; these are for hosts whose headers match the
+        # running kernel more closely. BCC resolves /lib/modules/$(uname -r)/build -> /usr/src/...,
+        # so both are mounted at the same paths. Type Directory: a node without them keeps the
+        # pod from starting, which is why this is not the default (hostPath has no "optional").
+        volumes += [_host("lib-modules", "/lib/modules"), _host("usr-src", "/usr/src")]
+        mounts += [{"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True},
+                   {"name": "usr-src", "mountPath": "/usr/src", "readOnly": True}]
     spool = spool_host_path(monitor)
     if spool:
         volumes.append(_host("spool", spool, "DirectoryOrCreate"))

@@ -84,9 +84,11 @@ def test_daemonset_has_what_the_agent_needs():
     assert c["securityContext"]["privileged"] is False
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     hosts = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
-    for path in ("/host/sys", "/lib/modules", "/usr/src", "/sys/fs/bpf"):
+    for path in ("/host/sys", "/sys/fs/bpf"):
         assert mounts[path]["readOnly"] is True
-    assert hosts["host-sys"] == "/sys" and hosts["lib-modules"] == "/lib/modules" and hosts["usr-src"] == "/usr/src"
+    assert hosts["host-sys"] == "/sys"
+    # the image brings its own kernel headers: no host header mounts unless asked for
+    assert "/lib/modules" not in mounts and "/usr/src" not in mounts
     assert hosts["spool"] == "/var/lib/xtrace/ns-m" and not mounts[render.SPOOL_MOUNT].get("readOnly")
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9435, "scheme": "HTTP"}
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -187,3 +189,14 @@ def test_scrape_adds_a_valid_headless_service_and_its_scrape_object():
         _monitor({**base, "scrape": {"interval": "10s"}})
     with pytest.raises(model.InvalidSpec, match="spec.scrape.interval"):
         _monitor({**base, "scrape": {"kind": "Service", "interval": "soon"}})
+
+
+def test_host_kernel_headers_are_mounted_only_when_asked():
+    pod = render.daemonset(_monitor({"mode": "xdp", "interfaces": ["eth0"], "hostKernelHeaders": True}))
+    spec = pod["spec"]["template"]["spec"]
+    _validate([pod])
+    hosts = {v["name"]: v["hostPath"] for v in spec["volumes"] if "hostPath" in v}
+    assert hosts["lib-modules"] == {"path": "/lib/modules", "type": "Directory"}
+    assert hosts["usr-src"] == {"path": "/usr/src", "type": "Directory"}
+    mounts = {m["mountPath"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts["/lib/modules"]["readOnly"] and mounts["/usr/src"]["readOnly"]
