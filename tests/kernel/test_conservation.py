@@ -69,6 +69,22 @@ def check_reports(reports: list[dict]) -> dict[str, tuple[int, int]]:
     return totals
 
 
+def quiet_baseline(agent: Agent, counter):
+    """(counter value, report) that start from the same packet: the driver counter read, then the
+    first report whose collection began after that read, then the counter again; equal readings
+    mean no frame arrived in between, so the report's table held every frame the counter had
+    counted (a driver counts a frame after our program ran on it) and none after. The link's own
+    chatter (IPv6 MLD after the veth came up) otherwise lands between a report and the reading."""
+    for _ in range(100):
+        c0 = counter()
+        after = time.time() + 0.001  # report timestamps are printed rounded to the millisecond
+        report = wait_for(lambda after=after: next((r for r in agent.reports if r["timestamp"] > after), None),
+                          timeout=10, what="a report after the counter was read")
+        if counter() == c0:
+            return c0, report
+    raise AssertionError("the link never stayed quiet for one report")
+
+
 def finish(agent: Agent) -> dict[str, tuple[int, int]]:
     """Stop the agent (one last report), check it exited 0, and check every report."""
     rc, err = agent.stop()
@@ -99,7 +115,8 @@ def test_two_senders_on_two_cpus_every_packet_in_a_flow(veth, run):
     agent = Agent("-i", veth.dev_b, "--interval", "0.05")
     try:
         wait_for(lambda: agent.reports or agent.proc.poll() is not None, what="first report")
-        before, dropped = rx(veth.dev_b), veth_drops(veth)
+        before, first_report = quiet_baseline(agent, lambda: rx(veth.dev_b))
+        dropped = veth_drops(veth)
         senders = [subprocess.Popen(["ip", "netns", "exec", veth.ns_a, "taskset", "-c", str(cpu), sys.executable,
                                      "-c", SENDER, "500000", str(20000 + 100 * i), "100", veth.ip4_b])
                    for i, cpu in enumerate(cpus)]
@@ -111,7 +128,7 @@ def test_two_senders_on_two_cpus_every_packet_in_a_flow(veth, run):
         agent.proc.kill()
         raise
     totals = finish(agent)
-    first = {s["labels"]["interface"]: s["value"] for s in agent.reports[0]["samples"]
+    first = {s["labels"]["interface"]: s["value"] for s in first_report["samples"]
              if s["name"] == "xtrace_interface_packets_total"}
     # a veth under this load drops some frames before XDP runs (its ring is full): those reach
     # neither the driver's rx counters nor us. Everything the driver received, we counted.

@@ -22,6 +22,7 @@ from tests import frames
 from tests.helpers.bpf import bpf_prerequisites
 from tests.helpers.netns import AGENT, wait_for
 from tests.kernel.test_agent import Agent, Capture, error_lines
+from tests.kernel.test_conservation import quiet_baseline
 from xtrace_agent.xdp import compiler, libbpf
 
 pytestmark = pytest.mark.kernel
@@ -400,8 +401,7 @@ def test_egress_under_load_on_two_cpus_every_packet_in_its_flow(veth):
     cpus = sorted(os.sched_getaffinity(0))[:2]
     agent = start(veth, "--interval", "0.05")
     try:
-        before = tx(veth.dev_b)
-        first = agent.reports[-1]
+        before, first = quiet_baseline(agent, lambda: tx(veth.dev_b))
         senders = [subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-c", EGRESS_SENDER, "150000",
                                      str(30000 + 50 * i), "50", veth.ip4_b, veth.ip4_a], stdout=subprocess.PIPE,
                                     text=True) for i, cpu in enumerate(cpus)]
