@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import random  # noqa: E402
 
 from tests.remote_write import remote_pb2  # noqa: E402
+from xtrace_agent import selfmetrics as sm
 from xtrace_agent.config import DEFAULT_INTERVAL, DEFAULT_MAX_FLOWS, AgentConfig, RemoteWriteTarget  # noqa: E402
 from xtrace_agent.health import Health  # noqa: E402
 from xtrace_agent.samples import Report, Sample  # noqa: E402
@@ -145,8 +146,8 @@ def _sink(vm, node: str, codec: str) -> tuple[RemoteWriteSink, Health]:
 
 def _wait_sent(sinks, total: int, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
-    while sum(h.get("xtrace_remote_write_samples_sent_total", {"target": "bench"}) for _s, h in sinks) < total:
-        dropped = sum(h.get("xtrace_remote_write_samples_dropped_total", {"target": "bench", "reason": r})
+    while sum(h.get(sm.RW_SENT, {"target": "bench"}) for _s, h in sinks) < total:
+        dropped = sum(h.get(sm.RW_DROPPED, {"target": "bench", "reason": r})
                       for _s, h in sinks for r in ("queue_full", "spool_full", "rejected"))
         if dropped or time.monotonic() > deadline:
             sys.exit(f"bench: {dropped:.0f} samples dropped or not all sent within {timeout:.0f} s")
@@ -163,7 +164,7 @@ def push(vm, n: int, intervals: int, codec: str) -> tuple[float, float]:
     _wait_sent([(sink, health)], n * intervals)
     elapsed = time.perf_counter() - t
     sink.close(5)
-    return n * intervals / elapsed, health.get("xtrace_remote_write_sent_bytes_total", {"target": "bench"}) / (
+    return n * intervals / elapsed, health.get(sm.RW_SENT_BYTES, {"target": "bench"}) / (
         n * intervals)
 
 

@@ -17,6 +17,7 @@ import kubernetes_validate
 import pytest
 
 from xtrace_agent import podstatus
+from xtrace_agent import selfmetrics as sm
 from xtrace_agent.health import Health
 
 WINDOW = 0.3  # the reporter's min_interval in these tests
@@ -190,7 +191,9 @@ def test_writes_once_per_change_in_the_right_shape(api, reporter_of, token):
     ready = api.conditions()[1]
     assert (ready["status"], ready["reason"], ready["message"]) == ("True", "AgentReady", "")
     assert api.requests[1][1]["Authorization"] == "Bearer token-two"
-    assert health.get("xtrace_pod_status_writes_total") == 2 and health.get("xtrace_pod_status_errors_total") == 0
+    # counted once the API's answer is back, a moment after the server saw the request
+    wait_for(lambda: health.get(sm.POD_STATUS_WRITES) == 2)
+    assert health.get(sm.POD_STATUS_ERRORS) == 0
 
 
 def test_numbers_only_change_writes_nothing_and_transition_time_stays(api, reporter_of):
@@ -252,12 +255,12 @@ def test_failures_are_counted_logged_once_and_backed_off(api, reporter_of, caplo
     wait_for(lambda: api.count() >= 3, timeout=3)  # retried: 0.2 s, then 0.4 s (capped) later
     time.sleep(0.1)
     assert api.count() <= 4  # back-off, not a storm
-    assert health.get("xtrace_pod_status_errors_total") >= 3
+    assert health.get(sm.POD_STATUS_ERRORS) >= 3
     warnings = [rec.getMessage() for rec in caplog.records]
     assert len(warnings) == 1 and "HTTP 403: pods \"x\" is forbidden" in warnings[0]
 
     api.status = 200
-    wait_for(lambda: api.conditions()[-1]["status"] == "False" and health.get("xtrace_pod_status_writes_total") == 1)
+    wait_for(lambda: api.conditions()[-1]["status"] == "False" and health.get(sm.POD_STATUS_WRITES) == 1)
 
 
 def test_unreachable_server_or_missing_token_never_raises(api, reporter_of, token):
@@ -266,9 +269,9 @@ def test_unreachable_server_or_missing_token_never_raises(api, reporter_of, toke
     api.close()
     r = reporter_of(health, url=api.url, min_interval=0.05, max_backoff=0.1)
     r.observe()
-    wait_for(lambda: health.get("xtrace_pod_status_errors_total") >= 1)
+    wait_for(lambda: health.get(sm.POD_STATUS_ERRORS) >= 1)
     token.unlink()
-    wait_for(lambda: health.get("xtrace_pod_status_errors_total") >= 3)
+    wait_for(lambda: health.get(sm.POD_STATUS_ERRORS) >= 3)
     r.close()
     assert not r._thread.is_alive()
 

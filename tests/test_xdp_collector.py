@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from xtrace_agent import selfmetrics as sm
 from xtrace_agent.collectors.xdp import XdpCollector
 from xtrace_agent.config import AgentConfig, XdpConfig
 from xtrace_agent.errors import UsageError
@@ -100,7 +101,7 @@ def test_cumulative_samples_and_old_text_format():
     assert v[("xtrace_xdp_untracked_bytes_total", (("interface", "lo"), ("reason", "malformed")))] == 60
     roce = [s for s in report.samples if s.labels.get("traffic_type") == "roce"]
     assert {s.labels["rdma_opcode"] for s in roce} == {"4"} and {s.labels["dest_qp"] for s in roce} == {"17"}
-    assert health.get("xtrace_xdp_malformed_packets_total") == 1
+    assert health.get(sm.XDP_MALFORMED) == 1
     source.close()
 
 
@@ -123,8 +124,8 @@ def test_budget_overflow_and_untracked_packets_are_in_other_and_conserved():
     report = accounting.report(source.collect(1.0), 1.0)
     others = [s for s in report.samples if s.labels.get("src_ip") == "other" and s.name.endswith("packets_total")]
     assert [s.value for s in others] == [1 + 2 + 1]
-    assert health.get("xtrace_flows_folded_total") == 1
-    assert health.get("xtrace_xdp_table_full_packets_total") == 2
+    assert health.get(sm.FLOWS_FOLDED) == 1
+    assert health.get(sm.XDP_TABLE_FULL) == 2
     assert conservation(report) == {"lo": (0, 0)}
 
 
@@ -135,7 +136,7 @@ def test_sampled_counts_are_exported_and_table_full_is_scaled():
     report = accounting.report(source.collect(1.0), 1.0)
     v = values(report)
     assert v[("xtrace_interface_packets_total", (("interface", "lo"),))] == 3 + 25 + 1
-    assert health.get("xtrace_xdp_sampled_packets_total") == 3
+    assert health.get(sm.XDP_SAMPLED) == 3
     other = [s.value for s in report.samples if s.name == "xtrace_network_packets_total"
              and s.labels["src_ip"] == "other"]
     assert other == [10]  # the one sampled packet of a new flow stands for 10
@@ -260,7 +261,7 @@ def test_traffic_while_another_program_replaced_ours_is_exported_as_unobserved(t
     fake._attached["ingress"].clear()  # another tool took the interface
     fake.refuse = True
     accounting.report(source.collect(2.0), 2.0)  # noticed: from now on the driver's counts are looked at
-    assert health.get("xtrace_xdp_attached", {"interface": "lo", "mode": "generic"}) == 0
+    assert health.get(sm.XDP_ATTACHED, {"interface": "lo", "mode": "generic"}) == 0
     driver_counted(150)
     accounting.report(source.collect(3.0), 3.0)
     driver_counted(170)
@@ -289,8 +290,8 @@ def test_both_directions_are_separate_groups_each_conserved_and_labelled():
     assert v[("xtrace_interface_bytes_total", (("direction", "ingress"), ("interface", "lo")))] == 250
     assert v[("xtrace_xdp_untracked_packets_total", (("direction", "egress"), ("interface", "lo"),
                                                      ("reason", "non_ip")))] == 1
-    assert health.get("xtrace_xdp_attached", {"interface": "lo", "mode": "tcx", "direction": "egress"}) == 1
-    assert health.get("xtrace_flows_tracked", {"interface": "lo", "direction": "egress"}) == 1
+    assert health.get(sm.XDP_ATTACHED, {"interface": "lo", "mode": "tcx", "direction": "egress"}) == 1
+    assert health.get(sm.FLOWS_TRACKED, {"interface": "lo", "direction": "egress"}) == 1
     per_group: dict = {}
     for s in report.samples:
         if s.name.startswith(("xtrace_network_", "xtrace_interface_")) and s.name.endswith("_total"):

@@ -22,9 +22,10 @@ import threading
 import time
 
 from xtrace_agent import config as config_mod
+from xtrace_agent import selfmetrics as sm
 from xtrace_agent.config import AgentConfig, RemoteWriteTarget
 from xtrace_agent.errors import AgentFailure, UsageError
-from xtrace_agent.health import Health, describe
+from xtrace_agent.health import Health
 from xtrace_agent.samples import Report
 from xtrace_agent.sinks.stdout import StdoutSink
 
@@ -32,8 +33,6 @@ PROG = "xtrace-agent"
 log = logging.getLogger("xtrace")
 FLUSH_TIMEOUT = 10.0  # seconds the sinks get to deliver on shutdown (the pod's grace period is longer)
 
-describe("xtrace_sink_errors_total", "counter", "Reports a sink failed to accept (the sink is skipped, never the agent).")
-describe("xtrace_reports_total", "counter", "Collection intervals completed.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -217,7 +216,7 @@ def _deliver(sinks: list, report: Report, health: Health, server=None) -> None:
         try:
             sink.write(report if sink is server else pushed)
         except Exception as e:  # a sink's bug must not stop collection or the other sinks
-            health.inc("xtrace_sink_errors_total", labels={"sink": type(sink).__name__})
+            health.inc(sm.SINK_ERRORS, labels={"sink": type(sink).__name__})
             log.error("%s failed: %s", type(sink).__name__, e)
 
 
@@ -255,9 +254,9 @@ def run(cfg: AgentConfig, stop: threading.Event, env: dict[str, str] | None = No
         from xtrace_agent.xdp import headers
         starting += f" (compiling against kernel headers {headers.summary()})"
     health.not_ready("agent", starting)
-    health.set("xtrace_reports_total", 0)
+    health.set(sm.REPORTS, 0)
     for sink in sinks:  # every self-metric exists from the first report, at 0
-        health.inc("xtrace_sink_errors_total", 0, {"sink": type(sink).__name__})
+        health.inc(sm.SINK_ERRORS, 0, {"sink": type(sink).__name__})
     try:
         source.start()
         reports = 0
@@ -271,7 +270,7 @@ def run(cfg: AgentConfig, stop: threading.Event, env: dict[str, str] | None = No
                 now = time.time()
                 report = account(source.collect(now), now)
                 reports += 1
-                health.inc("xtrace_reports_total")
+                health.inc(sm.REPORTS)
                 health.ready("agent")
                 _deliver(sinks, report, health, server)
             del report

@@ -18,9 +18,10 @@ from collections import Counter
 from operator import itemgetter
 from typing import NamedTuple
 
+from xtrace_agent import selfmetrics as sm
 from xtrace_agent.accumulator import Accumulator, Totals
 from xtrace_agent.config import AgentConfig
-from xtrace_agent.health import Health, describe
+from xtrace_agent.health import Health
 from xtrace_agent.samples import Report, Sample
 from xtrace_agent.xdp.layout import reasons
 
@@ -38,26 +39,7 @@ UNOBSERVED_BYTES = "xtrace_xdp_unobserved_bytes_total"
 OTHER = "other"
 
 # untracked reason -> the older global self-metric that sums it over interfaces
-_GLOBAL = {
-    "malformed": ("xtrace_xdp_malformed_packets_total", "Packets whose headers were cut short or invalid."),
-    "non_ip": ("xtrace_xdp_non_ip_packets_total", "Packets that are not IPv4/IPv6 (in their interface's `other`)."),
-    "table_full": ("xtrace_xdp_table_full_packets_total",
-                   "Packets of new flows the full kernel flow table refused (in their interface's `other`)."),
-}
-for _name, _help in _GLOBAL.values():
-    describe(_name, "counter", _help)
-describe("xtrace_xdp_unattributed_packets_total", "counter",
-         "Packets the XDP program could put under no interface (no table yet, or a full table).")
-describe("xtrace_xdp_unattributed_bytes_total", "counter", "Bytes of xtrace_xdp_unattributed_packets_total.")
-describe("xtrace_xdp_sampled_packets_total", "counter",
-         "With xdp.sampling N: packets counted per flow (the flow counts are these x N); 0 without sampling.")
-describe("xtrace_flows_tracked", "gauge", "Flows currently exported per interface (series budget use).")
-describe("xtrace_flows_folded_total", "counter", "New flows folded into `other` because the series budget was full.")
-describe("xtrace_flows_expired_total", "counter",
-         "Flows that stopped being exported after the idle timeout (their counts moved to `other`).")
-describe("xtrace_flows_retired_total", "counter",
-         "Quiet flows that stopped being exported to make room for busier ones (their counts moved to `other`).")
-describe("xtrace_collector_duration_seconds", "gauge", "Time the last collection took.")
+_GLOBAL = {"malformed": sm.XDP_MALFORMED, "non_ip": sm.XDP_NON_IP, "table_full": sm.XDP_TABLE_FULL}
 
 # A flow's identity in what we export: the label values (so a recreated interface, with a new
 # ifindex, continues the same series). Ports and protocol stay ints until they become labels.
@@ -141,12 +123,9 @@ class FlowAccounting:
         self.sampled = 0
         self._multi = len(cfg.interfaces) > 1 or any(c in s for s in cfg.interfaces for c in "*?[")
         # every self-metric an alert may use exists from the first report, at 0
-        for name, _ in _GLOBAL.values():
-            health.set(name, 0)
-        for name in ("xtrace_xdp_unattributed_packets_total", "xtrace_xdp_unattributed_bytes_total",
-                     "xtrace_xdp_sampled_packets_total", "xtrace_flows_folded_total", "xtrace_flows_expired_total",
-                     "xtrace_flows_retired_total"):
-            health.set(name, 0)
+        for metric in (*_GLOBAL.values(), sm.XDP_UNATTRIBUTED_PACKETS, sm.XDP_UNATTRIBUTED_BYTES, sm.XDP_SAMPLED,
+                       sm.FLOWS_FOLDED, sm.FLOWS_EXPIRED, sm.FLOWS_RETIRED):
+            health.set(metric, 0)
 
     def report(self, seen: Observed, now: float) -> Report:
         for group in seen.watched:  # present at 0 from the first report, traffic or not
@@ -172,7 +151,7 @@ class FlowAccounting:
         self.sampled += seen.sampled
         report = self._report(seen, now)
         if seen.began is not None:
-            self.health.set("xtrace_collector_duration_seconds", time.monotonic() - seen.began, {"collector": "xdp"})
+            self.health.set(sm.COLLECTOR_DURATION, time.monotonic() - seen.began, {"collector": "xdp"})
         return report
 
     def _report(self, seen: Observed, now: float) -> Report:
@@ -203,17 +182,19 @@ class FlowAccounting:
             samples.append(Sample(UNTRACKED_BYTES, {**group_labels(group, directed), "reason": reason}, b, now))
             per_reason[reason] += p
         health = self.health
-        for reason, (name, _) in _GLOBAL.items():
-            health.set(name, per_reason[reason])
-        health.set("xtrace_xdp_unattributed_packets_total", seen.unattributed[0])
-        health.set("xtrace_xdp_unattributed_bytes_total", seen.unattributed[1])
-        health.set("xtrace_xdp_sampled_packets_total", self.sampled)
+        for reason, metric in _GLOBAL.items():
+            health.set(metric, per_reason[reason])
+        health.set(sm.XDP_UNATTRIBUTED_PACKETS, seen.unattributed[0])
+        health.set(sm.XDP_UNATTRIBUTED_BYTES, seen.unattributed[1])
+        health.set(sm.XDP_SAMPLED, self.sampled)
         per_iface = Counter(map(itemgetter(0), self.flows.keys()))
+        in_table = Counter(map(itemgetter(0), seen.flows))
         for group in seen.watched:
-            health.set("xtrace_flows_tracked", per_iface.get(group, 0), group_labels(group, directed))
-        health.set("xtrace_flows_folded_total", self.flows.folded_flows)
-        health.set("xtrace_flows_expired_total", self.flows.expired_flows)
-        health.set("xtrace_flows_retired_total", self.flows.retired_flows)
+            health.set(sm.FLOWS_TRACKED, per_iface.get(group, 0), group_labels(group, directed))
+            health.set(sm.XDP_TABLE_FLOWS, in_table.get(group, 0), group_labels(group, directed))
+        health.set(sm.FLOWS_FOLDED, self.flows.folded_flows)
+        health.set(sm.FLOWS_EXPIRED, self.flows.expired_flows)
+        health.set(sm.FLOWS_RETIRED, self.flows.retired_flows)
         lines = self._text() if self.cfg.output == "text" else []
         return Report(now, samples, lines)
 

@@ -1,8 +1,9 @@
-"""The agent's own health: self-metrics any stage may set, and readiness reasons.
+"""The agent's own health: the values of its self-metrics, and readiness reasons.
 
-Every stage (collector, accumulator, sink) records what it drops or fails here, so
-that every limit is visible as a metric (DESIGN.md §5). Thread-safe: sinks update it
-from their own threads while the HTTP server reads it.
+Every stage (collector, accounting, sink) records what it drops or fails here, so that every limit
+is visible as a metric (docs/design.md, "Rules that hold everywhere"). The metrics themselves are
+defined once, typed, in selfmetrics.py; a name string is refused. Thread-safe: sinks update it from
+their own threads while the HTTP server reads it.
 """
 
 from __future__ import annotations
@@ -11,17 +12,14 @@ import threading
 import time
 
 from xtrace_agent.samples import Sample
-
-_HELP: dict[str, tuple[str, str]] = {}
-
-
-def describe(name: str, kind: str, help_text: str) -> None:
-    """Register the type (counter|gauge) and help text of a self-metric, for /metrics."""
-    _HELP[name] = (kind, help_text)
+from xtrace_agent.selfmetrics import SelfMetric
 
 
-def description(name: str) -> tuple[str, str] | None:
-    return _HELP.get(name)
+def _checked(metric: SelfMetric, labels: dict[str, str] | None) -> None:
+    if not isinstance(metric, SelfMetric):
+        raise TypeError(f"self-metrics are selfmetrics.* definitions, not {metric!r}")
+    if labels and not metric.labels.issuperset(labels):
+        raise ValueError(f"{metric.name} has no label {sorted(set(labels) - metric.labels)}")
 
 
 class Health:
@@ -31,25 +29,29 @@ class Health:
         self._lock = threading.Lock()
         self._values: dict[tuple, tuple[str, dict[str, str], float]] = {}
         self._not_ready: dict[str, str] = {}
+        self._notes: dict[str, str] = {}
         self.started = time.time()
 
     @staticmethod
     def _key(name: str, labels: dict[str, str] | None) -> tuple:
         return (name, *sorted((labels or {}).items()))
 
-    def inc(self, name: str, amount: float = 1, labels: dict[str, str] | None = None) -> None:
-        key = self._key(name, labels)
+    def inc(self, metric: SelfMetric, amount: float = 1, labels: dict[str, str] | None = None) -> None:
+        _checked(metric, labels)
+        key = self._key(metric.name, labels)
         with self._lock:
             old = self._values.get(key)
-            self._values[key] = (name, dict(labels or {}), (old[2] if old else 0) + amount)
+            self._values[key] = (metric.name, dict(labels or {}), (old[2] if old else 0) + amount)
 
-    def set(self, name: str, value: float, labels: dict[str, str] | None = None) -> None:
+    def set(self, metric: SelfMetric, value: float, labels: dict[str, str] | None = None) -> None:
+        _checked(metric, labels)
         with self._lock:
-            self._values[self._key(name, labels)] = (name, dict(labels or {}), value)
+            self._values[self._key(metric.name, labels)] = (metric.name, dict(labels or {}), value)
 
-    def get(self, name: str, labels: dict[str, str] | None = None) -> float:
+    def get(self, metric: SelfMetric, labels: dict[str, str] | None = None) -> float:
+        _checked(metric, labels)
         with self._lock:
-            v = self._values.get(self._key(name, labels))
+            v = self._values.get(self._key(metric.name, labels))
         return v[2] if v else 0
 
     def samples(self, timestamp: float) -> list[Sample]:
@@ -70,3 +72,12 @@ class Health:
     def reasons(self) -> dict[str, str]:
         with self._lock:
             return dict(self._not_ready)
+
+    def note(self, topic: str, text: str) -> None:
+        """A fact /readyz shows whatever the readiness (e.g. the kernel headers the program was built with)."""
+        with self._lock:
+            self._notes[topic] = text
+
+    def notes(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._notes)

@@ -38,7 +38,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from xtrace_agent import __version__
-from xtrace_agent.health import Health, describe
+from xtrace_agent import selfmetrics as sm
+from xtrace_agent.health import Health
 
 log = logging.getLogger("xtrace.podstatus")
 
@@ -51,10 +52,6 @@ MAX_MESSAGE = 512  # a condition message is for people; the full text is on /rea
 REQUEST_TIMEOUT = 10.0
 _MAX_LOGGED_ERRORS = 32
 
-describe("xtrace_pod_status_writes_total", "counter",
-         "Readiness changes written to the agent's Pod as the xtrace.io/AgentReady condition.")
-describe("xtrace_pod_status_errors_total", "counter",
-         "Failed writes of the xtrace.io/AgentReady Pod condition (retried on back-off, never blocking).")
 
 
 class Summary(NamedTuple):
@@ -220,12 +217,12 @@ class PodStatusReporter:
                 self._next_allowed = self._clock() + min(self.max_backoff,
                                                          self.min_interval * 2 ** self._failures)
         if error is None:
-            self.health.inc("xtrace_pod_status_writes_total")
+            self.health.inc(sm.POD_STATUS_WRITES)
             if self._logged:
                 log.info("pod status reporting works again")
                 self._logged.clear()
             return
-        self.health.inc("xtrace_pod_status_errors_total")
+        self.health.inc(sm.POD_STATUS_ERRORS)
         if error not in self._logged and len(self._logged) < _MAX_LOGGED_ERRORS:
             self._logged.add(error)
             log.warning("cannot write condition %s on pod %s/%s: %s (retrying with back-off)",

@@ -269,6 +269,9 @@ def test_config_file_waits_for_a_missing_interface(veth, tmp_path):
             ip("link", "set", missing, "up")
             ip("link", "set", f"xm{veth.tag}", "up")
             wait_for(lambda: readyz(port)[0] == 200, timeout=5, what="ready once attached and up")
+            # ready, and still naming the kernel headers the running program was compiled against
+            code, body = readyz(port)
+            assert code == 200 and body.startswith("ok\n# kernel headers: ") and "headers" in body[20:], body
         finally:
             rc, err = agent.stop()
             ip("link", "del", missing, check=False)

@@ -8,6 +8,7 @@ import pytest
 
 from tests.fixtures import make_sysfs
 from tests.rdma.util import by_counter, counter_path, einval_on, make, value, write_counter
+from xtrace_agent import selfmetrics as sm
 from xtrace_agent.errors import UsageError
 from xtrace_agent.rdma import sysfs
 
@@ -76,7 +77,7 @@ def test_iwarp_no_pma_is_absent_and_counted_once(tree):
         assert value(r, "xtrace_rdma_port_transmit_bytes_total", device="cxgb4_0") is None
         assert value(r, "xtrace_rdma_port_info", device="cxgb4_0") == 1
     # 16 files that never read: 16 errors, not 16 per interval
-    assert health.get("xtrace_collector_errors_total", ERRORS) == 16
+    assert health.get(sm.COLLECTOR_ERRORS, ERRORS) == 16
     line = next(line for line in r.text if line.startswith("cxgb4_0"))
     assert "tx_bytes=-" in line
 
@@ -109,7 +110,7 @@ def test_32_bit_counters_wrap_between_reads(tree):
     r2 = c.collect(2.0)
     assert by_counter(r2, "xtrace_rdma_port_counter_total", **port)["port_xmit_wait"] == 4_294_967_000 + 496
     assert by_counter(r2, "xtrace_rdma_hw_counter_total", **port)["out_of_buffer"] == 4_294_967_290 + 10
-    assert health.get("xtrace_rdma_counter_wraps_total") == 2
+    assert health.get(sm.RDMA_WRAPS) == 2
 
 
 def test_64_bit_drop_is_a_reset_and_totals_never_go_backwards(tree):
@@ -123,7 +124,7 @@ def test_64_bit_drop_is_a_reset_and_totals_never_go_backwards(tree):
     write_counter(tree, "mlx5_1", 1, "counters", "port_xmit_data", "25\n")  # device re-probed
     r = c.collect(3.0)
     assert value(r, "xtrace_rdma_port_transmit_bytes_total", **port) == (1_500_000 + 25) * 4
-    assert health.get("xtrace_rdma_counter_resets_total") == 1
+    assert health.get(sm.RDMA_RESETS) == 1
 
 
 def test_text_line_totals_first_then_rates_per_second(tree, clock):
@@ -198,7 +199,7 @@ def test_device_vanishing_between_listing_and_reading(tree, monkeypatch):
     r = c.collect(1.0)
     assert not [s for s in r.samples if s.labels["device"] == "mlx5_1"]
     assert value(r, "xtrace_rdma_port_transmit_bytes_total", device="mlx5_0") == 1_000_000_000_000
-    assert health.get("xtrace_collector_errors_total", ERRORS) >= 1
+    assert health.get(sm.COLLECTOR_ERRORS, ERRORS) >= 1
 
 
 def test_einval_on_one_counter_leaves_the_rest(tree, monkeypatch):
@@ -209,7 +210,7 @@ def test_einval_on_one_counter_leaves_the_rest(tree, monkeypatch):
     r = c.collect(1.0)
     hw = by_counter(r, "xtrace_rdma_hw_counter_total", device="mlx5_1")
     assert "np_cnp_sent" not in hw and hw["rp_cnp_handled"] == 17
-    assert health.get("xtrace_collector_errors_total", ERRORS) == 16 + 1  # + the iWARP files
+    assert health.get(sm.COLLECTOR_ERRORS, ERRORS) == 16 + 1  # + the iWARP files
     monkeypatch.setattr(sysfs, "_raw", real)
     r = c.collect(2.0)  # readable again: back, from where it was
     assert by_counter(r, "xtrace_rdma_hw_counter_total", device="mlx5_1")["np_cnp_sent"] == 42
@@ -248,6 +249,6 @@ def test_health_records_duration(tree):
     c, health = make(tree)
     c.start()
     c.collect(1.0)
-    assert health.get("xtrace_collector_duration_seconds", ERRORS) > 0
+    assert health.get(sm.COLLECTOR_DURATION, ERRORS) > 0
     c.close()
     c.close()  # idempotent

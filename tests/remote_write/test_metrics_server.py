@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.remote_write.conftest import report
+from xtrace_agent import selfmetrics as sm
 from xtrace_agent.config import AgentConfig
 from xtrace_agent.errors import AgentFailure
 from xtrace_agent.health import Health
@@ -36,7 +37,7 @@ def server():
 
 def test_metrics_parse_with_prometheus_client(server):
     srv, url = server
-    srv.health.inc("xtrace_remote_write_samples_sent_total", 42, {"target": "vm"})
+    srv.health.inc(sm.RW_SENT, 42, {"target": "vm"})
     srv.write(report(0, 3))
     srv.write(report(1, 3))  # only the latest report is served
     status, text, ctype = _get(url + "/metrics")

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.remote_write.conftest import FAST, expected_latest, report, wait_until
+from xtrace_agent import selfmetrics as sm
 from xtrace_agent.config import AgentConfig, RemoteWriteTarget, SpoolConfig
 from xtrace_agent.sinks import prompb
 from xtrace_agent.sinks.remote_write import RemoteWriteSink
@@ -33,8 +34,8 @@ def test_database_down_at_start_up_10s_later(victoria_metrics, make_sink, health
         sink.write(report(step, FLOWS))
         step += 1
         time.sleep(0.5)
-    assert health.get("xtrace_remote_write_samples_sent_total", LABELS) == 0
-    assert health.get("xtrace_remote_write_retries_total", LABELS) > 3
+    assert health.get(sm.RW_SENT, LABELS) == 0
+    assert health.get(sm.RW_RETRIES, LABELS) > 3
     victoria_metrics.start()
     for _ in range(3):
         sink.write(report(step, FLOWS))
@@ -48,7 +49,7 @@ def test_database_killed_mid_run_and_restarted(victoria_metrics, make_sink, heal
     sink = make_sink(victoria_metrics.write_url)
     for step in range(3):
         sink.write(report(step, FLOWS))
-    assert wait_until(lambda: health.get("xtrace_remote_write_samples_sent_total", LABELS) == 3 * 2 * FLOWS)
+    assert wait_until(lambda: health.get(sm.RW_SENT, LABELS) == 3 * 2 * FLOWS)
     # SIGTERM, not SIGKILL: VictoriaMetrics keeps freshly accepted rows in memory for a few
     # seconds, so a SIGKILL loses rows it already answered 204 to. That is the database's
     # durability, not ours; this test is about the agent's side.
@@ -99,7 +100,7 @@ def test_agent_restart_during_outage_replays_the_spool(victoria_metrics, vmauth,
 def test_readyz_reason_when_the_database_is_unreachable_too_long(victoria_metrics, make_sink, health):
     sink = make_sink(victoria_metrics.write_url, AgentConfig(node="test-node", max_push_age=1.0))
     sink.write(report(0, 5))
-    assert wait_until(lambda: health.get("xtrace_remote_write_samples_sent_total", LABELS) == 10)
+    assert wait_until(lambda: health.get(sm.RW_SENT, LABELS) == 10)
     assert "remote_write:test" not in health.reasons()
     victoria_metrics.stop()
     stop = threading.Event()

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from tests.remote_write.conftest import FAST, expected_latest, report, wait_until
+from xtrace_agent import selfmetrics as sm
 from xtrace_agent.config import AgentConfig, RemoteWriteTarget, SpoolConfig
 from xtrace_agent.health import Health
 from xtrace_agent.sinks.remote_write import RemoteWriteSink
@@ -55,7 +56,7 @@ class SizeWatch:
 
 
 def _dropped(health: Health, reason: str) -> float:
-    return health.get("xtrace_remote_write_samples_dropped_total", {**LABELS, "reason": reason})
+    return health.get(sm.RW_DROPPED, {**LABELS, "reason": reason})
 
 
 @pytest.mark.vm
@@ -81,7 +82,7 @@ def test_long_outage_and_sigterm_never_exceed_max_bytes_and_lose_no_newest_value
     assert watch.samples > 1000, "the watcher did not sample continuously"
     assert 0 < _size(str(spool)) <= limit
     assert peak <= limit, f"the spool held {peak} bytes, more than spool.maxBytes={limit}"
-    assert health.get("xtrace_remote_write_spool_bytes", LABELS) == _size(str(spool))
+    assert health.get(sm.RW_SPOOL_BYTES, LABELS) == _size(str(spool))
     assert _dropped(health, "shutdown") == 0
 
     victoria_metrics.start()

@@ -6,13 +6,14 @@ import hashlib
 import logging
 
 from tests.remote_write.conftest import report, wait_until
+from xtrace_agent import selfmetrics as sm
 from xtrace_agent.config import AgentConfig
 
 LABELS = {"target": "test"}
 
 
 def _dropped(health, reason):
-    return health.get("xtrace_remote_write_samples_dropped_total", {**LABELS, "reason": reason})
+    return health.get(sm.RW_DROPPED, {**LABELS, "reason": reason})
 
 
 def test_headers_and_body(receiver, make_sink):
@@ -61,7 +62,7 @@ def test_429_honours_retry_after(receiver, make_sink, health):
     first, second = receiver.requests
     assert second["time"] - first["time"] >= 0.95  # not the 0.05 s backoff
     assert second["raw"] == first["raw"]
-    assert health.get("xtrace_remote_write_retries_total", LABELS) == 1
+    assert health.get(sm.RW_RETRIES, LABELS) == 1
     sink.close(2)
     assert _dropped(health, "rejected") == 0
 
@@ -70,10 +71,10 @@ def test_503_and_network_errors_retry_with_backoff(receiver, make_sink, health):
     receiver.script = [(503, {}, "overloaded")] * 4
     sink = make_sink(receiver.url)
     sink.write(report(0, 5))
-    assert wait_until(lambda: health.get("xtrace_remote_write_samples_sent_total", LABELS) == 10)
+    assert wait_until(lambda: health.get(sm.RW_SENT, LABELS) == 10)
     gaps = [b["time"] - a["time"] for a, b in zip(receiver.requests, receiver.requests[1:], strict=False)]
     assert len(gaps) == 4 and gaps[-1] > gaps[0]  # exponential, with jitter
-    assert health.get("xtrace_remote_write_retries_total", LABELS) == 4
+    assert health.get(sm.RW_RETRIES, LABELS) == 4
     sink.close(2)
 
 
@@ -82,7 +83,7 @@ def test_401_keeps_data_and_retries_slowly(receiver, make_sink, health, caplog):
     with caplog.at_level(logging.ERROR, logger="xtrace.remote_write"):
         sink = make_sink(receiver.url, auth_retry=0.5)
         sink.write(report(0, 5))
-        assert wait_until(lambda: health.get("xtrace_remote_write_samples_sent_total", LABELS) == 10)
+        assert wait_until(lambda: health.get(sm.RW_SENT, LABELS) == 10)
     assert receiver.requests[1]["time"] - receiver.requests[0]["time"] >= 0.45
     assert sum("HTTP 401" in r.getMessage() for r in caplog.records) == 2
     assert _dropped(health, "rejected") == 0
@@ -106,7 +107,7 @@ def test_queue_full_drops_oldest_but_keeps_every_newest_value(receiver, make_sin
             sink.write(report(step, 100))
     # 1800 written, 1000 kept: the 800 oldest (all of step 0) dropped from the queue, yet rescued
     assert _dropped(health, "queue_full") == 0  # every dropped point was the newest of its series so far
-    assert wait_until(lambda: health.get("xtrace_remote_write_samples_sent_total", LABELS) == 1800, timeout=10)
+    assert wait_until(lambda: health.get(sm.RW_SENT, LABELS) == 1800, timeout=10)
     latest = _newest(receiver.accepted())
     assert len(latest) == 800
     assert latest[("xtrace_network_packets_total", "10000")] == 60.0  # step 5, flow 0
@@ -126,11 +127,11 @@ def test_spool_full_drops_oldest_counts_and_keeps_newest(receiver, make_sink, he
     sink = make_sink(receiver.url, cfg, spill_interval=0.05)
     sink.write(report(0, 300))  # flows 100..299 appear only here
     for step in range(1, 8):
-        assert wait_until(lambda n=step: health.get("xtrace_remote_write_retries_total", LABELS) >= n)
+        assert wait_until(lambda n=step: health.get(sm.RW_RETRIES, LABELS) >= n)
         sink.write(report(step, 100))
     assert wait_until(lambda: _dropped(health, "spool_full") > 0)
     receiver.script.clear()
-    assert wait_until(lambda: health.get("xtrace_remote_write_queue_samples", LABELS) == 0, timeout=10)
+    assert wait_until(lambda: health.get(sm.RW_QUEUE, LABELS) == 0, timeout=10)
     latest = _newest(receiver.accepted())
     assert len(latest) == 600
     assert latest[("xtrace_network_packets_total", "10000")] == 80.0  # step 7, flow 0

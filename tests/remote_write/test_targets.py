@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.remote_write.conftest import FAST, report, wait_until
+from xtrace_agent import selfmetrics as sm
 from xtrace_agent.config import AgentConfig, RemoteWriteTarget, SpoolConfig
 from xtrace_agent.errors import UsageError
 from xtrace_agent.health import Health
@@ -24,13 +25,13 @@ def test_two_unnamed_tenants_on_one_vminsert_get_separate_series_for_every_metri
         host = receiver.url.removeprefix("http://")
         names = [f"{host}/insert/1/prometheus", f"{host}/insert/2/prometheus"]
         assert [s.name for s in sinks] == names
-        assert wait_until(lambda: all(health.get("xtrace_remote_write_samples_sent_total", {"target": n}) > 0
+        assert wait_until(lambda: all(health.get(sm.RW_SENT, {"target": n}) > 0
                                       for n in names))
-        assert health.get("xtrace_remote_write_samples_sent_total", {"target": names[0]}) == 10
-        assert health.get("xtrace_remote_write_samples_sent_total", {"target": names[1]}) == 14
+        assert health.get(sm.RW_SENT, {"target": names[0]}) == 10
+        assert health.get(sm.RW_SENT, {"target": names[1]}) == 14
         for s in sinks:
             s.write(report(1, 3))
-        assert wait_until(lambda: all(health.get("xtrace_remote_write_retries_total", {"target": n}) > 0
+        assert wait_until(lambda: all(health.get(sm.RW_RETRIES, {"target": n}) > 0
                                       for n in names))
     finally:
         for s in sinks:

@@ -22,6 +22,7 @@ import pytest
 from tests.conftest import need
 from tests.helpers.vm import VM_BIN, VictoriaMetrics, free_port
 from tests.remote_write.conftest import expected_latest, report, wait_until
+from xtrace_agent import selfmetrics as sm
 from xtrace_agent.config import AgentConfig, BasicAuth, RemoteWriteTarget, SpoolConfig
 from xtrace_agent.errors import AgentFailure
 from xtrace_agent.sinks import prompb
@@ -150,7 +151,7 @@ def _as_sorted(points) -> list[tuple]:
 
 
 def _dropped(health) -> dict[str, float]:
-    return {r: health.get("xtrace_remote_write_samples_dropped_total", {**LABELS, "reason": r}) for r in DROP_REASONS}
+    return {r: health.get(sm.RW_DROPPED, {**LABELS, "reason": r}) for r in DROP_REASONS}
 
 
 def _one_line_no_traceback(records) -> None:
@@ -167,7 +168,7 @@ def test_ca_file_verifies_the_receiver_and_samples_arrive_exactly(tls_receiver, 
         sink.write(report(step, 5))
     sink.close(5)
     assert _as_sorted(rx.received()) == _expected_points(range(3), 5)
-    assert health.get("xtrace_remote_write_samples_sent_total", LABELS) == 30
+    assert health.get(sm.RW_SENT, LABELS) == 30
     assert rx.handshake_failures == 0
 
 
@@ -180,12 +181,12 @@ def test_untrusted_certificate_keeps_the_data_and_a_fixed_ca_file_delivers_it(
         sink = make_sink(rx.url, cfg, target=untrusted)
         sink.write(report(0, 5))
         sink.write(report(1, 5))
-        assert wait_until(lambda: health.get("xtrace_remote_write_retries_total", LABELS) >= 3, timeout=5)
+        assert wait_until(lambda: health.get(sm.RW_RETRIES, LABELS) >= 3, timeout=5)
         # the queue moves to the disk spool while the receiver cannot be used
         assert wait_until(lambda: sink.spool.samples == 20, timeout=5)
-        assert health.get("xtrace_remote_write_queue_samples", LABELS) == 20
+        assert health.get(sm.RW_QUEUE, LABELS) == 20
         sink.close(0.5)
-        tries = health.get("xtrace_remote_write_retries_total", LABELS)
+        tries = health.get(sm.RW_RETRIES, LABELS)
     assert rx.received() == []
     assert rx.handshake_failures >= 1  # the client did reach the server and refused its certificate
     assert _dropped(health) == dict.fromkeys(DROP_REASONS, 0)
@@ -207,7 +208,7 @@ def test_a_certificate_for_another_host_is_refused_even_from_the_trusted_ca(tls_
     with caplog.at_level(logging.WARNING, logger="xtrace.remote_write"):
         sink = make_sink(rx.url, target=RemoteWriteTarget(url=rx.url, name="test", ca_file=certs["ca"]))
         sink.write(report(0, 3))
-        assert wait_until(lambda: health.get("xtrace_remote_write_retries_total", LABELS) >= 2, timeout=5)
+        assert wait_until(lambda: health.get(sm.RW_RETRIES, LABELS) >= 2, timeout=5)
     assert rx.received() == []
     assert any("mismatch" in r.getMessage() for r in caplog.records)
     assert _dropped(health)["rejected"] == 0
@@ -221,7 +222,7 @@ def test_insecure_skip_verify_delivers_to_any_certificate(tls_receiver, make_sin
     sink.write(report(1, 4))
     sink.close(5)
     assert _as_sorted(rx.received()) == _expected_points(range(2), 4)
-    assert health.get("xtrace_remote_write_retries_total", LABELS) == 0
+    assert health.get(sm.RW_RETRIES, LABELS) == 0
 
 
 def test_unreadable_ca_file_is_one_clear_error(tmp_path, health):
@@ -268,7 +269,7 @@ def test_basic_auth_from_files_delivers_exactly(vm_basic_auth, make_sink, health
         sink.write(report(step, 10))
     sink.close(10)
     _assert_every_series_has_steps(vm_basic_auth, 3, 10)
-    assert health.get("xtrace_remote_write_samples_sent_total", LABELS) == 60
+    assert health.get(sm.RW_SENT, LABELS) == 60
 
 
 def test_wrong_password_loses_nothing_and_a_rotated_password_file_is_picked_up(
@@ -281,7 +282,7 @@ def test_wrong_password_loses_nothing_and_a_rotated_password_file_is_picked_up(
                          target=RemoteWriteTarget(url=vm_basic_auth.write_url, name="test", basic_auth=auth))
         for step in range(3):
             sink.write(report(step, 10))
-        assert wait_until(lambda: health.get("xtrace_remote_write_retries_total", LABELS) >= 2, timeout=5)
+        assert wait_until(lambda: health.get(sm.RW_RETRIES, LABELS) >= 2, timeout=5)
         assert wait_until(lambda: sink.spool.samples == 60, timeout=5)  # the outage reached the disk spool
         spooled = b"".join(p.read_bytes() for p in spool.rglob("*") if p.is_file())
         assert spooled and vm_basic_auth.latest() == {}
@@ -296,7 +297,7 @@ def test_wrong_password_loses_nothing_and_a_rotated_password_file_is_picked_up(
     assert errors and all("basicAuth" in e for e in errors)
     _one_line_no_traceback(caplog.records)
     assert _dropped(health) == dict.fromkeys(DROP_REASONS, 0)
-    assert health.get("xtrace_remote_write_queue_samples", LABELS) == 0
+    assert health.get(sm.RW_QUEUE, LABELS) == 0
     for secret in (PASSWORD, WRONG_PASSWORD):
         assert secret not in caplog.text, "a password reached the log"
         assert secret.encode() not in spooled, "a password reached the spool"

@@ -8,6 +8,7 @@ import pytest
 
 from tests.helpers.vm import VictoriaMetrics, free_port
 from tests.remote_write.conftest import expected_latest, report, wait_until
+from xtrace_agent import selfmetrics as sm
 from xtrace_agent.config import AgentConfig, BasicAuth, RemoteWriteTarget
 
 pytestmark = pytest.mark.vm
@@ -26,9 +27,9 @@ def test_end_to_end_exact_values_labels_and_series(victoria_metrics, make_sink, 
     assert series[0]["values"] == [80, 160, 240, 320, 400]
     assert series[0]["timestamps"] == [1_700_000_000_000 + i * 1000 for i in range(5)]
     labels = {"target": "test"}
-    assert health.get("xtrace_remote_write_samples_sent_total", labels) == 2000
-    assert health.get("xtrace_remote_write_queue_samples", labels) == 0
-    assert health.get("xtrace_remote_write_last_success_timestamp_seconds", labels) > 0
+    assert health.get(sm.RW_SENT, labels) == 2000
+    assert health.get(sm.RW_QUEUE, labels) == 0
+    assert health.get(sm.RW_LAST_SUCCESS, labels) > 0
 
 
 def test_large_report_is_split_into_requests(victoria_metrics, make_sink):
@@ -60,7 +61,7 @@ def test_vmauth_wrong_token_loses_nothing_once_fixed(vmauth, victoria_metrics, m
         sink = make_sink(vmauth.write_url, target=target, timeout=8.0)
         for step in range(3):
             sink.write(report(step, 10))
-        assert wait_until(lambda: health.get("xtrace_remote_write_retries_total", {"target": "test"}) >= 2,
+        assert wait_until(lambda: health.get(sm.RW_RETRIES, {"target": "test"}) >= 2,
                           timeout=20)
     assert any("HTTP 401" in r.getMessage() or "credentials" in r.getMessage() for r in caplog.records)
     assert not any("wrong-token" in r.getMessage() for r in caplog.records), "a secret reached the log"
@@ -72,7 +73,7 @@ def test_vmauth_wrong_token_loses_nothing_once_fixed(vmauth, victoria_metrics, m
     assert victoria_metrics.wait_latest(want) == want
     for series in victoria_metrics.export('{__name__="xtrace_network_packets_total"}'):
         assert len(series["values"]) == 5
-    assert health.get("xtrace_remote_write_samples_dropped_total", {"target": "test", "reason": "rejected"}) == 0
+    assert health.get(sm.RW_DROPPED, {"target": "test", "reason": "rejected"}) == 0
 
 
 def test_vm_basic_auth_from_files(tmp_path, make_sink):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import time
 
-from xtrace_agent import health as health_mod
+from xtrace_agent import selfmetrics as sm
 from xtrace_agent.config import AgentConfig
 from xtrace_agent.errors import UsageError
 from xtrace_agent.health import Health
@@ -36,12 +36,6 @@ DERIVED = {
 # (some firmware leaves the *_packets_64 files at 0): the same count, wider, cannot be smaller.
 WIDE = {name: f"{name}_64" for name in DERIVED}
 
-health_mod.describe("xtrace_collector_errors_total", "counter",
-                    "Files a collector could not read or parse (counted when a file starts failing)")
-health_mod.describe("xtrace_collector_duration_seconds", "gauge", "Time the last collection took")
-health_mod.describe("xtrace_rdma_counter_wraps_total", "counter", "32-bit RDMA counter wraps corrected")
-health_mod.describe("xtrace_rdma_counter_resets_total", "counter",
-                    "RDMA counters that went backwards (device re-probed or counters cleared)")
 
 
 def _is_pattern(spec: str) -> bool:
@@ -110,7 +104,7 @@ class RdmaCollector:
                 except OSError:  # belt and braces: sysfs.read_port already turns these into None
                     port = None
                 if port is None:  # listed, then gone before we could read it
-                    self.health.inc("xtrace_collector_errors_total", 1, self._labels)
+                    self.health.inc(sm.COLLECTOR_ERRORS, 1, self._labels)
                     continue
                 for file, _why in port.problems:
                     failing.add((device, number, file))
@@ -119,11 +113,11 @@ class RdmaCollector:
         # whose counters always read "N/A (no PMA)" is a fact, not an ongoing failure rate.
         new = failing - self._failing
         if new:
-            self.health.inc("xtrace_collector_errors_total", len(new), self._labels)
+            self.health.inc(sm.COLLECTOR_ERRORS, len(new), self._labels)
         self._failing = failing
-        self.health.set("xtrace_rdma_counter_wraps_total", self.tracker.wraps)
-        self.health.set("xtrace_rdma_counter_resets_total", self.tracker.resets)
-        self.health.set("xtrace_collector_duration_seconds", time.perf_counter() - started, self._labels)
+        self.health.set(sm.RDMA_WRAPS, self.tracker.wraps)
+        self.health.set(sm.RDMA_RESETS, self.tracker.resets)
+        self.health.set(sm.COLLECTOR_DURATION, time.perf_counter() - started, self._labels)
         return report
 
     def _selected(self, found: list[str]) -> list[str]:

@@ -12,16 +12,15 @@ import logging
 import time
 
 from xtrace_agent import netdev
+from xtrace_agent import selfmetrics as sm
 from xtrace_agent.config import AgentConfig
 from xtrace_agent.errors import UsageError
 from xtrace_agent.flows import NO_BTH, Observed
-from xtrace_agent.health import Health, describe
+from xtrace_agent.health import Health
 from xtrace_agent.xdp.layout import split_ifindex
 
 log = logging.getLogger("xtrace.xdp")
 
-describe("xtrace_xdp_attached", "gauge", "1 when the program is attached to the interface (label mode: native or "
-         "generic XDP for ingress, tcx or tc for egress).")
 
 
 class XdpCollector:
@@ -63,6 +62,9 @@ class XdpCollector:
             from xtrace_agent.xdp.program import XdpProgram
             self._load = XdpProgram.load
         self.program = self._load(self.cfg.xdp)
+        headers = getattr(self.program, "headers", "")  # a test's fake program may have none
+        if headers:  # /readyz keeps saying which headers the running program was built with
+            self.health.note("kernel headers", headers)
         try:
             if "egress" in self.directions:
                 self.program.egress.resolve()  # a kernel with no egress hook: one line, before anything
@@ -123,7 +125,7 @@ class XdpCollector:
                     if direction == "ingress":
                         self._unwatched.add(name)
                     if where in self._modes:
-                        self.health.set("xtrace_xdp_attached", 0, self._attached_labels(where, self._modes[where]))
+                        self.health.set(sm.XDP_ATTACHED, 0, self._attached_labels(where, self._modes[where]))
                     continue
                 if where in self._attached:
                     log.info("interface %s is back (ifindex %d): attached again (%s %s)", name, li.ifindex,
@@ -133,9 +135,9 @@ class XdpCollector:
                 self._attached[where] = li.ifindex
                 self._names[li.ifindex] = name
                 if self._modes.get(where, mode) != mode:
-                    self.health.set("xtrace_xdp_attached", 0, self._attached_labels(where, self._modes[where]))
+                    self.health.set(sm.XDP_ATTACHED, 0, self._attached_labels(where, self._modes[where]))
                 self._modes[where] = mode
-                self.health.set("xtrace_xdp_attached", 1, self._attached_labels(where, mode))
+                self.health.set(sm.XDP_ATTACHED, 1, self._attached_labels(where, mode))
                 if li.is_down:
                     self._problem(problem_key, component, "link down")
                 else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from xtrace_agent import health as health_registry
+from xtrace_agent import selfmetrics
 from xtrace_agent.samples import Sample
 from xtrace_agent.sinks.prompb import decode_labels
 
@@ -51,8 +51,9 @@ def metrics_text(samples: list[Sample], extra: Mapping[str, str] | None = None) 
         by_name.setdefault(s.name, []).append(s)
     out = []
     for name, group in by_name.items():
-        described = health_registry.description(name)
-        kind, help_text = described or ("counter" if name.endswith("_total") else "gauge", f"XTrace metric {name}.")
+        described = selfmetrics.BY_NAME.get(name)
+        kind, help_text = (described.kind, described.help) if described else \
+            ("counter" if name.endswith("_total") else "gauge", f"XTrace metric {name}.")
         out.append(f"# HELP {name} {_help_escape(help_text)}\n# TYPE {name} {kind}\n")
         for s in group:
             labels = {**extra, **s.labels} if extra else s.labels

@@ -8,7 +8,9 @@ come back as `exported_node`. The monitor's extra labels (`cfg.labels`) are adde
 remote-write sink adds them, because only the agent knows them.
 
 /readyz answers 200 "ok", or 503 with one "component: reason" line per problem
-(health.reasons(): XDP not attached, last push too old, ...).
+(health.reasons(): XDP not attached, last push too old, ...); then, as `# topic: text` lines,
+what an operator asking "why" wants to know either way (health.notes(): the kernel headers the
+XDP program was compiled against).
 """
 
 from __future__ import annotations
@@ -63,10 +65,11 @@ class MetricsServer:
                     self._answer(200, "ok\n")
                 elif path == "/readyz":
                     reasons = owner.health.reasons()
+                    notes = "".join(f"# {t}: {n}\n" for t, n in sorted(owner.health.notes().items()))
                     if reasons:
-                        self._answer(503, "".join(f"{c}: {r}\n" for c, r in sorted(reasons.items())))
+                        self._answer(503, "".join(f"{c}: {r}\n" for c, r in sorted(reasons.items())) + notes)
                     else:
-                        self._answer(200, "ok\n")
+                        self._answer(200, "ok\n" + notes)
                 else:
                     self._answer(404, "not found: try /metrics, /healthz or /readyz\n")
 

@@ -48,9 +48,10 @@ import time
 import urllib.parse
 from collections import deque
 
+from xtrace_agent import selfmetrics as sm
 from xtrace_agent.config import MEMORY_SPOOL_BYTES, AgentConfig, RemoteWriteTarget
 from xtrace_agent.errors import UsageError
-from xtrace_agent.health import Health, describe
+from xtrace_agent.health import Health
 from xtrace_agent.samples import Report
 from xtrace_agent.sinks import exposition, prompb
 from xtrace_agent.sinks.spool import Block, DiskSpool, MemorySpool
@@ -60,18 +61,6 @@ log = logging.getLogger("xtrace.remote_write")
 
 DROP_CODES = (400, 409, 415)
 AUTH_CODES = (401, 403, 404)
-
-describe("xtrace_remote_write_queue_samples", "gauge",
-         "Samples waiting for delivery: in memory, in the spool and rescued newest values.")
-describe("xtrace_remote_write_samples_sent_total", "counter", "Samples accepted by the receiver.")
-describe("xtrace_remote_write_samples_dropped_total", "counter",
-         "Samples that will never reach the receiver, by reason (queue_full, spool_full, rejected, shutdown).")
-describe("xtrace_remote_write_retries_total", "counter", "Failed pushes that will be retried.")
-describe("xtrace_remote_write_last_success_timestamp_seconds", "gauge",
-         "When the receiver last accepted a push (Unix time).")
-describe("xtrace_remote_write_spool_bytes", "gauge",
-         "Bytes the spool holds (blocks and rescued newest values), at most spool.maxBytes.")
-describe("xtrace_remote_write_sent_bytes_total", "counter", "Request bytes (compressed) accepted.")
 
 
 def _host_port(target: RemoteWriteTarget) -> str:
@@ -170,9 +159,9 @@ class RemoteWriteSink:
         if len(self.spool) or self._rescued:
             log.info("remote write %s: replaying %d spooled samples", self.name, self.spool.samples + len(self._rescued))
         for reason in ("queue_full", "spool_full", "rejected", "shutdown"):
-            health.inc("xtrace_remote_write_samples_dropped_total", 0, {**self._labels, "reason": reason})
-        health.inc("xtrace_remote_write_samples_sent_total", 0, self._labels)
-        health.inc("xtrace_remote_write_retries_total", 0, self._labels)
+            health.inc(sm.RW_DROPPED, 0, {**self._labels, "reason": reason})
+        health.inc(sm.RW_SENT, 0, self._labels)
+        health.inc(sm.RW_RETRIES, 0, self._labels)
         self._gauges()
         self._thread = threading.Thread(target=self._run, name=f"remote-write-{self.name}", daemon=True)
         self._thread.start()
@@ -203,7 +192,7 @@ class RemoteWriteSink:
             self._queued -= len(gone)
             for labels, value, ts in self.encoder.entries(gone):
                 dropped += self._rescue(labels, value, ts)
-        self.health.inc("xtrace_remote_write_samples_dropped_total", dropped, {**self._labels, "reason": "queue_full"})
+        self.health.inc(sm.RW_DROPPED, dropped, {**self._labels, "reason": "queue_full"})
 
     def _rescue(self, labels: bytes, value: float, ts: int) -> int:
         """Keep the newest point of a series being dropped; returns how many points are lost (0/1)."""
@@ -332,7 +321,7 @@ class RemoteWriteSink:
                     for value, ts in points:
                         dropped += self._rescue(labels, value, ts)
         if dropped:
-            self.health.inc("xtrace_remote_write_samples_dropped_total", dropped, {**self._labels, "reason": reason})
+            self.health.inc(sm.RW_DROPPED, dropped, {**self._labels, "reason": reason})
             log.warning("remote write %s: spool full (%d bytes): dropped %d older samples, kept the newest "
                         "value of every series", self.name, self.spool.max_bytes, dropped)
 
@@ -348,7 +337,7 @@ class RemoteWriteSink:
             log.warning("remote write %s: %d samples not delivered, kept in the spool for the next start", self.name, left)
         elif left:
             log.warning("remote write %s: %d samples not delivered and lost (no spool.path)", self.name, left)
-            self.health.inc("xtrace_remote_write_samples_dropped_total", left, {**self._labels, "reason": "shutdown"})
+            self.health.inc(sm.RW_DROPPED, left, {**self._labels, "reason": "shutdown"})
         self._gauges()
         self.transport.close()
 
@@ -384,7 +373,7 @@ class RemoteWriteSink:
         with self._cond:
             for k in keys[keep:]:
                 self._rescued.pop(k, None)
-        self.health.inc("xtrace_remote_write_samples_dropped_total", lost, {**self._labels, "reason": "spool_full"})
+        self.health.inc(sm.RW_DROPPED, lost, {**self._labels, "reason": "spool_full"})
         log.error("remote write %s: spool.maxBytes (%d) cannot hold the newest value of every series: %d of %d "
                   "series not kept; raise spool.maxBytes", self.name, self.spool.max_bytes, lost, len(keys))
         return body
@@ -409,14 +398,14 @@ class RemoteWriteSink:
             now = time.time()
             self._failures, self._failing, self._retry_at, self._last_error = 0, False, 0.0, ""
             self._last_success = now
-            self.health.inc("xtrace_remote_write_samples_sent_total", samples, self._labels)
-            self.health.inc("xtrace_remote_write_sent_bytes_total", len(body), self._labels)
-            self.health.set("xtrace_remote_write_last_success_timestamp_seconds", now, self._labels)
+            self.health.inc(sm.RW_SENT, samples, self._labels)
+            self.health.inc(sm.RW_SENT_BYTES, len(body), self._labels)
+            self.health.set(sm.RW_LAST_SUCCESS, now, self._labels)
             return "ok"
         if status in DROP_CODES:
             log.error("remote write %s: HTTP %d, the receiver rejected %d samples, dropped: %s",
                       self.name, status, samples, answer.text)
-            self.health.inc("xtrace_remote_write_samples_dropped_total", samples, {**self._labels, "reason": "rejected"})
+            self.health.inc(sm.RW_DROPPED, samples, {**self._labels, "reason": "rejected"})
             return "dropped"
         if status in AUTH_CODES:
             what = "the URL path" if status == 404 else "the credentials (basicAuth / bearerTokenFile)"
@@ -435,7 +424,7 @@ class RemoteWriteSink:
         self._failures += 1
         self._failing = True
         self._retry_at = time.monotonic() + delay
-        self.health.inc("xtrace_remote_write_retries_total", 1, self._labels)
+        self.health.inc(sm.RW_RETRIES, 1, self._labels)
         if loud:
             log.error("remote write %s: %s", self.name, message)
         elif message != self._last_error or self._failures in (1, 10) or self._failures % 100 == 0:
@@ -447,8 +436,8 @@ class RemoteWriteSink:
     def _gauges(self) -> None:
         with self._cond:
             waiting = self._queued + self.spool.samples + len(self._rescued)
-        self.health.set("xtrace_remote_write_queue_samples", waiting, self._labels)
-        self.health.set("xtrace_remote_write_spool_bytes", self.spool.bytes, self._labels)
+        self.health.set(sm.RW_QUEUE, waiting, self._labels)
+        self.health.set(sm.RW_SPOOL_BYTES, self.spool.bytes, self._labels)
 
     def _readiness(self) -> None:
         now = time.time()

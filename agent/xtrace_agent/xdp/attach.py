@@ -88,6 +88,14 @@ class Owner(ctypes.Structure):
         if reported != ours or info.value_size != ctypes.sizeof(cls):
             raise AgentFailure(f"struct xt_state in bpf/xtrace.h is {reported}, the agent expects {ours}")
 
+    def who(self) -> str:
+        """The owner as a user can find it: a pid from another pid namespace (another container) says so."""
+        try:
+            mine = pidns() == self.pidns
+        except OSError:
+            mine = False
+        return f"pid {self.pid}" if mine else f"pid {self.pid} in another pid namespace, e.g. another container"
+
     def alive(self, now_ns: int) -> bool:
         """Whether the agent this record names is running."""
         if not self.pid:
@@ -168,7 +176,7 @@ class Attachments:
             owner = owner_of(cur_id)
             if owner is not None and owner.alive(boottime_ns()):
                 raise AgentConflict(
-                    f"{ifname} is watched by another XTrace agent (pid {owner.pid}, XDP program {cur_id}): "
+                    f"{ifname} is watched by another XTrace agent ({owner.who()}, XDP program {cur_id}): "
                     "one agent per interface; stop that agent or choose another interface")
             try:
                 stale_fd = libbpf.prog_fd_by_id(cur_id)

@@ -100,7 +100,7 @@ class EgressAttachments:
             owner = owner_of(prog_id)
             if owner is not None and owner.alive(boottime_ns()):
                 raise AgentConflict(
-                    f"{ifname} egress is watched by another XTrace agent (pid {owner.pid}, program {prog_id}): "
+                    f"{ifname} egress is watched by another XTrace agent ({owner.who()}, program {prog_id}): "
                     "one agent per interface; stop that agent or choose another interface")
 
     def _attach_tc(self, ifname: str, ifindex: int, fd: int) -> None:
@@ -115,7 +115,7 @@ class EgressAttachments:
                                   f"(program {cur}, {cur_name or '?'}); XTrace never replaces it")
             owner = owner_of(cur)
             if cur not in self._ids.values() and owner is not None and owner.alive(boottime_ns()):
-                raise AgentConflict(f"{ifname} egress is watched by another XTrace agent (pid {owner.pid}, "
+                raise AgentConflict(f"{ifname} egress is watched by another XTrace agent ({owner.who()}, "
                                     f"program {cur}): one agent per interface")
         try:
             libbpf.tc_attach(fd, ifindex, XT_TC_HANDLE, XT_TC_PRIORITY, replace=bool(cur))

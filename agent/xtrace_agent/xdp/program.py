@@ -165,6 +165,11 @@ class XdpProgram:
             raise AgentFailure(f"the loaded XDP program is not usable: {e}") from None
 
     @property
+    def headers(self) -> str:
+        """The kernel headers the program was compiled against (headers.summary())."""
+        return self._c.headers
+
+    @property
     def programs(self) -> dict[str, int]:
         """Program fds by name (xtrace_eth, xtrace_ipoib)."""
         return dict(self._c.programs)

@@ -1,0 +1,97 @@
+"""Every self-metric of the agent, defined once: name, type, help text and the labels it may carry.
+
+Stages record values with `health.inc(selfmetrics.SINK_ERRORS, labels={"sink": ...})`: a misspelt
+metric is an AttributeError at import, a label the metric does not declare a ValueError at the
+first call, never a new series nobody's alert looks at. `/metrics` takes the type and help text from
+here too.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class SelfMetric(NamedTuple):
+    name: str
+    kind: str  # counter | gauge
+    help: str
+    labels: frozenset[str] = frozenset()  # the label names it may carry
+
+
+BY_NAME: dict[str, SelfMetric] = {}
+
+
+def _define(name: str, kind: str, help_text: str, *labels: str) -> SelfMetric:
+    assert name not in BY_NAME, f"self-metric {name} defined twice"
+    assert kind in ("counter", "gauge") and name.endswith("_total") == (kind == "counter"), name
+    metric = SelfMetric(name, kind, help_text, frozenset(labels))
+    BY_NAME[name] = metric
+    return metric
+
+
+def counter(name: str, help_text: str, *labels: str) -> SelfMetric:
+    return _define(name, "counter", help_text, *labels)
+
+
+def gauge(name: str, help_text: str, *labels: str) -> SelfMetric:
+    return _define(name, "gauge", help_text, *labels)
+
+
+# --- the pipeline ------------------------------------------------------------------------------
+REPORTS = counter("xtrace_reports_total", "Collection intervals completed.")
+SINK_ERRORS = counter("xtrace_sink_errors_total",
+                      "Reports a sink failed to accept (the sink is skipped, never the agent).", "sink")
+COLLECTOR_DURATION = gauge("xtrace_collector_duration_seconds", "Time the last collection took.", "collector")
+COLLECTOR_ERRORS = counter("xtrace_collector_errors_total",
+                           "Files a collector could not read or parse (counted when a file starts failing).",
+                           "collector")
+
+# --- XDP and the accounting of flows -------------------------------------------------------------
+XDP_ATTACHED = gauge("xtrace_xdp_attached", "1 when the program is attached to the interface (label mode: native "
+                     "or generic XDP for ingress, tcx or tc for egress).", "interface", "mode", "direction")
+XDP_MALFORMED = counter("xtrace_xdp_malformed_packets_total", "Packets whose headers were cut short or invalid.")
+XDP_NON_IP = counter("xtrace_xdp_non_ip_packets_total",
+                     "Packets that are not IPv4/IPv6 (in their interface's `other`).")
+XDP_TABLE_FULL = counter("xtrace_xdp_table_full_packets_total",
+                         "Packets of new flows the full kernel flow table refused (in their interface's `other`).")
+XDP_UNATTRIBUTED_PACKETS = counter("xtrace_xdp_unattributed_packets_total",
+                                   "Packets the XDP program could put under no interface (no table yet, or a full "
+                                   "table).")
+XDP_UNATTRIBUTED_BYTES = counter("xtrace_xdp_unattributed_bytes_total",
+                                 "Bytes of xtrace_xdp_unattributed_packets_total.")
+XDP_SAMPLED = counter("xtrace_xdp_sampled_packets_total",
+                      "With xdp.sampling N: packets counted per flow (the flow counts are these x N); 0 without "
+                      "sampling.")
+XDP_TABLE_FLOWS = gauge("xtrace_xdp_table_flows", "Flows the kernel table held in the last interval (entries "
+                        "drained; xdp.flowTableSize is the limit), per interface.", "interface", "direction")
+FLOWS_TRACKED = gauge("xtrace_flows_tracked", "Flows currently exported per interface (series budget use).",
+                      "interface", "direction")
+FLOWS_FOLDED = counter("xtrace_flows_folded_total", "New flows folded into `other` because the series budget was full.")
+FLOWS_EXPIRED = counter("xtrace_flows_expired_total",
+                        "Flows that stopped being exported after the idle timeout (their counts moved to `other`).")
+FLOWS_RETIRED = counter("xtrace_flows_retired_total", "Quiet flows that stopped being exported to make room for "
+                        "busier ones (their counts moved to `other`).")
+
+# --- RDMA ------------------------------------------------------------------------------------------
+RDMA_WRAPS = counter("xtrace_rdma_counter_wraps_total", "32-bit RDMA counter wraps corrected.")
+RDMA_RESETS = counter("xtrace_rdma_counter_resets_total",
+                      "RDMA counters that went backwards (device re-probed or counters cleared).")
+
+# --- remote write ----------------------------------------------------------------------------------
+RW_QUEUE = gauge("xtrace_remote_write_queue_samples",
+                 "Samples waiting for delivery: in memory, in the spool and rescued newest values.", "target")
+RW_SENT = counter("xtrace_remote_write_samples_sent_total", "Samples accepted by the receiver.", "target")
+RW_DROPPED = counter("xtrace_remote_write_samples_dropped_total", "Samples that will never reach the receiver, by "
+                     "reason (queue_full, spool_full, rejected, shutdown).", "target", "reason")
+RW_RETRIES = counter("xtrace_remote_write_retries_total", "Failed pushes that will be retried.", "target")
+RW_LAST_SUCCESS = gauge("xtrace_remote_write_last_success_timestamp_seconds",
+                        "When the receiver last accepted a push (Unix time).", "target")
+RW_SPOOL_BYTES = gauge("xtrace_remote_write_spool_bytes",
+                       "Bytes the spool holds (blocks and rescued newest values), at most spool.maxBytes.", "target")
+RW_SENT_BYTES = counter("xtrace_remote_write_sent_bytes_total", "Request bytes (compressed) accepted.", "target")
+
+# --- the pod's condition ---------------------------------------------------------------------------
+POD_STATUS_WRITES = counter("xtrace_pod_status_writes_total",
+                            "Readiness changes written to the agent's Pod as the xtrace.io/AgentReady condition.")
+POD_STATUS_ERRORS = counter("xtrace_pod_status_errors_total", "Failed writes of the xtrace.io/AgentReady Pod "
+                            "condition (retried on back-off, never blocking).")
