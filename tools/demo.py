@@ -5,8 +5,9 @@
 2. starts a local VictoriaMetrics (temporary data dir, 127.0.0.1),
 3. runs the real `xtrace-agent` twice: XDP on this machine's end of the veth, and `-m nccl` on the tree,
    both pushing by remote write,
-4. sends known frames from the test host every second (UDP/IPv4, UDP/IPv6, a VLAN-tagged frame, RoCEv2)
-   and prints, one block per report, what it sent next to what the agents counted,
+4. sends known frames from the test host every second (UDP/IPv4, UDP/IPv6, a VLAN-tagged frame, RoCEv2),
+   and from this machine towards it (counted as egress), and prints, one block per report, what it
+   sent next to what the agents counted,
 5. draws the Traffic and RDMA dashboards' panel queries over the run into a PNG (path printed),
 6. shows what the operator would create for a sample XTraceMonitor,
 7. removes everything it made, whatever happened.
@@ -86,11 +87,17 @@ FLOWS = {
     f"{IP4_A}:6000 -> {IP4_B}:6001 udp": (udp_frame(IP4_A, IP4_B, 6000, 6001, b"v" * 64, vlan=100), 2, "VLAN 100"),
     f"{IP4_A}:49152 -> {IP4_B}:4791 udp": (roce_frame(0x0A, 0x11, b"r" * 256), 4, "RoCEv2 opcode=10 qp=17"),
 }
+# sent by this machine (an AF_PACKET socket on its veth end), counted by the egress program; the
+# destination MAC is nobody's, so the test host drops the frame and answers nothing
+OUT = f"{IP4_B}:7000 -> {IP4_A}:7001 udp"
+NOBODY = bytes.fromhex("020000d000ff")
+OUT_FRAME = NOBODY + MAC_B + udp_frame(IP4_B, IP4_A, 7000, 7001, b"o" * 80)[12:]
+OUT_PER_ROUND = 3
 # the labels the agent gives each flow, to find it in a report
 LABELS = {
     name: {"src_ip": src.rsplit(":", 1)[0].strip("[]"), "src_port": src.rsplit(":", 1)[1],
            "dst_ip": dst.rsplit(":", 1)[0].strip("[]"), "dst_port": dst.rsplit(":", 1)[1].split()[0]}
-    for name in FLOWS for src, dst in [name.split(" -> ")]
+    for name in [*FLOWS, OUT] for src, dst in [name.split(" -> ")]
 }
 
 
@@ -265,21 +272,28 @@ def block(n: int, report: dict, sent: dict, rdma_report: dict | None, moved: dic
     print(f"   {'flow':<44} {'sent':>14} {'counted':>14}")
     ok = True
     for name, (frame, _, mark) in FLOWS.items():  # cumulative since the agent started
-        packets = value(report, "xtrace_network_packets_total", interface=DEV_B, **LABELS[name])
-        bytes_ = value(report, "xtrace_network_bytes_total", interface=DEV_B, **LABELS[name])
+        packets = value(report, "xtrace_network_packets_total", interface=DEV_B, direction="ingress", **LABELS[name])
+        bytes_ = value(report, "xtrace_network_bytes_total", interface=DEV_B, direction="ingress", **LABELS[name])
         want = (sent[name], sent[name] * len(frame))
         same = (packets, bytes_) == want
         ok &= same
         cell = f"{int(packets)} pk {int(bytes_)} B"
         tag = style(f"  [{mark}]", "33") if mark else ""
         print(f"   {name:<44} {f'{want[0]} pk {want[1]} B':>14} {cell if same else style(cell, '31'):>14}{tag}")
-    frames = sum(sent.values())
-    counted = value(report, "xtrace_interface_packets_total", interface=DEV_B)
-    print(f"   {'interface ' + DEV_B + ' (every frame)':<44} {f'{frames} pk':>14} {f'{int(counted)} pk':>14}")
-    ours = [{**LABELS[name], "interface": DEV_B} for name in FLOWS]
+    frames = sum(sent[name] for name in FLOWS)
+    counted = value(report, "xtrace_interface_packets_total", interface=DEV_B, direction="ingress")
+    print(f"   {'interface ' + DEV_B + ' received (every frame)':<44} {f'{frames} pk':>14} {f'{int(counted)} pk':>14}")
+    packets = value(report, "xtrace_network_packets_total", interface=DEV_B, direction="egress", **LABELS[OUT])
+    bytes_ = value(report, "xtrace_network_bytes_total", interface=DEV_B, direction="egress", **LABELS[OUT])
+    want = (sent[OUT], sent[OUT] * len(OUT_FRAME))
+    ok &= (packets, bytes_) == want
+    cell = f"{int(packets)} pk {int(bytes_)} B"
+    print(f"   {OUT:<44} {f'{want[0]} pk {want[1]} B':>14} {cell if (packets, bytes_) == want else style(cell, '31'):>14}"
+          + style("  [egress: sent by this machine]", "33"))
+    ours = [{**LABELS[name], "interface": DEV_B, "direction": "ingress"} for name in FLOWS]
     for s in report["samples"]:  # what the test host's own kernel sent (IPv6 multicast reports, ...)
         labels = s["labels"]
-        if s["name"] == "xtrace_network_packets_total" and not any(
+        if s["name"] == "xtrace_network_packets_total" and labels.get("direction") == "ingress" and not any(
                 all(labels.get(k) == v for k, v in flow.items()) for flow in ours):
             what = ("the `other` flow (frames not tracked per flow)" if labels["src_ip"] == "other" else
                     f"{labels['src_ip']} -> {labels['dst_ip']} proto={labels['protocol']}")
@@ -314,8 +328,8 @@ def picture(db: Database, start: float, end: float, path: str) -> bool:
         for target in panel["targets"]:
             # 2 intervals instead of Grafana's 4 (a dashboard's usual $__rate_interval): the run is short
             expr = target["expr"].replace("$__rate_interval", f"{int(2 * INTERVAL)}s")
-            for var in ("cluster", "node", "interface", "port", "device"):
-                expr = expr.replace(f"${var}", ".*")
+            for var in ("cluster", "node", "interface", "port", "device", "direction"):
+                expr = expr.replace(f"${{{var}:raw}}", ".*").replace(f"${var}", ".*")
             for series in db.range(expr, start, end):
                 label = target.get("legendFormat", "")
                 for k, v in series["metric"].items():
@@ -360,14 +374,17 @@ def main() -> int:
         say(f"VictoriaMetrics on {db.url}")
         fabric = Fabric()
         env_args = ("--remote-write-url", f"{db.url}/api/v1/write")
-        say(f"agents: xtrace-agent -i {DEV_B}  and  xtrace-agent -m nccl --sysfs {fabric.root}  (every {INTERVAL:g} s)")
-        xdp = Agent("-i", DEV_B, *env_args)
+        say(f"agents: xtrace-agent -i {DEV_B} --direction ingress,egress  and  "
+            f"xtrace-agent -m nccl --sysfs {fabric.root}  (every {INTERVAL:g} s)")
+        xdp = Agent("-i", DEV_B, "--direction", "ingress,egress", *env_args)
         nccl = Agent("-m", "nccl", "--sysfs", fabric.root, *env_args)
         if xdp.after(0, 60) is None or nccl.after(0, 30) is None:
             print("an agent did not start; see its error above", file=sys.stderr)
             return 1
         sender = Sender()
-        sent = dict.fromkeys(FLOWS, 0)
+        out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        out.bind((DEV_B, 0))
+        sent = dict.fromkeys([*FLOWS, OUT], 0)
         moved = {device: 0 for device, _, _ in Fabric.PORTS}
         start = time.time() - 2 * INTERVAL
         say("each second: frames from the test host and RDMA counters moved; each report, sent vs counted")
@@ -378,6 +395,9 @@ def main() -> int:
                 batch += [frame] * (per_round * rate)
                 sent[name] += per_round * rate
             sender.send(batch)
+            for _ in range(OUT_PER_ROUND * rate):
+                out.send(OUT_FRAME)
+            sent[OUT] += OUT_PER_ROUND * rate
             for device, b in fabric.move(rate).items():
                 moved[device] += b
             done = time.time()
