@@ -17,9 +17,7 @@ import collections
 import json
 import os
 import pathlib
-import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,25 +30,11 @@ OPERATOR_USER = "system:serviceaccount:xtrace-system:xtrace-operator"
 TARGET_CONVERGE_S, TARGET_RSS_MIB = 30.0, 150.0
 
 
-def _port_base() -> int:
-    while True:
-        base = random.randrange(20000, 60000, 10)
-        free = True
-        for port in range(base, base + 7):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    free = False
-        if free:
-            return base
-
-
 def main() -> int:
     state = pathlib.Path(tempfile.mkdtemp(prefix="xtrace-bench-cluster-"))
     tool = [sys.executable, str(ROOT / "tools" / "cluster" / "cluster.py")]
     t = time.monotonic()
-    proc = subprocess.run([*tool, "up", "--state", str(state), "--port-base", str(_port_base()),
+    proc = subprocess.run([*tool, "up", "--state", str(state), "--port-base", "auto",
                            "--nodes", str(NODES), "--audit", OPERATOR_USER, "--json"], capture_output=True, text=True)
     if proc.returncode != 0:
         print(proc.stderr.strip().splitlines()[-1], file=sys.stderr)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.k8s.conftest import CLUSTER_TOOL, ROOT, _free_port_base
+from tests.k8s.conftest import CLUSTER_TOOL, ROOT
 
 pytestmark = pytest.mark.k8s
 
@@ -28,10 +28,10 @@ def _our_processes(state: pathlib.Path) -> list[str]:
 
 def test_a_port_in_use_is_one_line_and_nothing_runs(cluster, tmp_path):
     """`cluster` (the session's control plane) proves the binaries exist; this one must refuse to start."""
-    base = _free_port_base()
     with socket.socket() as held:
-        held.bind(("127.0.0.1", base + 3))  # the API server's port
+        held.bind(("127.0.0.1", 0))
         held.listen()
+        base = held.getsockname()[1] - 3  # so that the held port is the API server's (checked first)
         proc = _run("up", "--state", str(tmp_path / "c"), "--port-base", str(base))
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if not line.startswith("[cluster")]
@@ -59,3 +59,5 @@ def test_down_without_a_cluster_says_so(tmp_path):
 def test_bad_arguments_exit_2(tmp_path):
     proc = _run("up", "--state", str(tmp_path / "x"), "--nodes", "0")
     assert proc.returncode == 2 and proc.stderr.strip() == "cluster.py: --nodes must be between 1 and 2000"
+    proc = _run("up", "--state", str(tmp_path / "x"), "--port-base", "80")
+    assert proc.returncode == 2 and "--port-base must be `auto` or a port between 1024 and 65000" in proc.stderr

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A real local Kubernetes control plane on 127.0.0.1, for `make cluster` and the test suite.
 
-    cluster.py up   [--state DIR] [--port-base N] [--nodes N] [--audit USER]
+    cluster.py up   [--state DIR] [--port-base N|auto] [--nodes N] [--audit USER]
                                                                  start; return once every component is healthy
     cluster.py down [--state DIR]                                stop every process `up` started, remove the state
 
@@ -26,17 +26,16 @@ import base64
 import json
 import os
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import localhost  # noqa: E402  (tools/localhost.py, shared with tools/vm)
+
 REPO = HERE.parent.parent
 DEFAULT_STATE = REPO / ".cluster"
 DEFAULT_PORT_BASE = 16440
@@ -112,16 +111,6 @@ def kubeconfig(server: str, ca: Path, *, cert: Path | None = None, key: Path | N
 
 # --- processes ----------------------------------------------------------------------------------
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _start(state: Path, name: str, argv: list[str]) -> int:
     log = open(state / "logs" / f"{name}.log", "ab")
     # A session of its own: the components outlive `make cluster` and ignore the terminal's ^C.
@@ -131,34 +120,13 @@ def _start(state: Path, name: str, argv: list[str]) -> int:
     return proc.pid
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (our own child that exited) is not alive
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
-
-
-def _https_ok(url: str, ctx: ssl.SSLContext) -> bool:
-    try:
-        with urllib.request.urlopen(url, context=ctx, timeout=2) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError, ssl.SSLError):
-        return False
-
-
 def _wait(what: str, check, pids: dict[str, int], state: Path, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
         for name, pid in pids.items():
-            if not _alive(pid):
+            if not localhost.alive(pid):
                 tail = (state / "logs" / f"{name}.log").read_text(errors="replace").strip().splitlines()[-1:]
                 raise Failure(f"{name} exited while starting: {tail[0] if tail else 'no output'} "
                               f"(log: {state / 'logs' / (name + '.log')})")
@@ -209,13 +177,13 @@ def _audit_flags(state: Path, user: str | None) -> list[str]:
 def up(state: Path, port_base: int, nodes: int, audit_user: str | None = None) -> dict:
     if (state / "cluster.json").exists():
         info = json.loads((state / "cluster.json").read_text())
-        if all(_alive(p) for p in info["pids"].values()):
+        if all(localhost.alive(p) for p in info["pids"].values()):
             _say(f"already running (state {state}); `make cluster-down` stops it")
             return info
         down(state, quiet=True)
     ports = {name: port_base + off for name, off in PORTS.items()}
     for name, port in ports.items():
-        if not _port_free(port):
+        if not localhost.port_free(port):
             raise Failure(f"port {port} on 127.0.0.1 ({name}) is in use: stop what holds it, or choose "
                           f"other ports with XTRACE_CLUSTER_PORT_BASE (now {port_base})")
     t0 = time.monotonic()
@@ -252,7 +220,7 @@ def up(state: Path, port_base: int, nodes: int, audit_user: str | None = None) -
             "--unsafe-no-fsync",  # a throwaway test cluster: speed over durability
             "--quota-backend-bytes=2147483648", "--log-level=warn"])
         save()
-        _wait("etcd", lambda: _http_ok(f"http://127.0.0.1:{ports['etcd']}/health"), pids, state)
+        _wait("etcd", lambda: localhost.http_ok(f"http://127.0.0.1:{ports['etcd']}/health"), pids, state)
         pids["kube-apiserver"] = _start(state, "kube-apiserver", [
             str(bindir / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
@@ -267,7 +235,7 @@ def up(state: Path, port_base: int, nodes: int, audit_user: str | None = None) -
         save()
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-        _wait("kube-apiserver", lambda: _https_ok(f"{server}/readyz", ctx), pids, state)
+        _wait("kube-apiserver", lambda: localhost.http_ok(f"{server}/readyz", context=ctx), pids, state)
         pids["kube-controller-manager"] = _start(state, "kube-controller-manager", [
             str(bindir / "kube-controller-manager"), f"--kubeconfig={kc}", "--bind-address=127.0.0.1",
             f"--secure-port={ports['controller-manager']}", "--leader-elect=false",
@@ -290,11 +258,11 @@ def up(state: Path, port_base: int, nodes: int, audit_user: str | None = None) -
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE
-        _wait("kube-controller-manager",
-              lambda: _https_ok(f"https://127.0.0.1:{ports['controller-manager']}/healthz", insecure), pids, state)
-        _wait("kube-scheduler",
-              lambda: _https_ok(f"https://127.0.0.1:{ports['scheduler']}/healthz", insecure), pids, state)
-        _wait("kwok", lambda: _http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz"), pids, state)
+        for name, port in (("kube-controller-manager", ports["controller-manager"]),
+                           ("kube-scheduler", ports["scheduler"])):
+            _wait(name, lambda p=port: localhost.http_ok(f"https://127.0.0.1:{p}/healthz", context=insecure),
+                  pids, state)
+        _wait("kwok", lambda: localhost.http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz"), pids, state)
         names = [f"xtrace-node-{i}" for i in range(1, nodes + 1)]
         _kubectl(state, "apply", "-f", "-",
                  input=json.dumps({"apiVersion": "v1", "kind": "List",
@@ -309,18 +277,10 @@ def up(state: Path, port_base: int, nodes: int, audit_user: str | None = None) -
                          for i, n in enumerate(names, 1)]
         save()
     except BaseException:
-        _stop(pids)
+        localhost.stop(list(reversed(list(pids.values()))), group=True)
         raise
     _say(f"control plane healthy in {time.monotonic() - t0:.1f} s: {server}")
     return info
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def _ready_nodes(state: Path) -> int:
@@ -341,33 +301,13 @@ def _has_default_sa(state: Path) -> bool:
         return False
 
 
-def _stop(pids: dict[str, int]) -> None:
-    # reverse start order: kwok and the controllers before the API server, etcd last
-    for name in reversed(list(pids)):
-        try:
-            os.killpg(pids[name], signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
-    deadline = time.monotonic() + 10
-    for pid in pids.values():
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(pid):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-
-
 def down(state: Path, quiet: bool = False) -> None:
     info_file = state / "cluster.json"
     if info_file.exists():
         try:
-            _stop(json.loads(info_file.read_text()).get("pids", {}))
+            pids = json.loads(info_file.read_text()).get("pids", {})
+            # reverse start order: kwok and the controllers before the API server, etcd last
+            localhost.stop(list(reversed(list(pids.values()))), group=True)
         except ValueError:
             pass
     if state.exists():
@@ -382,15 +322,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cluster.py", description="A local Kubernetes control plane on 127.0.0.1.")
     p.add_argument("command", choices=["up", "down", "build"])
     p.add_argument("--state", type=Path, default=Path(os.environ.get("XTRACE_CLUSTER_STATE", DEFAULT_STATE)))
-    p.add_argument("--port-base", type=int,
-                   default=int(os.environ.get("XTRACE_CLUSTER_PORT_BASE", DEFAULT_PORT_BASE)))
+    p.add_argument("--port-base", default=os.environ.get("XTRACE_CLUSTER_PORT_BASE", str(DEFAULT_PORT_BASE)),
+                   help="first of seven ports on 127.0.0.1, or `auto` for a free block")
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--audit", default=None, metavar="USER", help="log every API request of USER to logs/audit.log")
     p.add_argument("--json", action="store_true", help="print cluster.json on stdout after `up`")
     args = p.parse_args(argv)
-    if not 1024 <= args.port_base <= 65000:
-        print("cluster.py: --port-base must be between 1024 and 65000", file=sys.stderr)
+    if args.port_base == "auto":
+        args.port_base = localhost.free_block(len(PORTS))
+    elif not args.port_base.isdigit() or not 1024 <= int(args.port_base) <= 65000:
+        print("cluster.py: --port-base must be `auto` or a port between 1024 and 65000", file=sys.stderr)
         return 2
+    args.port_base = int(args.port_base)
     if not 1 <= args.nodes <= 2000:
         print("cluster.py: --nodes must be between 1 and 2000", file=sys.stderr)
         return 2

@@ -17,14 +17,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+import localhost  # noqa: E402  (tools/localhost.py, shared with tools/cluster)
+
 REPO = os.path.dirname(os.path.dirname(HERE))
 STATE = os.path.join(REPO, ".vmcluster")
 URLS = os.path.join(STATE, "urls.json")
@@ -35,24 +35,6 @@ class Failure(Exception):
     pass
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=1) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
 def _build() -> str:
     done = subprocess.run(["bash", os.path.join(HERE, "build.sh"), "cluster"], stdout=subprocess.PIPE, stderr=None,
                           text=True)
@@ -61,33 +43,12 @@ def _build() -> str:
     return done.stdout.strip()
 
 
-def _stop(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 15
-    for pid in pids:
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        else:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
 def up() -> None:
     if os.path.exists(URLS):
         raise Failure(f"a cluster is already up ({URLS}): run make vm-cluster-down first")
     base = int(os.environ.get("VM_CLUSTER_PORT", "18480"))
     ports = list(range(base, base + 2 + 3 * STORAGE_NODES))
-    busy = [p for p in ports if not _port_free(p)]
+    busy = [p for p in ports if not localhost.port_free(p)]
     if busy:
         raise Failure(f"port {busy[0]} on 127.0.0.1 is in use: stop what holds it or set VM_CLUSTER_PORT")
     bin_dir = _build()
@@ -120,7 +81,7 @@ def up() -> None:
               "-dedup.minScrapeInterval=1ms", "-search.latencyOffset=0s")
         urls = [s["http"] for s in storage] + [insert, select]
         deadline = time.monotonic() + 60
-        while not all(_healthy(u) for u in urls):
+        while not all(localhost.http_ok(u + "/health", timeout=1) for u in urls):
             dead = [p for p in started if p.poll() is not None]
             if dead:
                 raise Failure(f"{os.path.basename(dead[0].args[0])} exited with {dead[0].returncode} "
@@ -134,7 +95,7 @@ def up() -> None:
             json.dump(state, f, indent=2)
         os.replace(URLS + ".tmp", URLS)
     except BaseException:
-        _stop([p.pid for p in started])
+        localhost.stop([p.pid for p in started])
         shutil.rmtree(STATE, ignore_errors=True)
         raise
     print(f"vm-cluster up: insert {insert}/insert/<tenant>/prometheus, select {select}/select/<tenant>/prometheus")
@@ -149,7 +110,7 @@ def down() -> None:
         return
     except ValueError:
         raise Failure(f"{URLS} is not valid JSON: stop the processes by hand and remove {STATE}") from None
-    _stop(state.get("pids", []))
+    localhost.stop(state.get("pids", []))
     shutil.rmtree(STATE, ignore_errors=True)
     print("vm-cluster down")
 
