@@ -17,15 +17,13 @@ import shlex
 import socket
 import subprocess
 import tomllib
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers.netns import VethPair, _free_subnet, wait_for, xdp_prog
+from tests.helpers.netns import VethPair, _free_subnet, readyz, wait_for, xdp_prog
 from tests.helpers.vm import VictoriaMetrics
 
 pytestmark = pytest.mark.skipif(
@@ -224,14 +222,6 @@ def fallback_release() -> str:
     releases = r.stdout.split()
     assert r.returncode == 0 and len(releases) == 1, (r.stdout, r.stderr)
     return releases[0]
-
-
-def readyz(port: int) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def readme_single_host_line() -> list[str]:

@@ -15,12 +15,10 @@ import struct
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
-from tests.helpers.netns import AGENT, VethPair, ip, wait_for, xdp_prog
+from tests.helpers.netns import AGENT, VethPair, ip, readyz, wait_for, xdp_prog
 from tests.helpers.vm import free_port
 
 pytestmark = pytest.mark.kernel
@@ -237,14 +235,6 @@ def test_interface_recreated_under_running_agent(veth):
     assert rc == 0, err
     key = flow_labels(veth.dev_b, veth.ip4_a, veth.ip4_b, 40021, 9999, 17)
     assert agent.latest("xtrace_network_packets_total")[key] == 10, "counting goes on across the recreate"
-
-
-def readyz(port: int) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def test_config_file_waits_for_a_missing_interface(veth, tmp_path):
