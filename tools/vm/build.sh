@@ -54,7 +54,7 @@ if [ $flavour = single ]; then
 else
     version=$VM_CLUSTER_VERSION apps="vminsert vmselect vmstorage"
 fi
-grep -q "$module $version\$" "$here/$flavour/go.mod" 2>/dev/null || regen "$flavour" "$version" $apps
+grep -qE "^\s*$module $version( |\$)" "$here/$flavour/go.mod" 2>/dev/null || regen "$flavour" "$version" $apps
 
 bin="$cache_root/vm/$version/bin"
 mkdir -p "$bin" || die "cannot create the cache directory $bin (set XTRACE_CACHE to a writable directory)"
