@@ -154,9 +154,15 @@ def traffic() -> gd.Dashboard:
                      "{{node}} {{interface}} {{direction}}"),
                    description="Traffic counted in the interface's `other` flow because xdp.maxFlows was full.",
                    width=8),
-            series("Flows exported", "short",
+            series("Flows exported, and in the kernel table", "short",
                    q(f"sum by (node, interface, direction) (xtrace_flows_tracked{iface})",
-                     "{{node}} {{interface}} {{direction}}"), width=8),
+                     "{{node}} {{interface}} {{direction}} exported"),
+                   q(f"max by (node, interface, direction) "
+                     f"(max_over_time(xtrace_xdp_table_flows{iface}[$__rate_interval]))",
+                     "{{node}} {{interface}} {{direction}} in the kernel table"),
+                   description="Exported: series in use against xdp.maxFlows. In the kernel table: the most flows "
+                               "one interval held, against xdp.flowTableSize (beyond it, packets go to table_full).",
+                   width=8),
             series("Packets not tracked per flow, by reason", "pps",
                    q(f"sum by (node, interface, direction, reason) "
                      f"(rate(xtrace_xdp_untracked_packets_total{iface}[{RATE}]))",

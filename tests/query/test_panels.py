@@ -112,6 +112,15 @@ class Expect:
                 out[k] = out.get(k, 0) + (change / window_s if kind == "rate" else change)
         return out
 
+    def most_in_table(self) -> float:
+        """The most flows one of node-a's intervals held in the kernel table, over the known window
+        (max_over_time's range: the window's first report out, its last in), as the agent printed it."""
+        start, end = self.lab.known.xdp
+        seen = [v for ts, values in self.lab.xdp.reports if start < ts <= end
+                for k, v in values.items() if k[0] == "xtrace_xdp_table_flows"]
+        assert seen and max(seen) >= 4, seen  # the known window's flows were in the table
+        return max(seen)
+
     def flow_gauges(self) -> dict:
         """xtrace_network_flow_bytes as the agent printed it: each flow's last value (the gauges are only
         written for flows that moved), at the last report of the known window that wrote any."""
@@ -157,7 +166,8 @@ class Expect:
                                     key(protocol=0, traffic_type="other"): b["late"] / dt},
             ("RoCEv2 packets by opcode and destination QP", "A"): {key(rdma_opcode=10, dest_qp=17): p["roce"] / dt},
             ("`other` share of bytes (budget pressure)", "A"): {key(**node_a): b["late"] / total_bytes},
-            ("Flows exported", "A"): {key(**node_a): 4},
+            ("Flows exported, and in the kernel table", "A"): {key(**node_a): 4},
+            ("Flows exported, and in the kernel table", "B"): {key(**node_a): self.most_in_table()},
             ("Packets not tracked per flow, by reason", "A"): {
                 key(node="node-a", interface=self.iface, reason=r): 0 for r in ("malformed", "non_ip", "table_full")},
             ("Bytes per flow in the last interval", "A"): self.flow_gauges(),
