@@ -24,6 +24,9 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools" / "cluster"))
+import cluster  # noqa: E402  (tools/cluster/cluster.py: the kubeconfig it writes, with a token instead)
+
 NODES, MONITORS = 500, 20
 PER_GROUP = NODES // MONITORS
 OPERATOR_USER = "system:serviceaccount:xtrace-system:xtrace-operator"
@@ -59,11 +62,7 @@ def main() -> int:
         token = kubectl("create", "token", "xtrace-operator", "-n", "xtrace-system", "--duration=2h").strip()
         ca = pathlib.Path(info["kubeconfig"]).parent / "pki" / "ca.crt"
         kc = state / "operator.kubeconfig"
-        kc.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "t",
-            "clusters": [{"name": "c", "cluster": {"server": info["server"], "certificate-authority": str(ca)}}],
-            "users": [{"name": "u", "user": {"token": token}}],
-            "contexts": [{"name": "t", "context": {"cluster": "c", "user": "u"}}]}))
+        kc.write_text(json.dumps(cluster.kubeconfig(info["server"], ca, token=token, user="xtrace-operator")))
         log = open(state / "operator.log", "wb")
         operator = subprocess.Popen([str(pathlib.Path(sys.executable).parent / "xtrace-operator"), "run"],
                                     env={**os.environ, "KUBECONFIG": str(kc)}, stdout=log, stderr=subprocess.STDOUT)

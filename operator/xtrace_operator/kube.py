@@ -63,7 +63,7 @@ def _api() -> kubernetes.client.ApiClient:
 
 def request(method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None,
             content_type: str = "application/json") -> dict | None:
-    """One API call; JSON in and out. A GET of a missing object is None, other errors raise ApiError."""
+    """One API call; JSON in and out. A non-2xx answer raises ApiError."""
     api = _api()
     headers = {"Accept": "application/json", "Content-Type": content_type}
     _, url, headers, data, _ = api.param_serialize(method, path, query_params=query or [],
@@ -71,8 +71,6 @@ def request(method: str, path: str, body: Any = None, query: list[tuple[str, str
                                                    auth_settings=["BearerToken"])
     resp = api.call_api(method, url, header_params=headers, body=data, _request_timeout=30)
     raw = resp.read()
-    if resp.status == 404 and method == "GET":
-        return None
     if not 200 <= resp.status < 300:
         try:
             reason = json.loads(raw).get("message") or raw.decode(errors="replace")
@@ -84,10 +82,6 @@ def request(method: str, path: str, body: Any = None, query: list[tuple[str, str
 
 def _collection(obj: dict[str, Any]) -> str:
     return PATHS[obj["apiVersion"], obj["kind"]].format(ns=obj["metadata"]["namespace"])
-
-
-def get(api_version: str, kind: str, namespace: str, name: str) -> dict | None:
-    return request("GET", f"{PATHS[api_version, kind].format(ns=namespace)}/{name}")
 
 
 def delete(api_version: str, kind: str, namespace: str, name: str) -> None:

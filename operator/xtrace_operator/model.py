@@ -243,14 +243,12 @@ _DURATION = re.compile(r"^[0-9]+(ms|s|m|h)$")
 
 
 def _scrape(r: _Reader) -> Scrape:
-    out = Scrape(kind=r.enum("kind", "", SCRAPE_KINDS) if r.has("kind") else _missing(r, "kind"),
+    if not r.has("kind"):
+        raise InvalidSpec(f"{r.where('kind')}: required")
+    out = Scrape(kind=r.enum("kind", "", SCRAPE_KINDS),
                  interval=r.string("interval", "30s", _DURATION, "a duration such as 30s"))
     r.done()
     return out
-
-
-def _missing(r: _Reader, key: str) -> Any:
-    raise InvalidSpec(f"{r.where(key)}: required")
 
 
 def _endpoint(url: Any, where: str, tenant: str | None) -> str:

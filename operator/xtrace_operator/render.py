@@ -308,6 +308,5 @@ def objects(monitor: Monitor) -> list[dict[str, Any]]:
 
 def scrape_leftovers(monitor: Monitor) -> list[tuple[str, str]]:
     """(apiVersion, kind) of the scrape objects a monitor no longer asks for, to delete."""
-    wanted = {o["kind"] for o in objects(monitor)}
-    return [(api, kind) for kind, api in [("Service", "v1"), *((k, v) for k, v in SCRAPE_API.items())]
-            if kind not in wanted]
+    wanted = set() if monitor.scrape is None else {"Service", monitor.scrape.kind}
+    return [(api, kind) for kind, api in [("Service", "v1"), *SCRAPE_API.items()] if kind not in wanted]

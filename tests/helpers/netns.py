@@ -49,15 +49,17 @@ def xdp_prog(dev: str, netns: str | None = None) -> dict | None:
     return (json.loads(out)[0].get("xdp") or {}).get("prog")
 
 
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    """Poll `predicate` until it returns something true (returned), or fail after `timeout` seconds."""
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition", every: float = 0.05):
+    """Poll `predicate` every `every` seconds until it returns something true (returned), or fail
+    after `timeout` seconds naming what it last returned."""
     deadline = time.monotonic() + timeout
+    value = None
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {value!r}")
 
 
 def readyz(port: int) -> tuple[int, str]:

@@ -15,13 +15,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.helpers import netns
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLUSTER_TOOL = ROOT / "tools" / "cluster" / "cluster.py"
@@ -31,15 +32,8 @@ OPERATOR_NS = "xtrace-system"
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition", every: float = 0.2) -> Any:
-    """Poll `check` until it returns something true (returned), or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
+    """tests.helpers.netns.wait_for, polling less often: each check here runs kubectl."""
+    return netns.wait_for(check, timeout, what, every)
 
 
 class Cluster:

@@ -263,18 +263,15 @@ def up(state: Path, port_base: int, nodes: int, audit_user: str | None = None) -
             _wait(name, lambda p=port: localhost.http_ok(f"https://127.0.0.1:{p}/healthz", context=insecure),
                   pids, state)
         _wait("kwok", lambda: localhost.http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz"), pids, state)
-        names = [f"xtrace-node-{i}" for i in range(1, nodes + 1)]
-        _kubectl(state, "apply", "-f", "-",
-                 input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                   "items": [node_manifest(n, i) for i, n in enumerate(names, 1)]}))
+        manifests = [node_manifest(f"xtrace-node-{i}", i) for i in range(1, nodes + 1)]
+        _kubectl(state, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}))
         _wait(f"{nodes} Ready nodes", lambda: _ready_nodes(state) >= nodes, pids, state)
         # The API server taints every new node not-ready; the node-lifecycle controller, which would
         # lift it once the node reports Ready, is off (above), so lift it here, once.
         _kubectl(state, "taint", "nodes", "--all", "node.kubernetes.io/not-ready:NoSchedule-")
         # ServiceAccounts in new namespaces need their token controller and the root CA published
         _wait("the default ServiceAccount", lambda: _has_default_sa(state), pids, state)
-        info["nodes"] = [{"name": n, "labels": node_manifest(n, i)["metadata"]["labels"]}
-                         for i, n in enumerate(names, 1)]
+        info["nodes"] = [{"name": m["metadata"]["name"], "labels": m["metadata"]["labels"]} for m in manifests]
         save()
     except BaseException:
         localhost.stop(list(reversed(list(pids.values()))), group=True)
