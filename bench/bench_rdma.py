@@ -17,6 +17,7 @@ import time
 from xtrace_agent.collectors.rdma import RdmaCollector
 from xtrace_agent.config import AgentConfig
 from xtrace_agent.health import Health
+from xtrace_agent.ports import PortAccounting
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGET_MS = 20.0
@@ -33,15 +34,19 @@ def _make_sysfs():
 
 def _interval_ms(root: str, mode: str) -> tuple[float, float, int]:
     """(first interval incl. net device discovery, median steady interval) in ms, and samples per report."""
-    collector = RdmaCollector(AgentConfig(mode=mode, sysfs=root), Health())
+    health = Health()
+    collector = RdmaCollector(AgentConfig(mode=mode, sysfs=root), health)
+    accounting = PortAccounting(health)
     collector.start()
     t = time.perf_counter()
-    report = collector.collect(time.time())
+    now = time.time()
+    report = accounting.report(collector.collect(now), now)
     first = (time.perf_counter() - t) * 1000
     times = []
     for _ in range(ROUNDS):
         t = time.perf_counter()
-        collector.collect(time.time())
+        now = time.time()
+        accounting.report(collector.collect(now), now)
         times.append((time.perf_counter() - t) * 1000)
     return first, statistics.median(times), len(report.samples)
 

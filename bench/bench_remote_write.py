@@ -1,7 +1,7 @@
 """Remote-write benchmark: encode+compress speed, bytes and CPU per sample for zstd and snappy, push
 throughput to VictoriaMetrics, and a scale run standing in for many nodes.
 
-    /work/main/.venv/bin/python bench/bench_remote_write.py
+    .venv/bin/python bench/bench_remote_write.py
 
 Rows: the hand-written encoder (what the agent uses) and the protobuf library with code
 generated from remote.proto (the reference), on 10k and 100k flow samples of one interval

@@ -40,7 +40,7 @@ from xtrace_agent.config import AgentConfig, XdpConfig  # noqa: E402
 from xtrace_agent.flows import FlowAccounting  # noqa: E402
 from xtrace_agent.health import Health  # noqa: E402
 from xtrace_agent.xdp import compiler, libbpf  # noqa: E402
-from xtrace_agent.xdp.program import XdpProgram, test_run  # noqa: E402
+from xtrace_agent.xdp.program import XdpProgram  # noqa: E402
 
 REPEAT = 2_000_000
 RUNS = 5
@@ -90,8 +90,8 @@ FRAMES = {
 }
 
 
-def ns_per_packet(fd: int, frame: bytes, egress: bool = False) -> float:
-    return statistics.median(test_run(fd, frame, REPEAT, egress=egress)[1] for _ in range(RUNS))
+def ns_per_packet(fd: int, frame: bytes) -> float:
+    return statistics.median(libbpf.prog_test_run(fd, frame, REPEAT)[1] for _ in range(RUNS))
 
 
 def _run_stats(prog_id: int) -> tuple[int, int]:
@@ -222,11 +222,11 @@ def main() -> int:
     big = XdpProgram.load(XdpConfig(flow_table_size=131072))
     try:
         floor = ns_per_packet(empty.programs["xtrace_bench_empty"], FRAMES["IPv4/UDP"])
-        tc_floor = ns_per_packet(empty.programs["xtrace_bench_empty_tc"], FRAMES["IPv4/UDP"], egress=True)
+        tc_floor = ns_per_packet(empty.programs["xtrace_bench_empty_tc"], FRAMES["IPv4/UDP"])
         rows.append(("empty XDP program (floor), ns/packet", f"{floor:.0f}", "-", ""))
         rows.append(("empty TC program (egress floor), ns/packet", f"{tc_floor:.0f}", "-", ""))
         one_xdp = ns_per_packet(empty.programs["xtrace_bench_lookup"], FRAMES["IPv4/UDP"]) - floor
-        one_tc = ns_per_packet(empty.programs["xtrace_bench_lookup_tc"], FRAMES["IPv4/UDP"], egress=True) - tc_floor
+        one_tc = ns_per_packet(empty.programs["xtrace_bench_lookup_tc"], FRAMES["IPv4/UDP"]) - tc_floor
         rows.append(("one hash lookup above floor: TC (XDP), ns", f"{one_tc:.0f} ({one_xdp:.0f})", "-",
                      f"x{one_tc / max(one_xdp, 1):.2f}"))
         for name, frame in FRAMES.items():
@@ -235,7 +235,7 @@ def main() -> int:
             ratio = ns / old
             rows.append((f"{name}, ns/packet (previous program)", f"{ns:.0f} ({old:.0f})",
                          f"x{RATIO_TARGET:.2f}", f"x{ratio:.2f} " + ("ok" if ratio <= RATIO_TARGET else "MISS")))
-            out = ns_per_packet(program.prog_fd(egress=True), frame, egress=True)
+            out = ns_per_packet(program.prog_fd(egress=True), frame)
             ratio = (out - tc_floor) / max(ns - floor, 1)
             rows.append(("  egress, ns/packet (above floor; ingress above floor)",
                          f"{out:.0f} ({out - tc_floor:.0f}; {ns - floor:.0f})", f"x{EGRESS_TARGET:.2f}",

@@ -1,5 +1,6 @@
 """The command line: flags, environment, config merging, and one-line errors for bad input."""
 
+import re
 import subprocess
 import sys
 
@@ -64,10 +65,18 @@ def test_bad_config_file_names_the_field(tmp_path):
 
 
 def test_list_prints_interfaces_and_rdma_devices():
-    r = run("-l", "--sysfs", "/nonexistent")
+    from tests.rdma.util import FIXTURE
+
+    r = run("-l", "--sysfs", FIXTURE)
     assert r.returncode == 0, r.stderr
-    assert "Network interfaces:" in r.stdout and "lo" in r.stdout
-    assert "RDMA devices:" in r.stdout
+    interfaces, rdma = r.stdout.split("RDMA devices:\n")
+    assert interfaces.startswith("Network interfaces:\n") and re.search(r"^  lo +state=", interfaces, re.M)
+    # every port of the fixture tree, with the net device its GID table names
+    assert re.search(r"^  mlx5_1 +port=1 link_layer=Ethernet state=ACTIVE .*netdev=ens1f0np0$", rdma, re.M)
+    assert re.search(r"^  mlx4_0 +port=2 link_layer=InfiniBand state=DOWN ", rdma, re.M)
+    assert len(re.findall(r"^  \S+ +port=\d", rdma, re.M)) == 6
+    none = run("-l", "--sysfs", "/nonexistent")
+    assert none.returncode == 0 and "RDMA devices:\n  (none)\n" in none.stdout
 
 
 def test_help_exits_0():

@@ -9,9 +9,9 @@ from xtrace_agent.xdp.compiler import Field
 
 
 def test_summary_prefers_the_first_compiler_error():
-    err = ("/work/bpf/xtrace.c:10:5: error: use of undeclared identifier 'x'\n"
-           "/work/bpf/xtrace.c:11:5: error: second\n"
-           "xtrace-compiler: Failed to compile BPF module b'/work/bpf/xtrace.c'\n")
+    err = ("/opt/xtrace/bpf/xtrace.c:10:5: error: use of undeclared identifier 'x'\n"
+           "/opt/xtrace/bpf/xtrace.c:11:5: error: second\n"
+           "xtrace-compiler: Failed to compile BPF module b'/opt/xtrace/bpf/xtrace.c'\n")
     assert compiler.summarize(err, 1) == "compile error: use of undeclared identifier 'x'"
 
 

@@ -16,9 +16,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import kubernetes_validate
 import pytest
 
-from xtrace_agent import podstatus
 from xtrace_agent import selfmetrics as sm
 from xtrace_agent.health import Health
+from xtrace_agent.readiness import Kind, Problem
+from xtrace_agent.sinks import podstatus
 
 WINDOW = 0.3  # the reporter's min_interval in these tests
 
@@ -106,30 +107,39 @@ def wait_for(check, timeout: float = 3.0):
 # --- the summary (pure) -------------------------------------------------------------------------
 
 def test_summary_reasons_and_message():
-    assert podstatus.summarize({}) == podstatus.Summary(True, "AgentReady", "", ())
-    s = podstatus.summarize({"xdp:eth1": "interface not found"})
+    assert podstatus.summarize([]) == podstatus.Summary(True, "AgentReady", "", ())
+    s = podstatus.summarize([Problem(Kind.INTERFACE_NOT_FOUND, "xdp:eth1", "interface not found")])
     assert (s.ready, s.reason, s.message) == (False, "InterfaceNotFound", "xdp:eth1: interface not found")
-    assert podstatus.summarize({"xdp:eth0": "link down"}).reason == "LinkDown"
-    assert podstatus.summarize({"xdp:eth0": "attach failed: EBUSY"}).reason == "NotAttached"
-    assert podstatus.summarize({"remote_write:vm": "no successful push to vm for 300s"}).reason == "PushFailing"
-    assert podstatus.summarize({"rdma:mlx5_0": "RDMA device mlx5_0 not found"}).reason == "DeviceNotFound"
-    mixed = podstatus.summarize({"xdp:eth1": "interface not found", "remote_write:vm": "push failing"})
+    assert podstatus.summarize([Problem(Kind.LINK_DOWN, "xdp:eth0", "link down")]).reason == "LinkDown"
+    assert podstatus.summarize([Problem(Kind.NOT_ATTACHED, "xdp:eth0", "attach failed: EBUSY")]).reason == "NotAttached"
+    assert podstatus.summarize([Problem(Kind.PUSH_FAILING, "remote_write:vm", "no successful push to vm for 300s")]).reason == "PushFailing"
+    assert podstatus.summarize([Problem(Kind.DEVICE_NOT_FOUND, "rdma:mlx5_0", "RDMA device mlx5_0 not found")]).reason == "DeviceNotFound"
+    mixed = podstatus.summarize([Problem(Kind.INTERFACE_NOT_FOUND, "xdp:eth1", "interface not found"), Problem(Kind.PUSH_FAILING, "remote_write:vm", "push failing")])
     assert mixed.reason == "Degraded"
     assert mixed.message == "remote_write:vm: push failing; xdp:eth1: interface not found"  # sorted, one line
 
 
+def test_a_problem_is_a_kind_not_text_to_classify():
+    health = Health()
+    with pytest.raises(TypeError, match="readiness.Kind"):
+        health.not_ready("InterfaceNotFound", "xdp:eth1", "interface not found")
+    # the kind, not the words, says what it is
+    health.not_ready(Kind.LINK_DOWN, "xdp:eth1", "interface not found")
+    assert podstatus.summarize(health.problems()).reason == "LinkDown"
+
+
 def test_summary_is_bounded_and_ignores_numbers():
-    long = podstatus.summarize({f"xdp:eth{i}": "interface not found\nsecond line" for i in range(100)})
+    long = podstatus.summarize([Problem(Kind.INTERFACE_NOT_FOUND, f"xdp:eth{i}", "interface not found\nsecond line") for i in range(100)])
     assert len(long.message) == podstatus.MAX_MESSAGE and long.message.endswith("…") and "\n" not in long.message
-    a = podstatus.summarize({"remote_write:vm": "no successful push to vm for 121s (maxPushAge 120s): HTTP 503"})
-    b = podstatus.summarize({"remote_write:vm": "no successful push to vm for 126s (maxPushAge 120s): HTTP 503"})
-    c = podstatus.summarize({"remote_write:vm": "no successful push to vm for 126s (maxPushAge 120s): refused"})
+    a = podstatus.summarize([Problem(Kind.PUSH_FAILING, "remote_write:vm", "no successful push to vm for 121s (maxPushAge 120s): HTTP 503")])
+    b = podstatus.summarize([Problem(Kind.PUSH_FAILING, "remote_write:vm", "no successful push to vm for 126s (maxPushAge 120s): HTTP 503")])
+    c = podstatus.summarize([Problem(Kind.PUSH_FAILING, "remote_write:vm", "no successful push to vm for 126s (maxPushAge 120s): refused")])
     assert a.key == b.key != c.key and a.message != b.message
 
 
 def test_outside_a_pod_nothing_starts(tmp_path):
     health = Health()
-    assert podstatus.start(health, env={}) is None
+    assert podstatus.PodStatusSink.from_environment(health, env={}) is None
     env = {"POD_NAME": "p", "POD_NAMESPACE": "ns", "KUBERNETES_SERVICE_HOST": "10.96.0.1",
            "KUBERNETES_SERVICE_PORT": "443"}
     assert podstatus.PodStatusReporter.from_environment(health, env, sa_dir=tmp_path) is None  # no token
@@ -150,7 +160,7 @@ def test_patch_merges_by_type_into_the_real_pod_status():
     So the API server adds or replaces only our entry; the kubelet's Ready, ContainersReady, ...
     stay. (No API server here: the merge rule is read from the published Kubernetes schema.)
     """
-    summary = podstatus.summarize({"xdp:eth1": "interface not found"})
+    summary = podstatus.summarize([Problem(Kind.INTERFACE_NOT_FOUND, "xdp:eth1", "interface not found")])
     body = podstatus.patch_body(podstatus.condition(summary, "2025-01-01T00:00:00Z"))
     kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, **body},
                                  "1.33", strict=True)
@@ -164,7 +174,7 @@ def test_patch_merges_by_type_into_the_real_pod_status():
 
 def test_writes_once_per_change_in_the_right_shape(api, reporter_of, token):
     health = Health()
-    health.not_ready("xdp:eth1", "interface not found")
+    health.not_ready(Kind.INTERFACE_NOT_FOUND, "xdp:eth1", "interface not found")
     r = reporter_of(health)
     for _ in range(5):  # five intervals, one readiness
         r.observe()
@@ -198,16 +208,16 @@ def test_writes_once_per_change_in_the_right_shape(api, reporter_of, token):
 
 def test_numbers_only_change_writes_nothing_and_transition_time_stays(api, reporter_of):
     health = Health()
-    health.not_ready("remote_write:vm", "no successful push to vm for 121s (maxPushAge 120s): HTTP 503")
+    health.not_ready(Kind.PUSH_FAILING, "remote_write:vm", "no successful push to vm for 121s (maxPushAge 120s): HTTP 503")
     r = reporter_of(health)
     r.observe()
     wait_for(lambda: api.count() == 1)
     for age in (126, 131, 136):
-        health.not_ready("remote_write:vm", f"no successful push to vm for {age}s (maxPushAge 120s): HTTP 503")
+        health.not_ready(Kind.PUSH_FAILING, "remote_write:vm", f"no successful push to vm for {age}s (maxPushAge 120s): HTTP 503")
         r.observe()
     time.sleep(WINDOW * 1.5)
     assert api.count() == 1
-    health.not_ready("remote_write:vm", "no successful push to vm for 141s (maxPushAge 120s): connection refused")
+    health.not_ready(Kind.PUSH_FAILING, "remote_write:vm", "no successful push to vm for 141s (maxPushAge 120s): connection refused")
     r.observe()
     wait_for(lambda: api.count() == 2)
     first, second = api.conditions()
@@ -221,8 +231,9 @@ def test_at_most_one_write_per_window_latest_wins(api, reporter_of):
     r = reporter_of(health, min_interval=1.0)
     r.observe()
     wait_for(lambda: api.count() == 1)  # the first observation is written at once
-    for reason in ("interface not found", "link down", "attach failed: EBUSY"):
-        health.not_ready("xdp:eth0", reason)
+    for kind, reason in ((Kind.INTERFACE_NOT_FOUND, "interface not found"), (Kind.LINK_DOWN, "link down"),
+                         (Kind.NOT_ATTACHED, "attach failed: EBUSY")):
+        health.not_ready(kind, "xdp:eth0", reason)
         r.observe()
     time.sleep(0.3)
     assert api.count() == 1  # still inside the window
@@ -237,7 +248,7 @@ def test_a_change_undone_within_the_window_writes_nothing(api, reporter_of):
     r = reporter_of(health, min_interval=0.5)
     r.observe()
     wait_for(lambda: api.count() == 1)
-    health.not_ready("xdp:eth0", "link down")
+    health.not_ready(Kind.LINK_DOWN, "xdp:eth0", "link down")
     r.observe()
     health.ready("xdp:eth0")
     r.observe()
@@ -248,7 +259,7 @@ def test_a_change_undone_within_the_window_writes_nothing(api, reporter_of):
 def test_failures_are_counted_logged_once_and_backed_off(api, reporter_of, caplog):
     api.status = 403
     health = Health()
-    health.not_ready("xdp:eth1", "interface not found")
+    health.not_ready(Kind.INTERFACE_NOT_FOUND, "xdp:eth1", "interface not found")
     caplog.set_level(logging.WARNING, logger="xtrace.podstatus")
     r = reporter_of(health, min_interval=0.1, max_backoff=0.4)
     r.observe()  # must not raise, whatever the server says
@@ -265,7 +276,7 @@ def test_failures_are_counted_logged_once_and_backed_off(api, reporter_of, caplo
 
 def test_unreachable_server_or_missing_token_never_raises(api, reporter_of, token):
     health = Health()
-    health.not_ready("xdp:eth1", "interface not found")
+    health.not_ready(Kind.INTERFACE_NOT_FOUND, "xdp:eth1", "interface not found")
     api.close()
     r = reporter_of(health, url=api.url, min_interval=0.05, max_backoff=0.1)
     r.observe()
@@ -285,7 +296,7 @@ def test_pod_status_is_a_sink_of_the_pipeline(api, reporter_of, tmp_path):
 
     health = Health()
     assert not any(isinstance(s, PodStatusSink) for s in cli.build_sinks(AgentConfig(output="none"), health, {}))
-    health.not_ready("agent", "starting: no report yet")
+    health.not_ready(Kind.STARTING, "agent", "starting: no report yet")
     sink = PodStatusSink(reporter_of(health))
     sink.write(Report(0.0))
     wait_for(lambda: api.count() == 1)

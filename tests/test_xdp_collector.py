@@ -11,9 +11,11 @@ from xtrace_agent import selfmetrics as sm
 from xtrace_agent.collectors.xdp import XdpCollector
 from xtrace_agent.config import AgentConfig, XdpConfig
 from xtrace_agent.errors import UsageError
-from xtrace_agent.flows import FlowAccounting, text_line
+from xtrace_agent.flows import FlowAccounting
 from xtrace_agent.health import Health
-from xtrace_agent.xdp.program import Drained, FlowKey
+from xtrace_agent.readiness import Kind
+from xtrace_agent.sinks.text import FlowText, flow_line
+from xtrace_agent.stages import Drained, FlowKey, Program
 
 LO = socket.if_nametoindex("lo")
 
@@ -23,7 +25,11 @@ class FakeEgress:
         return "tcx"
 
 
-class FakeProgram:
+class FakeProgram(Program):
+    """stages.Program without a kernel."""
+
+    headers = "fake (no kernel headers)"
+
     def __init__(self):
         self.pending: list[Drained] = []
         self._attached: dict[str, dict[int, str]] = {"ingress": {}, "egress": {}}
@@ -93,9 +99,11 @@ def test_cumulative_samples_and_old_text_format():
                     drained({flow(1): (1, 100), flow(4791, ttype="roce", opcode=4, qp=17): (1, 80)})]
     accounting.report(source.collect(1.0), 1.0)
     report = accounting.report(source.collect(2.0), 2.0)
-    assert "10.0.0.1:1 -> 10.0.0.2:9999 proto=17 packets=3 bytes=300" in report.text
-    assert "10.0.0.1:4791 -> 10.0.0.2:9999 proto=17 packets=1 bytes=80 traffic_type=roce rdma_opcode=4 dest_qp=17" \
-        in report.text
+    text = FlowText(with_interface=False).lines(report)
+    assert text[:2] == ["10.0.0.1:1 -> 10.0.0.2:9999 proto=17 packets=3 bytes=300",
+                        "10.0.0.1:4791 -> 10.0.0.2:9999 proto=17 packets=1 bytes=80 traffic_type=roce rdma_opcode=4 "
+                        "dest_qp=17"]
+    assert text[2] == "other:0 -> other:0 proto=0 packets=1 bytes=60 traffic_type=other"  # the malformed frame
     v = values(report)
     assert v[("xtrace_interface_packets_total", (("interface", "lo"),))] == 5
     assert v[("xtrace_xdp_untracked_bytes_total", (("interface", "lo"), ("reason", "malformed")))] == 60
@@ -177,8 +185,10 @@ def test_every_self_metric_exists_at_zero_in_the_first_report():
 
 
 def test_ipv6_endpoints_are_bracketed():
-    key = (("eth0", "ingress"), "fd00::1", "fd00::2", "5", "6", "17", "ethernet", None, None)
-    assert text_line(key, 1, 2, with_interface=True) == "[fd00::1]:5 -> [fd00::2]:6 proto=17 packets=1 bytes=2 interface=eth0"
+    labels = {"interface": "eth0", "src_ip": "fd00::1", "dst_ip": "fd00::2", "src_port": "5", "dst_port": "6",
+              "protocol": "17", "traffic_type": "ethernet"}
+    assert flow_line(labels, 1, 2, with_interface=True) == \
+        "[fd00::1]:5 -> [fd00::2]:6 proto=17 packets=1 bytes=2 interface=eth0"
 
 
 def test_a_glob_that_matches_nothing_is_reported_not_ready():
@@ -300,8 +310,9 @@ def test_both_directions_are_separate_groups_each_conserved_and_labelled():
             group = (s.labels["interface"], s.labels["direction"], s.name.endswith("packets_total"))
             per_group[group] = per_group.get(group, 0) + sign * s.value
     assert per_group and set(per_group.values()) == {0}
-    assert "10.0.0.2:9999 -> 10.0.0.1:1 proto=17 packets=3 bytes=330 direction=egress" in report.text
-    assert "10.0.0.1:1 -> 10.0.0.2:9999 proto=17 packets=2 bytes=200 direction=ingress" in report.text
+    text = FlowText(with_interface=False).lines(report)
+    assert text.index("10.0.0.2:9999 -> 10.0.0.1:1 proto=17 packets=3 bytes=330 direction=egress") < \
+        text.index("10.0.0.1:1 -> 10.0.0.2:9999 proto=17 packets=2 bytes=200 direction=ingress")
     source.close()
 
 
@@ -341,12 +352,13 @@ def test_a_kernel_without_an_egress_hook_is_refused_in_one_line(monkeypatch):
 
 
 def test_a_missing_interface_is_reported_for_each_direction_as_an_xdp_problem():
-    from xtrace_agent.podstatus import summarize
+    from xtrace_agent.sinks.podstatus import summarize
 
     cfg = AgentConfig(interfaces=("xtmissing0",), xdp=XdpConfig(directions=("ingress", "egress")), from_file=True)
     c = XdpCollector(cfg, Health(), program_loader=lambda _: FakeProgram())
     c.start()
     reasons = c.health.reasons()
     assert reasons == {"xdp:xtmissing0": "interface not found", "xdp:xtmissing0 (egress)": "interface not found"}
-    assert summarize(reasons).reason == "InterfaceNotFound"
+    assert {p.kind for p in c.health.problems()} == {Kind.INTERFACE_NOT_FOUND}
+    assert summarize(c.health.problems()).reason == "InterfaceNotFound"
     c.close()

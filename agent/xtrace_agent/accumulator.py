@@ -29,6 +29,21 @@ DEFAULT_MEMORY_SECONDS = 3600.0
 MEMORY_PER_BUDGET = 10  # tombstones kept per flow of budget
 
 
+class Entry:
+    """One exported series pair (a flow, or a group's `other`): cumulative counts and what it moved
+    in the last interval it was seen. Slots: attribute access is as fast as a list's index."""
+
+    __slots__ = ("packets", "bytes", "seen", "recent_packets", "recent_bytes", "description")
+
+    def __init__(self, now: float):
+        self.packets = 0
+        self.bytes = 0
+        self.seen = now  # when it last moved
+        self.recent_packets = 0  # moved in the interval ending at `seen`
+        self.recent_bytes = 0
+        self.description = None  # what a sink needs (labels), made once per entry
+
+
 class Accumulator:
     """Cumulative (packets, bytes) per key, for at most `max_flows` keys plus one `other` key per group."""
 
@@ -41,10 +56,8 @@ class Accumulator:
         self.memory_flows = memory_flows if memory_flows is not None else MEMORY_PER_BUDGET * max_flows
         self._other_of = other_of
         self._describe = describe  # key -> what a sink needs (labels), made once per live entry
-        # key -> [packets, bytes, last_seen, bytes in the last interval it was seen, description,
-        #         packets in the last interval it was seen]
-        self._live: dict[Hashable, list] = {}
-        self._others: dict[Hashable, list] = {}
+        self._live: dict[Hashable, Entry] = {}
+        self._others: dict[Hashable, Entry] = {}
         self._tombstones: OrderedDict[Hashable, float] = OrderedDict()  # key -> when it stopped
         self.folded_flows = 0  # flows (per interval) whose counts went to `other` for lack of budget
         self.expired_flows = 0  # flows that stopped being exported after the idle timeout
@@ -65,12 +78,12 @@ class Accumulator:
                     self.folded_flows += 1
                     folded.append(bytes_)
                     continue
-                entry = live[key] = [0, 0, now, 0, None, 0]
-            entry[0] += packets
-            entry[1] += bytes_
-            entry[2] = now
-            entry[3] = bytes_
-            entry[5] = packets
+                entry = live[key] = Entry(now)
+            entry.packets += packets
+            entry.bytes += bytes_
+            entry.seen = now
+            entry.recent_bytes = bytes_
+            entry.recent_packets = packets
         if folded:
             self._make_room(folded, now)
 
@@ -78,20 +91,20 @@ class Accumulator:
         """Counts that belong to a group but to none of its flows (untracked in the kernel)."""
         other = self._others.get(other_key)
         if other is None:
-            other = self._others[other_key] = [0, 0, now, 0, None, 0]
-        if other[2] != now:
-            other[3] = other[5] = 0
-        other[0] += packets
-        other[1] += bytes_
-        other[2] = now
-        other[3] += bytes_
-        other[5] += packets
+            other = self._others[other_key] = Entry(now)
+        if other.seen != now:
+            other.recent_bytes = other.recent_packets = 0
+        other.packets += packets
+        other.bytes += bytes_
+        other.seen = now
+        other.recent_bytes += bytes_
+        other.recent_packets += packets
 
     def _make_room(self, folded: list[int], now: float) -> None:
         """Retire the quietest live flows, each one only for a folded flow that moved more bytes."""
         def recent(item):
             _, e = item
-            return e[3] if e[2] == now else -1  # idle this interval: first to go
+            return e.recent_bytes if e.seen == now else -1  # idle this interval: first to go
         quietest = sorted(self._live.items(), key=recent)[:len(folded)]
         for (key, entry), newcomer in zip(quietest, sorted(folded, reverse=True), strict=False):
             if recent((key, entry)) >= newcomer:
@@ -102,7 +115,7 @@ class Accumulator:
     def expire(self, now: float) -> int:
         """Stop exporting flows idle for longer than the idle timeout; returns how many went."""
         cutoff = now - self.idle_timeout
-        idle = [k for k, e in self._live.items() if e[2] < cutoff]
+        idle = [k for k, e in self._live.items() if e.seen < cutoff]
         for key in idle:
             self._retire(key, now)
         tombstones = self._tombstones
@@ -117,9 +130,9 @@ class Accumulator:
         entry = self._live.pop(key)
         other = self._others.get(self._other_of(key))
         if other is None:
-            other = self._others[self._other_of(key)] = [0, 0, now, 0, None, 0]
-        other[0] += entry[0]
-        other[1] += entry[1]
+            other = self._others[self._other_of(key)] = Entry(now)
+        other.packets += entry.packets
+        other.bytes += entry.bytes
         self._tombstones[key] = now
         self._tombstones.move_to_end(key)
 
@@ -132,34 +145,34 @@ class Accumulator:
     def items(self) -> Iterator[tuple[Hashable, int, int, bool]]:
         """(key, packets, bytes, is_other) for every live flow and every `other` entry."""
         for key, e in self._live.items():
-            yield key, e[0], e[1], False
+            yield key, e.packets, e.bytes, False
         for key, e in self._others.items():
-            yield key, e[0], e[1], True
+            yield key, e.packets, e.bytes, True
 
-    def _entries(self) -> Iterator[tuple[object, list]]:
+    def _entries(self) -> Iterator[tuple[object, Entry]]:
         """(description, entry) for every live flow and `other` entry; descriptions are made once
         per entry and reused every interval."""
         describe = self._describe
         for table in (self._live, self._others):
             for key, e in table.items():
-                d = e[4]
+                d = e.description
                 if d is None:
-                    d = e[4] = describe(key)
+                    d = e.description = describe(key)
                 yield d, e
 
     def described(self) -> Iterator[tuple[object, int, int]]:
         """(description, packets, bytes) for every live flow and `other` entry."""
         for d, e in self._entries():
-            yield d, e[0], e[1]
+            yield d, e.packets, e.bytes
 
     def described_with_recent(self, now: float) -> Iterator[tuple[object, int, int, int, int]]:
         """As described(), plus (packets, bytes) moved in the interval ending at `now` (0, 0 for
         entries that moved nothing then)."""
         for d, e in self._entries():
-            if e[2] == now:
-                yield d, e[0], e[1], e[5], e[3]
+            if e.seen == now:
+                yield d, e.packets, e.bytes, e.recent_packets, e.recent_bytes
             else:
-                yield d, e[0], e[1], 0, 0
+                yield d, e.packets, e.bytes, 0, 0
 
 
 class Totals:

@@ -1,9 +1,9 @@
 """The `xtrace-agent` command: flags and environment (XTrace-Catch compatible), then the pipeline.
 
-    source (xdp | rdma | nccl) -> accounting (xdp: flows.FlowAccounting) -> Report each interval
-        -> sinks (stdout, remote write, /metrics, pod status)
+    source -> accounting -> Report each interval -> sinks (stdout, remote write, /metrics, pod status)
 
-run() wires every stage, in that order, and nothing else does.
+What each mode's source and accounting are is pipeline.MODES; run() wires every stage, in that
+order, the same way for every mode, and nothing else does.
 
 Exit codes: 0 done, 2 bad usage or config, 1 runtime failure; always one line on stderr.
 """
@@ -26,6 +26,8 @@ from xtrace_agent import selfmetrics as sm
 from xtrace_agent.config import AgentConfig, RemoteWriteTarget
 from xtrace_agent.errors import AgentFailure, UsageError
 from xtrace_agent.health import Health
+from xtrace_agent.pipeline import MODES
+from xtrace_agent.readiness import Kind
 from xtrace_agent.samples import Report
 from xtrace_agent.sinks.stdout import StdoutSink
 
@@ -117,7 +119,7 @@ def build_config(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
     elif env.get("NETWORK_INTERFACE") and not cfg.interfaces:
         changes["interfaces"] = _split([env["NETWORK_INTERFACE"]])
     elif not cfg.interfaces:
-        if cfg.from_file and (args.mode or cfg.mode) == "xdp":
+        if cfg.from_file and MODES[args.mode or cfg.mode].interfaces:
             # the operator always renders them: a file without any is a mistake, not a wish for eth0
             raise UsageError(f"config: {args.config}: interfaces: required in xdp mode (names or globs)")
         changes["interfaces"] = ("eth0",)  # the old tool's default, for the command line
@@ -159,7 +161,7 @@ def build_config(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
     if xdp:
         changes["xdp"] = dataclasses.replace(cfg.xdp, **xdp)
     cfg = dataclasses.replace(cfg, **changes)
-    if cfg.mode != "xdp" and not args.list and not os.path.isdir(cfg.sysfs):
+    if not MODES[cfg.mode].interfaces and not args.list and not os.path.isdir(cfg.sysfs):
         where = "--sysfs" if args.sysfs is not None else "sysfs"
         raise UsageError(f"{where} {cfg.sysfs}: the path does not exist")
     return cfg
@@ -181,25 +183,9 @@ def listing(cfg: AgentConfig) -> list[str]:
     return lines
 
 
-def build_source(cfg: AgentConfig, health: Health):
-    if cfg.mode == "xdp":
-        from xtrace_agent.collectors.xdp import XdpCollector
-        return XdpCollector(cfg, health)
-    from xtrace_agent.collectors.rdma import RdmaCollector
-    return RdmaCollector(cfg, health)
-
-
-def build_accounting(cfg: AgentConfig, health: Health):
-    """The stage between source and sinks: xdp deltas -> cumulative counters; rdma sources read
-    cumulative counters already and pass their Report through."""
-    if cfg.mode == "xdp":
-        from xtrace_agent.flows import FlowAccounting
-        return FlowAccounting(cfg, health).report
-    return lambda report, now: report
-
-
 def build_sinks(cfg: AgentConfig, health: Health, env: dict[str, str] | None = None) -> list:
-    sinks: list = [StdoutSink(cfg.output)] if cfg.output != "none" else []
+    text = MODES[cfg.mode].text(cfg) if cfg.output == "text" else None
+    sinks: list = [StdoutSink(cfg.output, text)] if cfg.output != "none" else []
     if cfg.remote_write:
         from xtrace_agent.sinks.remote_write import RemoteWriteSink
         sinks += [RemoteWriteSink(target, cfg, health) for target in cfg.remote_write]
@@ -208,13 +194,13 @@ def build_sinks(cfg: AgentConfig, health: Health, env: dict[str, str] | None = N
     return sinks + ([pod] if pod else [])
 
 
-def _deliver(sinks: list, report: Report, health: Health, server=None) -> None:
-    # the agent's own health travels with the data (stdout JSON shows exactly what is pushed);
-    # /metrics reads the live health at scrape time instead, so it gets the bare report
-    pushed = Report(report.timestamp, report.samples + health.samples(report.timestamp), report.text)
+def _deliver(sinks: list, report: Report, health: Health) -> None:
+    # the agent's own health travels with the data, the same for every sink (stdout JSON shows
+    # exactly what is pushed)
+    report.health = health.samples(report.timestamp)
     for sink in sinks:
         try:
-            sink.write(report if sink is server else pushed)
+            sink.write(report)
         except Exception as e:  # a sink's bug must not stop collection or the other sinks
             health.inc(sm.SINK_ERRORS, labels={"sink": type(sink).__name__})
             log.error("%s failed: %s", type(sink).__name__, e)
@@ -245,15 +231,12 @@ def run(cfg: AgentConfig, stop: threading.Event, env: dict[str, str] | None = No
         from xtrace_agent.sinks.http import MetricsServer
         server = MetricsServer(cfg, health)
         server.start()  # first, so /healthz answers while the program compiles
-    source = build_source(cfg, health)
-    account = build_accounting(cfg, health)
+    mode = MODES[cfg.mode]
+    source = mode.source(cfg, health)
+    accounting = mode.accounting(cfg, health)
     sinks = build_sinks(cfg, health, env) + ([server] if server else [])
     # not ready until the first report is out: compiling and attaching take a moment
-    starting = "starting: no report yet"
-    if cfg.mode == "xdp":  # /readyz names the kernel headers while the compile runs on them
-        from xtrace_agent.xdp import headers
-        starting += f" (compiling against kernel headers {headers.summary()})"
-    health.not_ready("agent", starting)
+    health.not_ready(Kind.STARTING, "agent", mode.starting())
     health.set(sm.REPORTS, 0)
     for sink in sinks:  # every self-metric exists from the first report, at 0
         health.inc(sm.SINK_ERRORS, 0, {"sink": type(sink).__name__})
@@ -268,11 +251,11 @@ def run(cfg: AgentConfig, stop: threading.Event, env: dict[str, str] | None = No
             # previous interval reaches the sinks before we detach
             with gc_paused():
                 now = time.time()
-                report = account(source.collect(now), now)
+                report = accounting.report(source.collect(now), now)
                 reports += 1
                 health.inc(sm.REPORTS)
                 health.ready("agent")
-                _deliver(sinks, report, health, server)
+                _deliver(sinks, report, health)
             del report
             gc.collect(1)  # the interval's garbage is young: a cheap collection frees it
             if stopped or (cfg.count and reports >= cfg.count):

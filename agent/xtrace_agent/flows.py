@@ -16,13 +16,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 from operator import itemgetter
-from typing import NamedTuple
 
 from xtrace_agent import selfmetrics as sm
 from xtrace_agent.accumulator import Accumulator, Totals
 from xtrace_agent.config import AgentConfig
 from xtrace_agent.health import Health
 from xtrace_agent.samples import Report, Sample
+from xtrace_agent.stages import BTH, ENDPOINTS, GROUP, TRAFFIC_TYPE, FlowId, Group, Observed
 from xtrace_agent.xdp.layout import reasons
 
 PACKETS = "xtrace_network_packets_total"
@@ -41,35 +41,13 @@ OTHER = "other"
 # untracked reason -> the older global self-metric that sums it over interfaces
 _GLOBAL = {"malformed": sm.XDP_MALFORMED, "non_ip": sm.XDP_NON_IP, "table_full": sm.XDP_TABLE_FULL}
 
-# A flow's identity in what we export: the label values (so a recreated interface, with a new
-# ifindex, continues the same series). Ports and protocol stay ints until they become labels.
-# Its first element is its group, (interface, direction): conservation holds per group, and
-# every per-interface series (totals, untracked, `other`) is per group.
-Group = tuple  # (interface, "ingress" | "egress")
-FlowLabels = tuple  # (group, src_ip, dst_ip, src_port, dst_port, protocol, traffic_type, opcode, qp)
-NO_BTH = (None, None)  # the BTH fields mean nothing outside RoCE: kept out of other flows' identity
-LABEL_NAMES = ("interface", "src_ip", "dst_ip", "src_port", "dst_port", "protocol", "traffic_type")
+LABEL_NAMES = FlowId._fields[ENDPOINTS]  # the label of each endpoint slot, in order
+_OTHER_ENDPOINTS = (OTHER, OTHER, 0, 0, 0, OTHER)
 
 
-class Observed(NamedTuple):
-    """What the XDP source saw in one interval (deltas, except `unattributed`)."""
-
-    flows: dict[FlowLabels, tuple[int, int]]  # estimates (x sampling)
-    untracked: dict[tuple[Group, str], tuple[int, int]]  # (group, reason) -> as counted
-    interfaces: dict[Group, tuple[int, int]]  # every packet, exact
-    sampled: int = 0
-    unattributed: tuple[int, int] = (0, 0)  # cumulative since the program was loaded
-    watched: tuple[Group, ...] = ()  # (interface, direction) the program is attached to now
-    began: float | None = None  # time.monotonic() when the collection started
-    unobserved: dict[str, tuple[int, int]] = {}  # interface -> driver rx while our program was not on it
-
-
-def other_of(key: FlowLabels) -> FlowLabels:
-    return (key[0], OTHER, OTHER, 0, 0, 0, OTHER, None, None)
-
-
-def _endpoint(ip: str, port: str) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+def other_of(key: tuple) -> tuple:
+    """The FlowId of the `other` flow of a key's group."""
+    return (key[GROUP], *_OTHER_ENDPOINTS, None, None)
 
 
 def group_labels(group: Group, directed: bool) -> dict[str, str]:
@@ -78,36 +56,22 @@ def group_labels(group: Group, directed: bool) -> dict[str, str]:
     return {"interface": group[0], "direction": group[1]} if directed else {"interface": group[0]}
 
 
-def flow_labels(key: FlowLabels, directed: bool = False) -> dict[str, str]:
-    labels = group_labels(key[0], directed)
-    labels.update(zip(LABEL_NAMES[1:], map(str, key[1:7]), strict=True))
-    if key[6] == "roce":
-        labels["rdma_opcode"] = str(key[7])
-        labels["dest_qp"] = str(key[8])
+def flow_labels(key: tuple, directed: bool = False) -> dict[str, str]:
+    """The labels of a FlowId's series (made once per flow for its lifetime)."""
+    labels = group_labels(key[GROUP], directed)
+    labels.update(zip(LABEL_NAMES, map(str, key[ENDPOINTS]), strict=True))
+    if key[TRAFFIC_TYPE] == "roce":
+        labels["rdma_opcode"], labels["dest_qp"] = map(str, key[BTH])
     return labels
 
 
-def directed_flow_labels(key: FlowLabels) -> dict[str, str]:
+def directed_flow_labels(key: tuple) -> dict[str, str]:
     return flow_labels(key, True)
 
 
-def text_line(key: FlowLabels, packets: int, bytes_: int, with_interface: bool, with_direction: bool = False) -> str:
-    """The old tool's line, with extra key=value fields appended (never inserted) for new facts."""
-    (iface, direction), src, dst, sport, dport, proto, ttype, opcode, qp = key
-    line = f"{_endpoint(src, sport)} -> {_endpoint(dst, dport)} proto={proto} packets={packets} bytes={bytes_}"
-    if ttype == "roce":
-        line += f" traffic_type=roce rdma_opcode={opcode} dest_qp={qp}"
-    elif ttype != "ethernet":
-        line += f" traffic_type={ttype}"
-    if with_interface:
-        line += f" interface={iface}"
-    if with_direction:
-        line += f" direction={direction}"
-    return line
-
-
 class FlowAccounting:
-    """Cumulative flows, `other`, interface totals and untracked counts, as one Report per interval."""
+    """stages.Accounting for xdp: cumulative flows, `other`, interface totals and untracked counts,
+    as one Report per interval."""
 
     def __init__(self, cfg: AgentConfig, health: Health):
         self.cfg = cfg
@@ -121,7 +85,6 @@ class FlowAccounting:
         self.untracked = Totals()
         self.unobserved = Totals()
         self.sampled = 0
-        self._multi = len(cfg.interfaces) > 1 or any(c in s for s in cfg.interfaces for c in "*?[")
         # every self-metric an alert may use exists from the first report, at 0
         for metric in (*_GLOBAL.values(), sm.XDP_UNATTRIBUTED_PACKETS, sm.XDP_UNATTRIBUTED_BYTES, sm.XDP_SAMPLED,
                        sm.FLOWS_FOLDED, sm.FLOWS_EXPIRED, sm.FLOWS_RETIRED):
@@ -195,10 +158,4 @@ class FlowAccounting:
         health.set(sm.FLOWS_FOLDED, self.flows.folded_flows)
         health.set(sm.FLOWS_EXPIRED, self.flows.expired_flows)
         health.set(sm.FLOWS_RETIRED, self.flows.retired_flows)
-        lines = self._text() if self.cfg.output == "text" else []
-        return Report(now, samples, lines)
-
-    def _text(self) -> list[str]:
-        """The old tool's lines: per interface and direction, busiest flows first, the `other` flow last."""
-        rows = sorted(self.flows.items(), key=lambda r: (r[0][0], r[3], -r[2]))
-        return [text_line(key, packets, bytes_, self._multi, self.directed) for key, packets, bytes_, _ in rows]
+        return Report(now, samples)

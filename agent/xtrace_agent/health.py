@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
+from xtrace_agent.readiness import Kind, Problem
 from xtrace_agent.samples import Sample
 from xtrace_agent.selfmetrics import SelfMetric
 
@@ -28,7 +29,7 @@ class Health:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: dict[tuple, tuple[str, dict[str, str], float]] = {}
-        self._not_ready: dict[str, str] = {}
+        self._not_ready: dict[str, Problem] = {}
         self._notes: dict[str, str] = {}
         self.started = time.time()
 
@@ -60,18 +61,25 @@ class Health:
         return [Sample(n, dict(labels), v, timestamp) for n, labels, v in items]
 
     # readiness ------------------------------------------------------------
-    def not_ready(self, component: str, reason: str) -> None:
-        """Mark a component (e.g. 'xdp:eth1', 'remote_write:vm') not ready, with why."""
+    def not_ready(self, kind: Kind, component: str, message: str) -> None:
+        """Mark a component (e.g. 'xdp:eth1', 'remote_write:vm') not ready: what kind of problem, and why."""
+        if not isinstance(kind, Kind):
+            raise TypeError(f"a readiness problem's kind is a readiness.Kind, not {kind!r}")
         with self._lock:
-            self._not_ready[component] = reason
+            self._not_ready[component] = Problem(kind, component, message)
 
     def ready(self, component: str) -> None:
         with self._lock:
             self._not_ready.pop(component, None)
 
-    def reasons(self) -> dict[str, str]:
+    def problems(self) -> list[Problem]:
+        """Every component's problem, by component."""
         with self._lock:
-            return dict(self._not_ready)
+            return [self._not_ready[c] for c in sorted(self._not_ready)]
+
+    def reasons(self) -> dict[str, str]:
+        """component -> message (what /readyz prints)."""
+        return {p.component: p.message for p in self.problems()}
 
     def note(self, topic: str, text: str) -> None:
         """A fact /readyz shows whatever the readiness (e.g. the kernel headers the program was built with)."""

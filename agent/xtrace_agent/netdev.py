@@ -8,7 +8,6 @@ import socket
 import subprocess
 from typing import NamedTuple
 
-ARPHRD_INFINIBAND = 32
 _LINK_TYPES = {1: "ether", 32: "infiniband", 772: "loopback", 65534: "none", 776: "sit", 778: "gre"}
 DEFAULT_SYSFS = "/sys"
 

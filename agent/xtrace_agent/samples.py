@@ -21,8 +21,14 @@ class Sample(NamedTuple):
 
 @dataclass
 class Report:
-    """What one collection interval produced: samples for every sink, text lines for stdout."""
+    """What one collection interval produced, handed to every sink alike."""
 
     timestamp: float
-    samples: list[Sample] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)  # the data
+    # the agent's self-metrics as of `timestamp` (the pipeline adds them): pushed and printed with
+    # the data; /metrics reads the live values at scrape time instead
+    health: list[Sample] = field(default_factory=list)
+
+    def everything(self) -> list[Sample]:
+        """The data and the self-metrics (a new list): what remote write sends and stdout's JSON shows."""
+        return self.samples + self.health

@@ -12,9 +12,8 @@ import datetime
 from typing import Any, NamedTuple
 
 # One name on both sides: the condition each agent writes on its own pod.
-from xtrace_agent.podstatus import CONDITION_TYPE as AGENT_CONDITION
+from xtrace_agent.readiness import CONDITION_TYPE as AGENT_CONDITION
 
-CONDITION_TYPES = ("Ready", "Degraded", "InvalidSpec", "Conflict")
 MAX_AGENT_REASON = 512
 MAX_LISTED_NODES = 20  # keeps the status object small on a large broken fleet; notReadyCount has the total
 

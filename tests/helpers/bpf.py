@@ -35,6 +35,33 @@ def bpf_prerequisites() -> None:
     need(shutil.which("ip") is not None, "iproute2 (ip) is not installed")
 
 
+def test_run(prog_fd: int, frame: bytes, repeat: int = 1, ifindex: int | None = None,
+             egress: bool = False) -> tuple[int, int]:
+    """(return value, mean duration in ns) of a loaded program on `frame`, through BPF_PROG_TEST_RUN.
+
+    Without ifindex the kernel presents the frame as received on (egress: sent by) the loopback
+    device (ifindex 1)."""
+    from xtrace_agent.xdp import libbpf
+
+    if egress:
+        return libbpf.prog_test_run(prog_fd, frame, repeat, skb_ifindex=ifindex)
+    return libbpf.prog_test_run(prog_fd, frame, repeat, ifindex)
+
+
+test_run.__test__ = False  # not a pytest test, despite the name
+
+
+def stats(drained) -> dict[str, int]:
+    """Packets per untracked reason over all interfaces of one drain, and `sampled`."""
+    from xtrace_agent.xdp import layout
+
+    out = dict.fromkeys(layout.UNTRACKED.values(), 0)
+    for (_, reason), (packets, _) in drained.untracked.items():
+        out[reason] += packets
+    out["sampled"] = drained.sampled
+    return out
+
+
 def load_program(**overrides):
     from xtrace_agent.config import XdpConfig
     from xtrace_agent.xdp.program import XdpProgram
@@ -48,12 +75,10 @@ class Runner:
 
     def __init__(self, program):
         self.program = program
-        program.reset()
+        program.drain()  # forget earlier counts: the table it installs was emptied by the previous drain
 
     def run(self, frame: bytes, repeat: int = 1, ipoib: bool = False) -> int:
         """The XDP action the program returned (it must always be XDP_PASS)."""
-        from xtrace_agent.xdp.program import test_run
-
         action, _ns = test_run(self.program.prog_fd(ipoib), frame, repeat)
         return action
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests import frames as F
-from tests.helpers.bpf import bpf_prerequisites
+from tests.helpers.bpf import bpf_prerequisites, stats
 from tests.helpers.netns import ip, run_in_netns
 from xtrace_agent.xdp import compiler, libbpf
 from xtrace_agent.xdp.attach import AttachError
@@ -216,7 +216,7 @@ def test_replaces_the_leftover_of_a_killed_agent(xdp_program, link, caplog, stal
 
 def test_real_frames_over_veth_counted_exactly(xdp_program, link):
     """Frames sent for real from the namespace: exact keys and counts, in native mode."""
-    from xtrace_agent.xdp.program import FlowKey
+    from xtrace_agent.stages import FlowKey
 
     dst, src = link.mac(link.dev), link.mac(link.peer, link.ns)
     frames = {
@@ -229,7 +229,7 @@ def test_real_frames_over_veth_counted_exactly(xdp_program, link):
     }
     xdp_program.attach(link.dev, link.ifindex, False, "native")
     try:
-        xdp_program.reset()
+        xdp_program.drain()
         link.send(*frames.values(), frames["udp4"], frames["udp4"])
         d = xdp_program.drain()
     finally:
@@ -249,4 +249,4 @@ def test_real_frames_over_veth_counted_exactly(xdp_program, link):
     }
     total = sum(map(len, frames.values())) + 2 * len(frames["udp4"])
     assert d.interfaces[ifx] == (8, total)
-    assert d.stats["malformed"] == 1
+    assert stats(d)["malformed"] == 1

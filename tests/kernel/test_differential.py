@@ -84,8 +84,8 @@ def test_program_matches_an_independent_parser_on_mutated_frames(xdp):
 def test_egress_entry_point_counts_exactly_what_the_ingress_one_does(xdp):
     """One parser for both hooks: the same mutated frames through the TC (egress) entry point give
     the same flows, untracked entries and totals as through XDP, under the egress half of the key."""
+    from tests.helpers.bpf import test_run
     from xtrace_agent.xdp.layout import EGRESS
-    from xtrace_agent.xdp.program import test_run
 
     rng = random.Random(20261202)
     base = seeds()
@@ -110,8 +110,8 @@ def test_egress_entry_point_counts_exactly_what_the_ingress_one_does(xdp):
 
 
 def test_ipoib_egress_entry_point_matches_the_ingress_one(xdp):
+    from tests.helpers.bpf import test_run
     from xtrace_agent.xdp.layout import EGRESS
-    from xtrace_agent.xdp.program import test_run
 
     frames = [F.ipoib(F.ipv4(A4, B4, F.udp(40100, 9999, b"i" * 40))),
               F.ipoib(F.ipv6(A6, B6, F.tcp(40101, 443, b"j" * 10))),

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from tests import frames as F
-from tests.helpers.bpf import LO, Runner
-from xtrace_agent.xdp.program import FlowKey
+from tests.helpers.bpf import LO, Runner, stats
+from xtrace_agent.stages import FlowKey
 
 pytestmark = pytest.mark.kernel
 
@@ -37,7 +37,7 @@ def assert_flow(xdp: Runner, frame: bytes, expected: FlowKey, repeat: int = 3, i
     d = counted(xdp, frame, repeat, ipoib)
     assert d.flows == {expected: (repeat, repeat * len(frame))}
     assert d.interfaces[LO] == (repeat, repeat * len(frame))
-    assert d.stats["malformed"] == 0 and d.stats["non_ip"] == 0 and d.stats["table_full"] == 0
+    assert stats(d)["malformed"] == 0 and stats(d)["non_ip"] == 0 and stats(d)["table_full"] == 0
     assert d.untracked == {}
 
 
@@ -129,7 +129,7 @@ def test_non_ip_counts_only_in_interface_totals(xdp):
     frame = eth(F.arp())
     d = counted(xdp, frame, 4)
     assert d.flows == {}
-    assert d.stats["non_ip"] == 4 and d.stats["malformed"] == 0
+    assert stats(d)["non_ip"] == 4 and stats(d)["malformed"] == 0
     assert d.interfaces[LO] == (4, 4 * len(frame))
 
 
@@ -157,11 +157,11 @@ def test_truncated_at_every_header_byte(xdp, name):
         assert xdp.run(cut, 1, ipoib) == XDP_PASS
     d = xdp.drain()
     assert d.flows == {}
-    assert d.stats["malformed"] == len(cuts)
+    assert stats(d)["malformed"] == len(cuts)
     assert d.interfaces[LO] == (len(cuts), sum(map(len, cuts)))
     # the full header set parses: the boundary is exactly where the test says
     d = counted(xdp, frame[:header_len], 1, ipoib)
-    assert d.stats["malformed"] == 0 and len(d.flows) == 1
+    assert stats(d)["malformed"] == 0 and len(d.flows) == 1
 
 
 MALFORMED = {
@@ -181,7 +181,7 @@ def test_malformed(xdp, name):
     frame = MALFORMED[name]
     d = counted(xdp, frame, 2, ipoib=name.startswith("ipoib"))
     assert d.flows == {}
-    assert d.stats["malformed"] == 2
+    assert stats(d)["malformed"] == 2
     assert d.interfaces[LO] == (2, 2 * len(frame))
 
 
@@ -190,7 +190,7 @@ def test_sampling_scales_counts(sampled_program):
     frame = eth(F.ipv4(A4, B4, F.udp(71, 72, b"s" * 10)))
     assert runner.run(frame, 4000) == XDP_PASS
     d = runner.drain()
-    sampled = d.stats["sampled"]
+    sampled = stats(d)["sampled"]
     assert 0 < sampled < 4000
     assert d.flows == {key(A4, B4, 71, 72, 17): (4 * sampled, 4 * sampled * len(frame))}
     assert d.interfaces[LO] == (4000, 4000 * len(frame))  # interface totals are never sampled
@@ -203,4 +203,4 @@ def test_sampling_scales_counts(sampled_program):
 def test_unsampled_program_has_no_sampler(xdp):
     frame = eth(F.ipv4(A4, B4, F.udp(73, 74)))
     d = counted(xdp, frame, 50)
-    assert d.stats["sampled"] == 0 and d.flows[key(A4, B4, 73, 74, 17)] == (50, 50 * len(frame))
+    assert stats(d)["sampled"] == 0 and d.flows[key(A4, B4, 73, 74, 17)] == (50, 50 * len(frame))

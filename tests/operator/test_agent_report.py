@@ -1,6 +1,6 @@
 """The agent's own readiness reason, from its Pod to the monitor's status.
 
-The agent writes the condition `xtrace.io/AgentReady` on its pod (xtrace_agent.podstatus);
+The agent writes the condition `xtrace.io/AgentReady` on its pod (xtrace_agent.sinks.podstatus);
 the operator puts its reason in `status.notReadyNodes`. Covered here: the operator's reading
 of the condition (pure) and the RBAC that lets the agents write it (real schemas, and the escalation
 rule the API server applies to the operator). The whole path, the real agent writing to a real API
@@ -13,7 +13,7 @@ import kubernetes_validate
 import yaml
 
 from tests.operator.conftest import ROOT
-from xtrace_agent import podstatus
+from xtrace_agent import readiness
 from xtrace_operator import model, render
 from xtrace_operator import status as status_mod
 
@@ -28,7 +28,7 @@ def _pod_status(*conditions: dict, container: dict = RUNNING_NOT_READY) -> dict:
 
 
 def _agent(status: str, reason: str, message: str) -> dict:
-    return {"type": podstatus.CONDITION_TYPE, "status": status, "reason": reason, "message": message,
+    return {"type": readiness.CONDITION_TYPE, "status": status, "reason": reason, "message": message,
             "lastTransitionTime": "2025-01-01T00:00:10Z"}
 
 

@@ -78,7 +78,7 @@ def test_iwarp_no_pma_is_absent_and_counted_once(tree):
         assert value(r, "xtrace_rdma_port_info", device="cxgb4_0") == 1
     # 16 files that never read: 16 errors, not 16 per interval
     assert health.get(sm.COLLECTOR_ERRORS, ERRORS) == 16
-    line = next(line for line in r.text if line.startswith("cxgb4_0"))
+    line = next(line for line in c.text.lines(r) if line.startswith("cxgb4_0"))
     assert "tx_bytes=-" in line
 
 
@@ -95,7 +95,7 @@ def test_saturated_error_counters_are_flagged_not_pushed(tree):
     assert "symbol_error" not in counters and counters["port_rcv_errors"] == 12
     # only counters that can stick at their maximum get a flag
     assert "port_xmit_data" not in flags
-    assert "saturated=link_error_recovery,local_link_integrity_errors,symbol_error" in r.text[1]
+    assert "saturated=link_error_recovery,local_link_integrity_errors,symbol_error" in c.text.lines(r)[1]
 
 
 def test_32_bit_counters_wrap_between_reads(tree):
@@ -130,7 +130,7 @@ def test_64_bit_drop_is_a_reset_and_totals_never_go_backwards(tree):
 def test_text_line_totals_first_then_rates_per_second(tree, clock):
     c, _ = make(tree, clock=clock)
     c.start()
-    first = c.collect(1.0).text
+    first = c.text.lines(c.collect(1.0))
     assert len(first) == 6
     line = next(x for x in first if x.startswith("mlx5_0 "))
     assert line == ("mlx5_0 port=1 netdev=ib0 link_layer=InfiniBand state=ACTIVE rate=100Gb/sec "
@@ -138,7 +138,7 @@ def test_text_line_totals_first_then_rates_per_second(tree, clock):
     clock.now += 2.0
     write_counter(tree, "mlx5_0", 1, "counters", "port_xmit_data", f"{250_000_000_000 + 500_000_000}\n")
     write_counter(tree, "mlx5_0", 1, "counters", "port_xmit_packets", f"{900_000_000 + 3000}\n")
-    line = next(x for x in c.collect(3.0).text if x.startswith("mlx5_0 "))
+    line = next(x for x in c.text.lines(c.collect(3.0)) if x.startswith("mlx5_0 "))
     # 2e9 bytes in 2 s; 3000 packets in 2 s
     assert line.endswith("tx_bytes/s=1.00G rx_bytes/s=0 tx_packets/s=1.50k rx_packets/s=0")
 

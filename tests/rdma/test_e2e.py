@@ -1,7 +1,7 @@
 """End to end: the installed `xtrace-agent` binary on the committed fixture tree, against a golden file.
 
 Regenerate the golden file after an intended change:
-    XTRACE_UPDATE_GOLDEN=1 /work/main/.venv/bin/python -m pytest tests/rdma/test_e2e.py
+    XTRACE_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/rdma/test_e2e.py
 """
 
 import json

@@ -36,14 +36,35 @@ def einval_on(path: str):
     return raw
 
 
+class Pipeline:
+    """The rdma/nccl source and its accounting stage, as cli.run wires them: collect() is one report.
+    `text` formats reports as stdout's text output does."""
+
+    def __init__(self, source, accounting):
+        from xtrace_agent.sinks.text import PortText
+
+        self.source, self.accounting, self.text = source, accounting, PortText()
+        self.health = source.health
+
+    def start(self) -> None:
+        self.source.start()
+
+    def collect(self, now: float):
+        return self.accounting.report(self.source.collect(now), now)
+
+    def close(self) -> None:
+        self.source.close()
+
+
 def make(root: str, mode: str = "nccl", **kw) -> tuple:
     from xtrace_agent.collectors.rdma import RdmaCollector
+    from xtrace_agent.ports import PortAccounting
 
     health = Health()
     clock = kw.pop("clock", None)
     cfg = AgentConfig(mode=mode, sysfs=root, **kw)
-    collector = RdmaCollector(cfg, health, clock) if clock else RdmaCollector(cfg, health)
-    return collector, health
+    source = RdmaCollector(cfg, health, clock) if clock else RdmaCollector(cfg, health)
+    return Pipeline(source, PortAccounting(health)), health
 
 
 def by_counter(report, name: str, **labels) -> dict:

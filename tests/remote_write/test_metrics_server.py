@@ -14,6 +14,7 @@ from xtrace_agent import selfmetrics as sm
 from xtrace_agent.config import AgentConfig
 from xtrace_agent.errors import AgentFailure
 from xtrace_agent.health import Health
+from xtrace_agent.readiness import Kind
 from xtrace_agent.sinks.http import MetricsServer
 from xtrace_agent.sinks.remote_write import RemoteWriteSink  # noqa: F401 (registers its help texts)
 
@@ -57,8 +58,8 @@ def test_healthz_and_readyz(server):
     srv, url = server
     assert _get(url + "/healthz")[:2] == (200, "ok\n")
     assert _get(url + "/readyz")[:2] == (200, "ok\n")
-    srv.health.not_ready("remote_write:vm", "no successful push to vm for 130s")
-    srv.health.not_ready("xdp:eth1", "interface eth1 not found")
+    srv.health.not_ready(Kind.PUSH_FAILING, "remote_write:vm", "no successful push to vm for 130s")
+    srv.health.not_ready(Kind.INTERFACE_NOT_FOUND, "xdp:eth1", "interface eth1 not found")
     status, text, _ = _get(url + "/readyz")
     assert status == 503
     assert text.splitlines() == ["remote_write:vm: no successful push to vm for 130s",

@@ -2,40 +2,43 @@
 
 Each interval: swap and drain the kernel tables, name the interfaces, reconcile attachments (an
 interface that vanished and came back is attached again), for each direction configured
-(ingress: XDP; egress: TC). What comes out is an Observed of deltas, per (interface, direction);
-turning those into cumulative counters is the next stage's job (flows.FlowAccounting).
+(ingress: XDP; egress: TC). What comes out is a stages.Observed of deltas, per (interface,
+direction); turning those into cumulative counters is the next stage's job (flows.FlowAccounting).
+The kernel is reached only through a stages.Program (xdp.program.XdpProgram, or a test's fake).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from xtrace_agent import netdev
 from xtrace_agent import selfmetrics as sm
-from xtrace_agent.config import AgentConfig
+from xtrace_agent.config import AgentConfig, XdpConfig
 from xtrace_agent.errors import UsageError
-from xtrace_agent.flows import NO_BTH, Observed
 from xtrace_agent.health import Health
+from xtrace_agent.readiness import Kind
+from xtrace_agent.stages import BTH, ENDPOINTS, NO_BTH, TRAFFIC_TYPE, Observed, Program
 from xtrace_agent.xdp.layout import split_ifindex
 
 log = logging.getLogger("xtrace.xdp")
 
 
-
 class XdpCollector:
-    """Counts traffic per flow on the configured interfaces with the XDP program."""
+    """stages.Source: counts traffic per flow on the configured interfaces with the XDP program."""
 
-    def __init__(self, cfg: AgentConfig, health: Health, program_loader=None):
+    def __init__(self, cfg: AgentConfig, health: Health,
+                 program_loader: Callable[[XdpConfig], Program] | None = None):
         self.cfg = cfg
         self.health = health
         self._load = program_loader
-        self.program = None
+        self.program: Program | None = None
         self.directions = cfg.xdp.directions
         self._directed = "egress" in self.directions  # series carry a `direction` label
         self._attached: dict[tuple[str, str], int] = {}  # (interface, direction) -> ifindex we attached to
         self._names: dict[int, str] = {}  # ifindex -> name, also for links gone since the last drain
-        self._problems: dict[str, str] = {}
+        self._problems: dict[str, str] = {}  # what was logged last per interface (and direction)
         self._modes: dict[tuple[str, str], str] = {}  # -> mode of its xtrace_xdp_attached series
         self._unwatched: set[str] = set()  # present, but our program could not be (re)attached
         self._rx_since: dict[str, tuple[int, int]] = {}  # their driver rx counters at the last look
@@ -62,9 +65,8 @@ class XdpCollector:
             from xtrace_agent.xdp.program import XdpProgram
             self._load = XdpProgram.load
         self.program = self._load(self.cfg.xdp)
-        headers = getattr(self.program, "headers", "")  # a test's fake program may have none
-        if headers:  # /readyz keeps saying which headers the running program was built with
-            self.health.note("kernel headers", headers)
+        # /readyz keeps saying which headers the running program was built with
+        self.health.note("kernel headers", self.program.headers)
         try:
             if "egress" in self.directions:
                 self.program.egress.resolve()  # a kernel with no egress hook: one line, before anything
@@ -77,14 +79,12 @@ class XdpCollector:
     def close(self) -> None:
         if self.program is not None:
             self.program.close()
-            self.program = None
+            self.program: Program | None = None
         self._attached.clear()
 
     # attachment --------------------------------------------------------------------------
     def _reconcile(self, strict: bool = False, first: bool = False) -> None:
-        from xtrace_agent.xdp.attach import AgentConflict, AttachError
-        from xtrace_agent.xdp.egress import NoEgressHook
-
+        """Attach where the program should be and is not; report what cannot be watched."""
         wanted = netdev.expand(self.cfg.interfaces)
         # one kernel query per link, once per interval
         live = {d: self.program.attached(d) for d in self.directions}
@@ -94,58 +94,62 @@ class XdpCollector:
                 if netdev.matching(spec, wanted):
                     self._ok(spec, f"xdp:{spec}")
                 else:  # a glob that matches nothing (yet): not ready, so nobody believes it counts
-                    self._problem(spec, f"xdp:{spec}", "no interface matches")
+                    self._problem(spec, f"xdp:{spec}", Kind.INTERFACE_NOT_FOUND, "no interface matches")
         for name in wanted:
             li = netdev.link(name, self.cfg.sysfs)
             for direction in self.directions:
-                where = (name, direction)
-                # ingress keeps the component name it always had; egress is an xdp component too
-                # (pod status sorts problems by the part before the colon)
-                component = f"xdp:{name}" if direction == "ingress" else f"xdp:{name} ({direction})"
-                problem_key = name if direction == "ingress" else f"{name} {direction}"
-                if li is None:
-                    if where in self._attached:
-                        if direction == self.directions[0]:
-                            log.warning("interface %s disappeared; will attach again when it returns", name)
-                        del self._attached[where]
-                    self._problem(problem_key, component, "interface not found")
-                    continue
-                if self._attached.get(where) == li.ifindex and li.ifindex in live[direction]:
-                    if li.is_down:
-                        self._problem(problem_key, component, "link down")
-                    else:
-                        self._ok(problem_key, component)
-                    continue
-                try:
-                    mode = self.program.attach(name, li.ifindex, li.infiniband, self.cfg.xdp.attach_mode, direction)
-                except AttachError as e:
-                    if strict or isinstance(e, NoEgressHook) or (first and isinstance(e, AgentConflict)):
-                        raise
-                    self._problem(problem_key, component, str(e))
-                    if direction == "ingress":
-                        self._unwatched.add(name)
-                    if where in self._modes:
-                        self.health.set(sm.XDP_ATTACHED, 0, self._attached_labels(where, self._modes[where]))
-                    continue
-                if where in self._attached:
-                    log.info("interface %s is back (ifindex %d): attached again (%s %s)", name, li.ifindex,
-                             direction, mode)
-                else:
-                    log.info("attached to %s (ifindex %d, %s, %s)", name, li.ifindex, direction, mode)
-                self._attached[where] = li.ifindex
-                self._names[li.ifindex] = name
-                if self._modes.get(where, mode) != mode:
-                    self.health.set(sm.XDP_ATTACHED, 0, self._attached_labels(where, self._modes[where]))
-                self._modes[where] = mode
-                self.health.set(sm.XDP_ATTACHED, 1, self._attached_labels(where, mode))
-                if li.is_down:
-                    self._problem(problem_key, component, "link down")
-                else:
-                    self._ok(problem_key, component)
+                self._reconcile_one(name, li, direction, live[direction], strict, first)
         for where in list(self._attached):
             if where[0] not in wanted:  # a glob no longer matches (renamed): let it go
                 ifindex = self._attached.pop(where)
                 self.program.detach(ifindex, where[1])
+
+    def _reconcile_one(self, name: str, li: netdev.Link | None, direction: str, live, strict: bool,
+                       first: bool) -> None:
+        from xtrace_agent.xdp.attach import AgentConflict, AttachError
+        from xtrace_agent.xdp.egress import NoEgressHook
+
+        where = (name, direction)
+        # ingress keeps the component name it always had; egress is an xdp component too
+        component = f"xdp:{name}" if direction == "ingress" else f"xdp:{name} ({direction})"
+        problem_key = name if direction == "ingress" else f"{name} {direction}"
+        if li is None:
+            if where in self._attached:
+                if direction == self.directions[0]:
+                    log.warning("interface %s disappeared; will attach again when it returns", name)
+                del self._attached[where]
+            self._problem(problem_key, component, Kind.INTERFACE_NOT_FOUND, "interface not found")
+            return
+        if not (self._attached.get(where) == li.ifindex and li.ifindex in live):
+            try:
+                mode = self.program.attach(name, li.ifindex, li.infiniband, self.cfg.xdp.attach_mode, direction)
+            except AttachError as e:
+                if strict or isinstance(e, NoEgressHook) or (first and isinstance(e, AgentConflict)):
+                    raise
+                self._problem(problem_key, component, Kind.NOT_ATTACHED, str(e))
+                if direction == "ingress":
+                    self._unwatched.add(name)
+                if where in self._modes:
+                    self.health.set(sm.XDP_ATTACHED, 0, self._attached_labels(where, self._modes[where]))
+                return
+            self._attached_now(where, li.ifindex, mode)
+        if li.is_down:
+            self._problem(problem_key, component, Kind.LINK_DOWN, "link down")
+        else:
+            self._ok(problem_key, component)
+
+    def _attached_now(self, where: tuple[str, str], ifindex: int, mode: str) -> None:
+        name, direction = where
+        if where in self._attached:
+            log.info("interface %s is back (ifindex %d): attached again (%s %s)", name, ifindex, direction, mode)
+        else:
+            log.info("attached to %s (ifindex %d, %s, %s)", name, ifindex, direction, mode)
+        self._attached[where] = ifindex
+        self._names[ifindex] = name
+        if self._modes.get(where, mode) != mode:
+            self.health.set(sm.XDP_ATTACHED, 0, self._attached_labels(where, self._modes[where]))
+        self._modes[where] = mode
+        self.health.set(sm.XDP_ATTACHED, 1, self._attached_labels(where, mode))
 
     def _attached_labels(self, where: tuple[str, str], mode: str) -> dict[str, str]:
         labels = {"interface": where[0], "mode": mode}
@@ -153,11 +157,11 @@ class XdpCollector:
             labels["direction"] = where[1]
         return labels
 
-    def _problem(self, name: str, component: str, reason: str) -> None:
+    def _problem(self, name: str, component: str, kind: Kind, reason: str) -> None:
         if self._problems.get(name) != reason:
             log.warning("%s: %s", name, reason)
             self._problems[name] = reason
-        self.health.not_ready(component, reason)
+        self.health.not_ready(kind, component, reason)
 
     def _ok(self, name: str, component: str) -> None:
         self._problems.pop(name, None)
@@ -171,12 +175,14 @@ class XdpCollector:
         flows = drained.flows
         # one comprehension, no call per flow: at 100k flows every Python call costs ~5 ms
         ifaces = {i: (self._group(i),) for i in {fk[0] for fk in flows}}
-        deltas = {ifaces[fk[0]] + fk[1:7] + (fk[7:] if fk[6] == "roce" else NO_BTH): c for fk, c in flows.items()}
+        # FlowKey -> FlowId: the group in place of the ifindex; BTH fields only for RoCE
+        deltas = {ifaces[fk[0]] + fk[ENDPOINTS] + (fk[BTH] if fk[TRAFFIC_TYPE] == "roce" else NO_BTH): c
+                  for fk, c in flows.items()}
         if len(deltas) < len(flows):
             # two ifindexes under one name (a link recreated within the interval): add them up
             deltas = {}
             for fk, (p, b) in flows.items():
-                key = ifaces[fk[0]] + fk[1:7] + (fk[7:] if fk[6] == "roce" else NO_BTH)
+                key = ifaces[fk[0]] + fk[ENDPOINTS] + (fk[BTH] if fk[TRAFFIC_TYPE] == "roce" else NO_BTH)
                 old = deltas.get(key, (0, 0))
                 deltas[key] = (old[0] + p, old[1] + b)
         untracked: dict[tuple[tuple[str, str], str], tuple[int, int]] = {}

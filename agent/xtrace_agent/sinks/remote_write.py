@@ -52,6 +52,7 @@ from xtrace_agent import selfmetrics as sm
 from xtrace_agent.config import MEMORY_SPOOL_BYTES, AgentConfig, RemoteWriteTarget
 from xtrace_agent.errors import UsageError
 from xtrace_agent.health import Health
+from xtrace_agent.readiness import Kind
 from xtrace_agent.samples import Report
 from xtrace_agent.sinks import exposition, prompb
 from xtrace_agent.sinks.spool import Block, DiskSpool, MemorySpool
@@ -168,13 +169,14 @@ class RemoteWriteSink:
 
     # --- the collector's side ---------------------------------------------------------------
     def write(self, report: Report) -> None:
-        if not report.samples:
+        samples = report.everything()
+        if not samples:
             return
         with self._cond:
             if self._closing:
                 return
-            self._queue.append(list(report.samples))
-            self._queued += len(report.samples)
+            self._queue.append(samples)
+            self._queued += len(samples)
             if self._queued > self.queue_limit:
                 self._drop_queued(self._queued - self.queue_limit)
             self._cond.notify()
@@ -445,7 +447,7 @@ class RemoteWriteSink:
             self._caught_up = now
         age = now - max(self._last_success, self._caught_up)
         if age > self.max_push_age:
-            self.health.not_ready(self.component, f"no successful push to {self.name} for {age:.0f}s "
+            self.health.not_ready(Kind.PUSH_FAILING, self.component, f"no successful push to {self.name} for {age:.0f}s "
                                   f"(maxPushAge {self.max_push_age:g}s): {self._last_error or 'sending'}")
         else:
             self.health.ready(self.component)

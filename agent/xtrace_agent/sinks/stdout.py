@@ -1,4 +1,4 @@
-"""Prints each report: the old tool's text lines, or one JSON document per line."""
+"""Prints each report: the old tool's text lines (sinks/text.py), or one JSON document per line."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def _number(value: float) -> int | float:
 def json_line(report: Report) -> str:
     return json.dumps({
         "timestamp": round(report.timestamp, 3),
-        "samples": [{"name": s.name, "labels": s.labels, "value": _number(s.value)} for s in report.samples],
+        "samples": [{"name": s.name, "labels": s.labels, "value": _number(s.value)} for s in report.everything()],
     }, separators=(", ", ": "))
 
 
@@ -30,17 +30,25 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class StdoutSink:
-    """Writes reports to a stream; a closed stream (`| head`) disables the sink, never the agent."""
+    """Writes reports to a stream; a closed stream (`| head`) disables the sink, never the agent.
 
-    def __init__(self, output: str = "text", stream: TextIO | None = None):
+    `text`: the mode's formatter (pipeline.MODES), which turns a report's samples into lines."""
+
+    def __init__(self, output: str = "text", text=None, stream: TextIO | None = None):
+        if output == "text" and text is None:
+            raise ValueError("text output needs the mode's formatter")
         self.output = output
+        self.text = text
         self.stream = stream or sys.stdout
         self.closed = False
 
     def write(self, report: Report) -> None:
         if self.closed:
             return
-        text = json_line(report) + "\n" if self.output == "json" else "".join(f"{line}\n" for line in report.text)
+        if self.output == "json":
+            text = json_line(report) + "\n"
+        else:
+            text = "".join(f"{line}\n" for line in self.text.lines(report))
         try:
             self.stream.flush()
             fd = self.stream.fileno()

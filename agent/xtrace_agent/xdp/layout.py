@@ -24,7 +24,6 @@ UNTRACKED = {
 # The top bit of flow_key.ifindex marks what an interface sent (the TC program) from what it
 # received (XDP): kernel ifindexes are positive ints, so the bit is never part of one.
 EGRESS = 1 << 31
-DIRECTIONS = ("ingress", "egress")
 
 
 def split_ifindex(raw: int) -> tuple[int, str]:

@@ -46,10 +46,6 @@ class ProgQueryOpts(ctypes.Structure):
                 ("prog_ids", c_void_p), ("prog_cnt", c_uint32), ("prog_attach_flags", c_void_p)]
 
 
-class BatchOpts(ctypes.Structure):
-    _fields_ = [("sz", c_size_t), ("elem_flags", c_uint64), ("flags", c_uint64)]
-
-
 class XdpAttachOpts(ctypes.Structure):
     _fields_ = [("sz", c_size_t), ("old_prog_fd", c_int)]
 
@@ -68,8 +64,9 @@ class ProgInfo(ctypes.Structure):
                 ("map_ids", c_uint64), ("name", c_char * 16)]
 
 
-class MapInfo(ctypes.Structure):
-    """The head of struct bpf_map_info, up to the name."""
+class BpfMapInfo(ctypes.Structure):
+    """The head of the kernel's struct bpf_map_info, up to the name (compiler.MapInfo is our own
+    description of a map, from the compile)."""
 
     _fields_ = [("type", c_uint32), ("id", c_uint32), ("key_size", c_uint32), ("value_size", c_uint32),
                 ("max_entries", c_uint32), ("map_flags", c_uint32), ("name", c_char * 16)]
@@ -100,9 +97,7 @@ def lib() -> ctypes.CDLL:
     except OSError as e:
         raise OSError(errno.ENOENT, f"libbpf.so.1 not found (install libbpf1): {e}") from None
     u32p = POINTER(c_uint32)
-    for name in ("bpf_map_lookup_and_delete_batch", "bpf_map_lookup_batch"):
-        getattr(so, name).argtypes = [c_int, c_void_p, c_void_p, c_void_p, c_void_p, u32p, c_void_p]
-    so.bpf_map_delete_batch.argtypes = [c_int, c_void_p, u32p, c_void_p]
+    so.bpf_map_lookup_and_delete_batch.argtypes = [c_int, c_void_p, c_void_p, c_void_p, c_void_p, u32p, c_void_p]
     so.bpf_map_update_batch.argtypes = [c_int, c_void_p, c_void_p, u32p, c_void_p]
     so.bpf_map_lookup_elem.argtypes = [c_int, c_void_p, c_void_p]
     so.bpf_map_update_elem.argtypes = [c_int, c_void_p, c_void_p, c_uint64]
@@ -156,21 +151,9 @@ def lookup_and_delete_batch(fd: int, in_token, out_token, keys, values, count: i
                        in_token, out_token, keys, values, count)
 
 
-def lookup_batch(fd: int, in_token, out_token, keys, values, count: int) -> tuple[int, bool]:
-    """Like lookup_and_delete_batch, without deleting."""
-    return _batch_step(lib().bpf_map_lookup_batch, "bpf_map_lookup_batch", fd, in_token, out_token, keys,
-                       values, count)
-
-
 def update_batch(fd: int, keys, values, count: int) -> int:
     n = c_uint32(count)
     _check(lib().bpf_map_update_batch(fd, keys, values, byref(n), None), "bpf_map_update_batch")
-    return n.value
-
-
-def delete_batch(fd: int, keys, count: int) -> int:
-    n = c_uint32(count)
-    _check(lib().bpf_map_delete_batch(fd, keys, byref(n), None), "bpf_map_delete_batch")
     return n.value
 
 
@@ -211,8 +194,8 @@ def _obj_info(fd: int, info):
     return info
 
 
-def map_info(fd: int) -> MapInfo:
-    return _obj_info(fd, MapInfo())
+def map_info(fd: int) -> BpfMapInfo:
+    return _obj_info(fd, BpfMapInfo())
 
 
 def prog_map_ids(fd: int) -> list[int]:

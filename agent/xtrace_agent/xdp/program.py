@@ -18,11 +18,11 @@ import ctypes
 import logging
 import os
 from functools import partial
-from typing import NamedTuple
 
 import numpy as np
 
 from xtrace_agent.errors import AgentFailure
+from xtrace_agent.stages import Drained, FlowKey
 from xtrace_agent.xdp import compiler, layout, libbpf
 from xtrace_agent.xdp.addresses import ip_text, v4_texts, v6_texts
 from xtrace_agent.xdp.attach import (
@@ -40,7 +40,7 @@ from xtrace_agent.xdp.attach import (
 from xtrace_agent.xdp.compiler import Compiled, MapInfo
 from xtrace_agent.xdp.egress import EgressAttachments
 
-__all__ = ["AttachError", "Drained", "FlowKey", "XdpProgram", "ip_text", "test_run"]
+__all__ = ["AttachError", "Drained", "FlowKey", "XdpProgram", "ip_text"]
 
 log = logging.getLogger("xtrace.xdp")
 
@@ -50,39 +50,6 @@ TABLES = ("flows_a", "flows_b")
 # Per-CPU value buffers of one drain step are capped at this size (at 64 CPUs, a whole 65536-flow
 # table would need 64 MiB at once; chunks keep the agent's RSS flat).
 DRAIN_CHUNK_BYTES = 8 << 20
-
-
-class FlowKey(NamedTuple):
-    """A decoded flow key; src_ip/dst_ip in canonical text (RFC 5952, as the ipaddress module prints)."""
-
-    ifindex: int  # with layout.EGRESS set for what the interface sent
-    src_ip: str
-    dst_ip: str
-    src_port: int
-    dst_port: int
-    protocol: int
-    traffic_type: str  # "ethernet" | "roce" | "infiniband"
-    rdma_opcode: int
-    dest_qp: int
-
-
-class Drained(NamedTuple):
-    """Everything counted in one table, i.e. since the previous drain."""
-
-    flows: dict[FlowKey, tuple[int, int]]  # (packets, bytes) summed over CPUs, scaled up by the sampling
-    untracked: dict[tuple[int, str], tuple[int, int]]  # (ifindex, reason) -> (packets, bytes), as counted
-    interfaces: dict[int, tuple[int, int]]  # ifindex -> every packet counted there (exact, never sampled)
-    # (every ifindex here is a key's: with layout.EGRESS set for what the interface sent)
-    sampled: int = 0  # with sampling: packets counted per flow (before scaling); else 0
-
-    @property
-    def stats(self) -> dict[str, int]:
-        """Packets per untracked reason over all interfaces, and `sampled`."""
-        out = dict.fromkeys(layout.UNTRACKED.values(), 0)
-        for (_, reason), (packets, _) in self.untracked.items():
-            out[reason] += packets
-        out["sampled"] = self.sampled
-        return out
 
 
 class _Table:
@@ -127,7 +94,7 @@ class _Table:
 
 
 class XdpProgram:
-    """The program loaded in the kernel with its maps, attached to any number of interfaces: XDP
+    """stages.Program on a real kernel: the program loaded in the kernel with its maps, attached to any number of interfaces: XDP
     for what they receive, and (direction "egress") TC for what they send."""
 
     def __init__(self, compiled: Compiled, sampling: int = 1):
@@ -309,11 +276,6 @@ class XdpProgram:
                 flows.update(chunk)
         return counted
 
-    def reset(self) -> None:
-        """Forget all counts (tests, benchmarks). One drain is enough: the table it installs was
-        emptied by the previous one."""
-        self.drain()
-
     def close(self) -> None:
         """Detach everywhere and release the program and maps; idempotent."""
         if self._closed:
@@ -331,17 +293,3 @@ class XdpProgram:
 
 
 _new_flow_key = partial(tuple.__new__, FlowKey)
-
-
-def test_run(prog_fd: int, frame: bytes, repeat: int = 1, ifindex: int | None = None,
-             egress: bool = False) -> tuple[int, int]:
-    """(return value, mean duration in ns) of the program on `frame`, through BPF_PROG_TEST_RUN.
-
-    Without ifindex the kernel presents the frame as received on (egress: sent by) the loopback
-    device (ifindex 1)."""
-    if egress:
-        return libbpf.prog_test_run(prog_fd, frame, repeat, skb_ifindex=ifindex)
-    return libbpf.prog_test_run(prog_fd, frame, repeat, ifindex)
-
-
-test_run.__test__ = False  # not a pytest test, despite the name

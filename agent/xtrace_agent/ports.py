@@ -1,0 +1,95 @@
+"""The accounting stage of the rdma and nccl modes: each port's raw sysfs counters, read by the
+RDMA source, turned into monotonic totals and the samples every sink gets.
+
+    RdmaCollector.collect() -> PortsObserved (raw readings) -> PortAccounting.report() -> Report
+
+Every counter is pushed as a monotonic total (rdma.counters.CounterTracker): wraps corrected,
+resets absorbed, saturated error counters flagged instead of pushed frozen.
+"""
+
+from __future__ import annotations
+
+import time
+
+from xtrace_agent import selfmetrics as sm
+from xtrace_agent.health import Health
+from xtrace_agent.rdma import sysfs
+from xtrace_agent.rdma.counters import CounterTracker, width
+from xtrace_agent.samples import Report, Sample
+from xtrace_agent.stages import PortsObserved
+
+COLLECTOR = "rdma"
+PORT_INFO = "xtrace_rdma_port_info"
+PORT_RATE = "xtrace_rdma_port_rate_bytes_per_second"
+PORT_COUNTER = "xtrace_rdma_port_counter_total"
+HW_COUNTER = "xtrace_rdma_hw_counter_total"
+SATURATED = "xtrace_rdma_counter_saturated"
+TRANSMIT_BYTES = "xtrace_rdma_port_transmit_bytes_total"
+RECEIVE_BYTES = "xtrace_rdma_port_receive_bytes_total"
+TRANSMIT_PACKETS = "xtrace_rdma_port_transmit_packets_total"
+RECEIVE_PACKETS = "xtrace_rdma_port_receive_packets_total"
+
+# sysfs counter -> (derived metric, multiplier). port_*_data count 4-byte words (octets / 4).
+DERIVED = {
+    "port_xmit_data": (TRANSMIT_BYTES, 4),
+    "port_rcv_data": (RECEIVE_BYTES, 4),
+    "port_xmit_packets": (TRANSMIT_PACKETS, 1),
+    "port_rcv_packets": (RECEIVE_PACKETS, 1),
+}
+# MLNX_OFED's mlx4 keeps 32-bit values in counters/ and the 64-bit ones in counters_ext/<name>_64:
+# where both exist, the derived metrics use the 64-bit one, unless it reads less than the narrow one
+# (some firmware leaves the *_packets_64 files at 0): the same count, wider, cannot be smaller.
+WIDE = {name: f"{name}_64" for name in DERIVED}
+
+
+class PortAccounting:
+    """stages.Accounting for rdma and nccl: raw port readings -> monotonic totals and samples."""
+
+    def __init__(self, health: Health):
+        self.health = health
+        self.tracker = CounterTracker()
+        self._labels = {"collector": COLLECTOR}
+
+    def report(self, seen: PortsObserved, now: float) -> Report:
+        report = Report(timestamp=now)
+        for port in seen.ports:
+            self._export(port, seen.netdevs.get((port.device, port.port), ""), report.samples)
+        self.health.set(sm.RDMA_WRAPS, self.tracker.wraps)
+        self.health.set(sm.RDMA_RESETS, self.tracker.resets)
+        self.health.set(sm.COLLECTOR_DURATION, time.perf_counter() - seen.began, self._labels)
+        return report
+
+    def _export(self, port: sysfs.Port, netdev: str, out: list[Sample]) -> None:
+        ts = port.timestamp
+        base = {"device": port.device, "port": str(port.port)}
+        out.append(Sample(PORT_INFO, {
+            **base, "link_layer": port.link_layer or "unknown", "state": port.state or "unknown",
+            "phys_state": port.phys_state or "unknown", "rate": port.rate or "unknown", "netdev": netdev,
+        }, 1, ts))
+        rate = port.rate_bytes_per_second
+        if rate is not None:
+            out.append(Sample(PORT_RATE, dict(base), rate, ts))
+
+        derived: dict[str, int | None] = dict.fromkeys(DERIVED)
+        for group, metric, values in (("counters", PORT_COUNTER, port.counters),
+                                      ("hw_counters", HW_COUNTER, port.hw_counters)):
+            for name in sorted(values):
+                raw = values[name]
+                if raw is None:
+                    continue  # absent: no sample rather than a wrong one
+                w = width(group, name)
+                reading = self.tracker.update((port.device, port.port, group, name), raw, w)
+                if w.saturates:
+                    out.append(Sample(SATURATED, {**base, "counter": name}, 1 if reading.saturated else 0, ts))
+                if reading.value is None:
+                    continue
+                out.append(Sample(metric, {**base, "counter": name}, reading.value, ts))
+                if group == "counters" and name in DERIVED:
+                    derived[name] = reading.value
+        for name, wide in WIDE.items():
+            raw_wide, raw_narrow = port.counters.get(wide), port.counters.get(name)
+            if raw_wide is not None and (raw_narrow is None or raw_wide >= raw_narrow):
+                derived[name] = self.tracker.total((port.device, port.port, "counters", wide))
+        for name, (metric, factor) in DERIVED.items():
+            if derived[name] is not None:
+                out.append(Sample(metric, dict(base), derived[name] * factor, ts))
