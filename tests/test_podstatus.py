@@ -305,3 +305,15 @@ def test_pod_status_is_a_sink_of_the_pipeline(api, reporter_of, tmp_path):
     wait_for(lambda: api.count() == 2)
     assert [c["status"] for c in api.conditions()] == ["False", "True"]
     sink.close(1.0)
+
+
+def test_the_operator_docs_list_every_reason_an_agent_can_write():
+    import pathlib
+    import re
+
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "operator.md").read_text()
+    listed = doc[doc.index("The condition's `reason` is"):].split("\n\n")[0]
+    from xtrace_agent import readiness
+
+    named = set(re.findall(r"`([A-Z][A-Za-z]+)`", listed))
+    assert named == {str(k) for k in Kind} | {readiness.MIXED_REASON, readiness.READY_REASON}
