@@ -4,7 +4,6 @@ behaviour of every class is tested against real servers in test_status_codes.py 
 from __future__ import annotations
 
 import http.client
-import socket
 import ssl
 
 import pytest
@@ -63,7 +62,7 @@ def test_errors_without_an_answer():
     down = outcome.of_error(ConnectionRefusedError(111, "Connection refused"), URL, 30)
     assert down.kind == RETRY and down.delay is None and not down.loud and down.message.startswith(f"cannot reach {URL}")
     assert "RemoteDisconnected" in outcome.of_error(http.client.RemoteDisconnected(), URL, 30).message
-    assert outcome.of_error(socket.timeout("timed out"), URL, 30).delay is None
+    assert outcome.of_error(TimeoutError("timed out"), URL, 30).delay is None
     cert = ssl.SSLCertVerificationError(1, "certificate verify failed")
     cert.verify_message = "self-signed certificate"
     result = outcome.of_error(cert, URL, 30)
