@@ -17,6 +17,9 @@ class SelfMetric(NamedTuple):
     help: str
     labels: frozenset[str] = frozenset()  # the label names it may carry
 
+    def __str__(self) -> str:  # in a query: f"rate({sm.RW_SENT}[1m])"
+        return self.name
+
 
 BY_NAME: dict[str, SelfMetric] = {}
 

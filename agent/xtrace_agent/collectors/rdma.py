@@ -11,12 +11,13 @@ from __future__ import annotations
 import fnmatch
 import time
 
+from xtrace_agent import datametrics as dm
 from xtrace_agent import selfmetrics as sm
 from xtrace_agent.config import AgentConfig
 from xtrace_agent.errors import UsageError
 from xtrace_agent.health import Health
 from xtrace_agent.rdma import sysfs
-from xtrace_agent.rdma.counters import HW_NOT_COUNTERS, CounterTracker, width
+from xtrace_agent.rdma.counters import HW_NOT_COUNTERS, WORD_BYTES, CounterTracker, width
 from xtrace_agent.samples import Report, Sample
 
 COLLECTOR = "rdma"
@@ -24,12 +25,12 @@ COLLECTOR = "rdma"
 # interval would cost more than all the counters. Net devices change rarely (bond or VLAN set up).
 NETDEV_REFRESH_SECONDS = 60.0
 
-# sysfs counter -> (derived metric, multiplier). port_*_data count 4-byte words (octets / 4).
+# sysfs counter -> (derived metric, multiplier, name in the text line).
 DERIVED = {
-    "port_xmit_data": ("xtrace_rdma_port_transmit_bytes_total", 4),
-    "port_rcv_data": ("xtrace_rdma_port_receive_bytes_total", 4),
-    "port_xmit_packets": ("xtrace_rdma_port_transmit_packets_total", 1),
-    "port_rcv_packets": ("xtrace_rdma_port_receive_packets_total", 1),
+    "port_xmit_data": (dm.RDMA_TX_BYTES.name, WORD_BYTES, "tx_bytes"),
+    "port_rcv_data": (dm.RDMA_RX_BYTES.name, WORD_BYTES, "rx_bytes"),
+    "port_xmit_packets": (dm.RDMA_TX_PACKETS.name, 1, "tx_packets"),
+    "port_rcv_packets": (dm.RDMA_RX_PACKETS.name, 1, "rx_packets"),
 }
 # MLNX_OFED's mlx4 keeps 32-bit values in counters/ and the 64-bit ones in counters_ext/<name>_64:
 # where both exist, the derived metrics use the 64-bit one, unless it reads less than the narrow one
@@ -153,18 +154,18 @@ class RdmaCollector:
         base = {"device": port.device, "port": str(port.port)}
         netdev = self._netdev(port.device, port.port, now)
         out = report.samples
-        out.append(Sample("xtrace_rdma_port_info", {
+        out.append(Sample(dm.RDMA_PORT_INFO.name, {
             **base, "link_layer": port.link_layer or "unknown", "state": port.state or "unknown",
             "phys_state": port.phys_state or "unknown", "rate": port.rate or "unknown", "netdev": netdev,
         }, 1, ts))
         rate = port.rate_bytes_per_second
         if rate is not None:
-            out.append(Sample("xtrace_rdma_port_rate_bytes_per_second", dict(base), rate, ts))
+            out.append(Sample(dm.RDMA_PORT_RATE.name, dict(base), rate, ts))
 
         derived: dict[str, int | None] = dict.fromkeys(DERIVED)
         saturated: list[str] = []
-        for group, metric, values in (("counters", "xtrace_rdma_port_counter_total", port.counters),
-                                      ("hw_counters", "xtrace_rdma_hw_counter_total", port.hw_counters)):
+        for group, metric, values in (("counters", dm.RDMA_PORT_COUNTER.name, port.counters),
+                                      ("hw_counters", dm.RDMA_HW_COUNTER.name, port.hw_counters)):
             for name in sorted(values):
                 raw = values[name]
                 if raw is None:
@@ -172,7 +173,7 @@ class RdmaCollector:
                 w = width(group, name)
                 reading = self.tracker.update((port.device, port.port, group, name), raw, w)
                 if w.saturates:
-                    out.append(Sample("xtrace_rdma_counter_saturated", {**base, "counter": name},
+                    out.append(Sample(dm.RDMA_COUNTER_SATURATED.name, {**base, "counter": name},
                                       1 if reading.saturated else 0, ts))
                     if reading.saturated:
                         saturated.append(name)
@@ -185,7 +186,7 @@ class RdmaCollector:
             raw_wide, raw_narrow = port.counters.get(wide), port.counters.get(name)
             if raw_wide is not None and (raw_narrow is None or raw_wide >= raw_narrow):
                 derived[name] = self.tracker.total((port.device, port.port, "counters", wide))
-        for name, (metric, factor) in DERIVED.items():
+        for name, (metric, factor, _) in DERIVED.items():
             if derived[name] is not None:
                 out.append(Sample(metric, dict(base), derived[name] * factor, ts))
         report.text.append(self._line(port, netdev, derived, saturated))
@@ -196,11 +197,9 @@ class RdmaCollector:
         self._previous[key] = _Totals(port.timestamp, derived)
         head = (f"{port.device} port={port.port} netdev={netdev or '-'} link_layer={port.link_layer or '?'} "
                 f"state={port.state or '?'} rate={(port.rate or '?').split(' (')[0].replace(' ', '')}")
-        names = (("tx_bytes", "port_xmit_data", 4), ("rx_bytes", "port_rcv_data", 4),
-                 ("tx_packets", "port_xmit_packets", 1), ("rx_packets", "port_rcv_packets", 1))
         parts = [head]
         dt = port.timestamp - previous.timestamp if previous else 0.0
-        for label, counter, factor in names:
+        for counter, (_, factor, label) in DERIVED.items():
             value = derived[counter]
             if value is None:
                 parts.append(f"{label}=-")
