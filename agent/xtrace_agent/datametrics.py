@@ -30,6 +30,7 @@ class DataMetric(NamedTuple):
     labels: tuple[str, ...]
     source: str  # the mode(s) that export it: xdp | rdma (rdma and nccl)
     optional: tuple[str, ...] = ()
+    at_start: bool = True  # exists from the first report (at 0 before any traffic); False: only once it moved
 
     def __str__(self) -> str:  # in a query: f"rate({dm.IFACE_BYTES}[1m])"
         return self.name
@@ -44,11 +45,11 @@ BY_NAME: dict[str, DataMetric] = {}
 
 
 def _define(name: str, kind: str, unit: str, help_text: str, labels: tuple[str, ...], source: str,
-            optional: tuple[str, ...] = ()) -> DataMetric:
+            optional: tuple[str, ...] = (), at_start: bool = True) -> DataMetric:
     assert name not in BY_NAME, f"data metric {name} defined twice"
     assert kind in ("counter", "gauge") and name.endswith("_total") == (kind == "counter"), name
     assert source in ("xdp", "rdma"), source
-    metric = DataMetric(name, kind, unit, help_text, labels, source, optional)
+    metric = DataMetric(name, kind, unit, help_text, labels, source, optional, at_start)
     BY_NAME[name] = metric
     return metric
 
@@ -59,8 +60,8 @@ def counter(name: str, unit: str, help_text: str, labels: tuple[str, ...], sourc
 
 
 def gauge(name: str, unit: str, help_text: str, labels: tuple[str, ...], source: str,
-          optional: tuple[str, ...] = ()) -> DataMetric:
-    return _define(name, "gauge", unit, help_text, labels, source, optional)
+          optional: tuple[str, ...] = (), at_start: bool = True) -> DataMetric:
+    return _define(name, "gauge", unit, help_text, labels, source, optional, at_start)
 
 
 # --- xdp mode: flows and interfaces ----------------------------------------------------------------
@@ -76,9 +77,10 @@ NETWORK_BYTES = counter("xtrace_network_bytes_total", "bytes",
                         DIRECTED + BTH)
 FLOW_PACKETS = gauge("xtrace_network_flow_packets", "packets", "XTrace-Catch's gauge: packets the flow moved in "
                      "the last interval, for flows that moved something (xdp.flowGauges).", FLOW, "xdp",
-                     DIRECTED + BTH)
+                     DIRECTED + BTH, at_start=False)
 FLOW_BYTES = gauge("xtrace_network_flow_bytes", "bytes", "XTrace-Catch's gauge: bytes the flow moved in the last "
-                   "interval, for flows that moved something (xdp.flowGauges).", FLOW, "xdp", DIRECTED + BTH)
+                   "interval, for flows that moved something (xdp.flowGauges).", FLOW, "xdp", DIRECTED + BTH,
+                   at_start=False)
 IFACE_PACKETS = counter("xtrace_interface_packets_total", "packets", "Every frame on the interface, parsable or "
                         "not, even with a full flow table: its flows plus its `other` flow.", ("interface",), "xdp",
                         DIRECTED)

@@ -76,6 +76,7 @@ class RdmaCollector:
         self._previous: dict[tuple[str, int], _Totals] = {}
         self._failing: set[tuple[str, int, str]] = set()
         self._labels = {"collector": COLLECTOR}
+        health.inc(sm.COLLECTOR_ERRORS, 0, self._labels)  # from the first report, at 0
 
     # lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:

@@ -157,8 +157,8 @@ class RemoteWriteSink:
         """Every series an alert may use exists from the start, at 0."""
         for reason in DROP_REASONS:
             self.health.inc(sm.RW_DROPPED, 0, {**self._labels, "reason": reason})
-        self.health.inc(sm.RW_SENT, 0, self._labels)
-        self.health.inc(sm.RW_RETRIES, 0, self._labels)
+        for metric in (sm.RW_SENT, sm.RW_SENT_BYTES, sm.RW_RETRIES):
+            self.health.inc(metric, 0, self._labels)
         self._gauges()
 
     def start(self) -> RemoteWriteSink:
