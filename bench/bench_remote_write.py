@@ -139,7 +139,7 @@ class LocalVm:
 
 def _sink(vm, node: str, codec: str) -> tuple[RemoteWriteSink, Health]:
     health = Health()
-    sink = RemoteWriteSink(RemoteWriteTarget(url=vm.write_url, name="bench"), AgentConfig(node=node), health)
+    sink = RemoteWriteSink(RemoteWriteTarget(url=vm.write_url, name="bench"), AgentConfig(node=node), health).start()
     sink.transport.codec = codec
     return sink, health
 

@@ -28,6 +28,7 @@ def test_definitions_are_consistent_and_unique():
     for metric in sm.BY_NAME.values():
         assert metric.name.startswith("xtrace_") and metric.help.endswith(".")
         assert (metric.kind == "counter") == metric.name.endswith("_total")
+        assert metric.source in sm.SOURCES and metric.name == str(metric)
 
 
 def test_metrics_text_takes_type_and_help_from_the_definition():

@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from xtrace_agent import datametrics as dm
 from xtrace_agent import selfmetrics as sm
 from xtrace_agent.collectors.xdp import XdpCollector
 from xtrace_agent.config import AgentConfig, XdpConfig
@@ -171,13 +172,15 @@ def test_every_self_metric_exists_at_zero_in_the_first_report():
     source, accounting, fake, health = pipeline()
     report = accounting.report(source.collect(1.0), 1.0)
     v = values(report)
-    have = {s.name for s in health.samples(1.0)} | {name for name, _ in v}
-    for name in ("xtrace_xdp_malformed_packets_total", "xtrace_xdp_non_ip_packets_total",
-                 "xtrace_xdp_table_full_packets_total", "xtrace_xdp_unattributed_packets_total",
-                 "xtrace_xdp_unattributed_bytes_total", "xtrace_xdp_sampled_packets_total", "xtrace_flows_folded_total",
-                 "xtrace_flows_expired_total", "xtrace_flows_retired_total", "xtrace_flows_tracked",
-                 "xtrace_interface_packets_total", "xtrace_xdp_untracked_packets_total"):
-        assert name in have, name
+    first = health.samples(1.0) + report.samples
+    have = {s.name for s in first}
+    # the registries say which metrics the xdp source records, and which exist before anything happened
+    expected = [m for registry in (sm.BY_NAME, dm.BY_NAME) for m in registry.values()
+                if m.source == "xdp" and m.at_start]
+    assert len(expected) >= 20  # a filter gone wrong would make this test vacuous
+    assert sorted(m.name for m in expected if m.name not in have) == []
+    counters = {m.name for m in expected if m.kind == "counter"}
+    assert [s for s in first if s.name in counters and s.value != 0] == []  # nothing happened yet
     assert v[("xtrace_xdp_untracked_packets_total", (("interface", "lo"), ("reason", "table_full")))] == 0
     assert v[("xtrace_network_packets_total", (("dst_ip", "other"), ("dst_port", "0"), ("interface", "lo"),
                                                ("protocol", "0"), ("src_ip", "other"), ("src_port", "0"),
@@ -362,3 +365,21 @@ def test_a_missing_interface_is_reported_for_each_direction_as_an_xdp_problem():
     assert {p.kind for p in c.health.problems()} == {Kind.INTERFACE_NOT_FOUND}
     assert summarize(c.health.problems()).reason == "InterfaceNotFound"
     c.close()
+
+
+@pytest.mark.parametrize("directions", [("ingress",), ("ingress", "egress")])
+def test_every_sample_is_a_defined_data_metric_with_its_declared_labels(directions):
+    """Names and labels as datametrics.py defines them: RoCE and other flows, budget overflow, every
+    untracked reason, both directions, the gauges."""
+    source, accounting, fake, _ = pipeline(max_flows=2, directions=directions)
+    fake.pending = [drained({flow(1): (2, 200), flow(4791, ttype="roce", opcode=4, qp=17): (1, 80),
+                             flow(3): (1, 60)}, {(LO, "malformed"): (1, 60), (LO, "table_full"): (1, 60)})]
+    report = accounting.report(source.collect(1.0), 1.0)
+    seen = set()
+    for s in report.samples:
+        metric = dm.BY_NAME.get(s.name)
+        assert metric is not None and metric.source == "xdp", s
+        assert metric.allows(s.labels), (s.name, sorted(s.labels))
+        seen.add(s.name)
+    assert seen == {m.name for m in dm.BY_NAME.values() if m.source == "xdp"}
+    source.close()

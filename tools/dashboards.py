@@ -3,9 +3,10 @@
     .venv/bin/python tools/dashboards.py            # (re)write deploy/dashboards/*.json
     .venv/bin/python tools/dashboards.py --check    # exit 1 if the committed JSON differs
 
-Every query is PromQL that VictoriaMetrics (and Prometheus) answer; the panels only use metrics the
-agent exports (README "Metrics", docs/rdma-metrics.md). The tests run each panel's query against a
-VictoriaMetrics filled by the real agent and compare exact numbers.
+Every query is PromQL that VictoriaMetrics (and Prometheus) answer; the panels name metrics through
+the agent's definitions (agent/xtrace_agent/datametrics.py and selfmetrics.py), and a query naming
+any other `xtrace_` metric is refused (rules.write_or_check). The tests run each panel's query
+against a VictoriaMetrics filled by the real agent and compare exact numbers.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from grafana_foundation_sdk.builders import prometheus, stat, table, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import prometheus as pm
+
+from xtrace_agent import datametrics as data
+from xtrace_agent import selfmetrics as sm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from rules import CONGESTION, PORT_ERRORS, ROOT, TRANSPORT_ERRORS, any_of, write_or_check  # noqa: E402
@@ -90,8 +94,8 @@ def board(uid: str, title: str, description: str, variables, rows) -> gd.Dashboa
     return d
 
 
-CLUSTER = var("cluster", "Cluster", "label_values(xtrace_reports_total, cluster)")
-NODE = var("node", "Node", 'label_values(xtrace_reports_total{cluster=~"$cluster"}, node)')
+CLUSTER = var("cluster", "Cluster", f"label_values({sm.REPORTS}, cluster)")
+NODE = var("node", "Node", f'label_values({sm.REPORTS}{{cluster=~"$cluster"}}, node)')
 C, N = 'cluster=~"$cluster"', 'node=~"$node"'
 # Agents that count ingress only push no `direction` label (their series are what they were
 # before egress existed), so "ingress" must also select unlabelled series: its value is the regex
@@ -111,19 +115,19 @@ def traffic() -> gd.Dashboard:
     other = sel(C, N, 'interface=~"$interface"', D, 'src_ip="other"')
 
     def top(by: str) -> str:
-        return f"sum by (cluster, {by}) (rate(xtrace_network_bytes_total{named}[{RATE}]))"
+        return f"sum by (cluster, {by}) (rate({data.NETWORK_BYTES}{named}[{RATE}]))"
 
     pairs = with_owner(with_owner(top("src_ip, dst_ip"), "src", "cluster, src_ip, dst_ip"), "dst",
                        "cluster, src_ip, dst_ip")
     rows = [
         ("Throughput", [
             series("Bytes per second by node and interface", "Bps",
-                   q(f"sum by (node, interface, direction) (rate(xtrace_interface_bytes_total{iface}[{RATE}]))",
+                   q(f"sum by (node, interface, direction) (rate({data.IFACE_BYTES}{iface}[{RATE}]))",
                      "{{node}} {{interface}} {{direction}}"),
-                   description="Every frame counted (L2 length), parsable or not: xtrace_interface_bytes_total. "
+                   description=f"Every frame counted (L2 length), parsable or not: {data.IFACE_BYTES}. "
                                "direction: ingress (XDP) or egress (TC), on agents with xdp.directions egress."),
             series("Packets per second by node and interface", "pps",
-                   q(f"sum by (node, interface, direction) (rate(xtrace_interface_packets_total{iface}[{RATE}]))",
+                   q(f"sum by (node, interface, direction) (rate({data.IFACE_PACKETS}{iface}[{RATE}]))",
                      "{{node}} {{interface}} {{direction}}")),
         ]),
         ("Top talkers (pods named through kube-state-metrics' kube_pod_info)", [
@@ -137,35 +141,35 @@ def traffic() -> gd.Dashboard:
         ]),
         ("Protocols and RoCEv2", [
             series("Protocol mix", "Bps",
-                   q(f"sum by (protocol, traffic_type) (rate(xtrace_network_bytes_total{flows}[{RATE}]))",
+                   q(f"sum by (protocol, traffic_type) (rate({data.NETWORK_BYTES}{flows}[{RATE}]))",
                      "proto {{protocol}} {{traffic_type}}"),
                    description="protocol is the IANA number (6 TCP, 17 UDP, 58 ICMPv6); traffic_type other is "
                                "the series-budget flow."),
             series("RoCEv2 packets by opcode and destination QP", "pps",
-                   q(f"sum by (rdma_opcode, dest_qp) (rate(xtrace_network_packets_total{roce}[{RATE}]))",
+                   q(f"sum by (rdma_opcode, dest_qp) (rate({data.NETWORK_PACKETS}{roce}[{RATE}]))",
                      "opcode {{rdma_opcode}} QP {{dest_qp}}"),
                    description="Only RoCEv2 that reaches the kernel (soft-RoCE, mirrored, forwarded): offloaded "
                                "RDMA is in the RDMA fabric dashboard."),
         ]),
         ("Series budget and kernel table", [
             series("`other` share of bytes (budget pressure)", "percentunit",
-                   q(f"sum by (node, interface, direction) (rate(xtrace_network_bytes_total{other}[{RATE}]))\n"
-                     f"/ sum by (node, interface, direction) (rate(xtrace_interface_bytes_total{iface}[{RATE}]))",
+                   q(f"sum by (node, interface, direction) (rate({data.NETWORK_BYTES}{other}[{RATE}]))\n"
+                     f"/ sum by (node, interface, direction) (rate({data.IFACE_BYTES}{iface}[{RATE}]))",
                      "{{node}} {{interface}} {{direction}}"),
                    description="Traffic counted in the interface's `other` flow because xdp.maxFlows was full.",
                    width=8),
             series("Flows exported, and in the kernel table", "short",
-                   q(f"sum by (node, interface, direction) (xtrace_flows_tracked{iface})",
+                   q(f"sum by (node, interface, direction) ({sm.FLOWS_TRACKED}{iface})",
                      "{{node}} {{interface}} {{direction}} exported"),
                    q(f"max by (node, interface, direction) "
-                     f"(max_over_time(xtrace_xdp_table_flows{iface}[$__rate_interval]))",
+                     f"(max_over_time({sm.XDP_TABLE_FLOWS}{iface}[$__rate_interval]))",
                      "{{node}} {{interface}} {{direction}} in the kernel table"),
                    description="Exported: series in use against xdp.maxFlows. In the kernel table: the most flows "
                                "one interval held, against xdp.flowTableSize (beyond it, packets go to table_full).",
                    width=8),
             series("Packets not tracked per flow, by reason", "pps",
                    q(f"sum by (node, interface, direction, reason) "
-                     f"(rate(xtrace_xdp_untracked_packets_total{iface}[{RATE}]))",
+                     f"(rate({data.UNTRACKED_PACKETS}{iface}[{RATE}]))",
                      "{{node}} {{interface}} {{direction}} {{reason}}"),
                    description="Counted in the interface's `other` flow: table_full means xdp.flowTableSize is "
                                "too small for one interval's flows; malformed and non_ip are the traffic itself.",
@@ -174,14 +178,14 @@ def traffic() -> gd.Dashboard:
         ("XTrace-Catch gauges", [
             series("Bytes per flow in the last interval", "bytes",
                    q(f"topk(10, sum by (node, interface, src_ip, dst_ip, dst_port, protocol) "
-                     f"(xtrace_network_flow_bytes{named}))", "{{src_ip}} → {{dst_ip}}:{{dst_port}} proto {{protocol}}"),
-                   description="xtrace_network_flow_bytes, the old tool's gauge: what each flow moved in the "
+                     f"({data.FLOW_BYTES}{named}))", "{{src_ip}} → {{dst_ip}}:{{dst_port}} proto {{protocol}}"),
+                   description=f"{data.FLOW_BYTES}, the old tool's gauge: what each flow moved in the "
                                "agent's last interval (xdp.flowGauges: false turns it off).", width=24),
         ]),
     ]
     variables = [CLUSTER, NODE, DIRECTION,
-                 var("interface", "Interface", 'label_values(xtrace_interface_bytes_total{cluster=~"$cluster", node=~"$node"}, interface)'),
-                 var("port", "Destination port", 'label_values(xtrace_network_bytes_total{cluster=~"$cluster", node=~"$node"}, dst_port)')]
+                 var("interface", "Interface", f'label_values({data.IFACE_BYTES}{{cluster=~"$cluster", node=~"$node"}}, interface)'),
+                 var("port", "Destination port", f'label_values({data.NETWORK_BYTES}{{cluster=~"$cluster", node=~"$node"}}, dst_port)')]
     return board("xtrace-traffic", "XTrace / Traffic", "XDP flow counts per node, interface and flow.", variables, rows)
 
 
@@ -200,42 +204,42 @@ def rdma() -> gd.Dashboard:
     rows = [
         ("Throughput", [
             series("Bytes per second per port", "Bps",
-                   q(f"sum by ({by}) (rate(xtrace_rdma_port_transmit_bytes_total{port}[{RATE}]))", "{{node}} {{device}}/{{port}} tx"),
-                   q(f"sum by ({by}) (rate(xtrace_rdma_port_receive_bytes_total{port}[{RATE}]))", "{{node}} {{device}}/{{port}} rx"),
+                   q(f"sum by ({by}) (rate({data.RDMA_TX_BYTES}{port}[{RATE}]))", "{{node}} {{device}}/{{port}} tx"),
+                   q(f"sum by ({by}) (rate({data.RDMA_RX_BYTES}{port}[{RATE}]))", "{{node}} {{device}}/{{port}} rx"),
                    description="port_xmit_data / port_rcv_data count 4-octet words; the agent already multiplied "
                                "by 4, so these are bytes. All RDMA traffic, which XDP never sees."),
             series("Packets per second per port", "pps",
-                   q(f"sum by ({by}) (rate(xtrace_rdma_port_transmit_packets_total{port}[{RATE}]))", "{{node}} {{device}}/{{port}} tx"),
-                   q(f"sum by ({by}) (rate(xtrace_rdma_port_receive_packets_total{port}[{RATE}]))", "{{node}} {{device}}/{{port}} rx")),
+                   q(f"sum by ({by}) (rate({data.RDMA_TX_PACKETS}{port}[{RATE}]))", "{{node}} {{device}}/{{port}} tx"),
+                   q(f"sum by ({by}) (rate({data.RDMA_RX_PACKETS}{port}[{RATE}]))", "{{node}} {{device}}/{{port}} rx")),
         ]),
         ("Errors and discards", [
-            per_counter("Port errors and discards (per interval)", "increase", "xtrace_rdma_port_counter_total",
+            per_counter("Port errors and discards (per interval)", "increase", data.RDMA_PORT_COUNTER.name,
                         PORT_ERRORS, "PMA error counters (symbol_error, link_downed, port_rcv_errors, "
                                      "port_xmit_discards, ...)."),
             per_counter("Transport errors and retransmissions (per interval)", "increase",
-                        "xtrace_rdma_hw_counter_total", TRANSPORT_ERRORS,
+                        data.RDMA_HW_COUNTER.name, TRANSPORT_ERRORS,
                         "mlx5 hw_counters (nccl mode): out_of_sequence, packet_seq_err, out_of_buffer, ..."),
         ]),
         ("Congestion", [
-            per_counter("Congestion notifications per second", "rate", "xtrace_rdma_hw_counter_total", CONGESTION,
+            per_counter("Congestion notifications per second", "rate", data.RDMA_HW_COUNTER.name, CONGESTION,
                         "RoCE DCQCN: np_cnp_sent (we saw ECN marks), rp_cnp_handled (we slowed down)."),
             series("Transmit wait (ticks per second)", "short",
-                   q(f'sum by ({by}) (rate({counters("xtrace_rdma_port_counter_total", ["port_xmit_wait"])}[{RATE}]))',
+                   q(f'sum by ({by}) (rate({counters(data.RDMA_PORT_COUNTER.name, ["port_xmit_wait"])}[{RATE}]))',
                      "{{node}} {{device}}/{{port}}"),
                    description="Ticks with data to send but no credits; a tick's length is hardware-specific."),
         ]),
         ("Links", [
-            tab("Link state and rate", f"max by ({by}, state, phys_state, link_layer, rate) (xtrace_rdma_port_info{port})"),
+            tab("Link state and rate", f"max by ({by}, state, phys_state, link_layer, rate) ({data.RDMA_PORT_INFO}{port})"),
             series("Link rate", "bps",
-                   q(f"max by ({by}) (xtrace_rdma_port_rate_bytes_per_second{port}) * 8", "{{node}} {{device}}/{{port}}"),
+                   q(f"max by ({by}) ({data.RDMA_PORT_RATE}{port}) * 8", "{{node}} {{device}}/{{port}}"),
                    width=6),
-            tab("Saturated counters", f"max by ({by}, counter) (xtrace_rdma_counter_saturated{port}) == 1",
+            tab("Saturated counters", f"max by ({by}, counter) ({data.RDMA_COUNTER_SATURATED}{port}) == 1",
                 description="Stuck at their maximum: they no longer count. Clear them (perfquery -R).", width=6),
         ]),
     ]
     variables = [CLUSTER, NODE,
-                 var("device", "Device", 'label_values(xtrace_rdma_port_info{cluster=~"$cluster", node=~"$node"}, device)'),
-                 var("port", "Port", 'label_values(xtrace_rdma_port_info{cluster=~"$cluster", node=~"$node", device=~"$device"}, port)')]
+                 var("device", "Device", f'label_values({data.RDMA_PORT_INFO}{{cluster=~"$cluster", node=~"$node"}}, device)'),
+                 var("port", "Port", f'label_values({data.RDMA_PORT_INFO}{{cluster=~"$cluster", node=~"$node", device=~"$device"}}, port)')]
     return board("xtrace-rdma", "XTrace / RDMA fabric", "RDMA port and mlx5 hardware counters (rdma and nccl modes).",
                  variables, rows)
 
@@ -243,29 +247,29 @@ def rdma() -> gd.Dashboard:
 # --- XTrace health ------------------------------------------------------------------------------
 def health() -> gd.Dashboard:
     s = sel(C, N)
-    last = f"max by (node) (max_over_time(xtrace_remote_write_last_success_timestamp_seconds{s}[6h]))"
+    last = f"max by (node) (max_over_time({sm.RW_LAST_SUCCESS}{s}[6h]))"
     rows = [
         ("Pushing", [
             stat.Panel().title("Agents pushing").datasource(DS).height(6).span(6).with_target(
                 q(f"count((time() - {last}) < {PUSH_AGE})").ref_id("A")),
             series("Age of the last successful push", "s", q(f"time() - {last}", "{{node}}"), width=18),
             series("Remote-write queue (samples)", "short",
-                   q(f"sum by (node, target) (xtrace_remote_write_queue_samples{s})", "{{node}} {{target}}"), width=8),
+                   q(f"sum by (node, target) ({sm.RW_QUEUE}{s})", "{{node}} {{target}}"), width=8),
             series("Spool (bytes)", "bytes",
-                   q(f"sum by (node, target) (xtrace_remote_write_spool_bytes{s})", "{{node}} {{target}}"), width=8),
+                   q(f"sum by (node, target) ({sm.RW_SPOOL_BYTES}{s})", "{{node}} {{target}}"), width=8),
             series("Samples dropped (per interval)", "short",
-                   q(f"sum by (node, target, reason) (increase(xtrace_remote_write_samples_dropped_total{s}[{RATE}]))",
+                   q(f"sum by (node, target, reason) (increase({sm.RW_DROPPED}{s}[{RATE}]))",
                      "{{node}} {{target}} {{reason}}"), width=8),
         ]),
         ("Collection", [
             series("Packets not tracked per flow (per interval)", "short",
-                   q(f"sum by (node, reason) (increase(xtrace_xdp_untracked_packets_total{s}[{RATE}]))",
+                   q(f"sum by (node, reason) (increase({data.UNTRACKED_PACKETS}{s}[{RATE}]))",
                      "{{node}} {{reason}}"), width=8),
             series("Collector duration", "s",
-                   q(f"max by (node, collector) (xtrace_collector_duration_seconds{s})", "{{node}} {{collector}}"), width=8),
+                   q(f"max by (node, collector) ({sm.COLLECTOR_DURATION}{s})", "{{node}} {{collector}}"), width=8),
             series("Collector and sink errors (per interval)", "short",
-                   q(f"sum by (node, collector) (increase(xtrace_collector_errors_total{s}[{RATE}]))", "{{node}} {{collector}}"),
-                   q(f"sum by (node, sink) (increase(xtrace_sink_errors_total{s}[{RATE}]))", "{{node}} sink {{sink}}"),
+                   q(f"sum by (node, collector) (increase({sm.COLLECTOR_ERRORS}{s}[{RATE}]))", "{{node}} {{collector}}"),
+                   q(f"sum by (node, sink) (increase({sm.SINK_ERRORS}{s}[{RATE}]))", "{{node}} sink {{sink}}"),
                    width=8),
         ]),
     ]

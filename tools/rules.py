@@ -6,7 +6,9 @@ as the `VMRule` and `PrometheusRule` objects of the two operators people run.
     .venv/bin/python tools/rules.py --timing fast --out DIR   # seconds-scale windows, for the tests
 
 Every expression is plain PromQL (no MetricsQL extension), so Prometheus and vmalert read the same
-file. The `fast` timing keeps every expression and threshold and only shortens windows, `for`
+file. Metric names come from the agent's definitions (datametrics.py, selfmetrics.py) and the PMA
+error counters from rdma/counters.py; generated text naming an undefined `xtrace_` metric is
+refused (exit 1). The `fast` timing keeps every expression and threshold and only shortens windows, `for`
 durations and the push-age limit, so a test can watch each alert fire and resolve in seconds.
 """
 
@@ -15,20 +17,22 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import re
 import sys
 from dataclasses import dataclass
 
 import yaml
+
+from xtrace_agent import datametrics as dm
+from xtrace_agent import selfmetrics as sm
+from xtrace_agent.rdma import counters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "deploy", "rules")
 
 PORT = "cluster, node, device, port"  # an RDMA port's identity once pushed
 # PMA error counters (counters/): each increase is a real fault on the link or the port.
-PORT_ERRORS = ("symbol_error", "link_error_recovery", "link_downed", "port_rcv_errors",
-               "port_rcv_remote_physical_errors", "port_rcv_switch_relay_errors", "port_xmit_discards",
-               "port_xmit_constraint_errors", "port_rcv_constraint_errors", "local_link_integrity_errors",
-               "excessive_buffer_overrun_errors", "VL15_dropped")
+PORT_ERRORS = tuple(counters.PORT_ERRORS)
 # mlx5 transport counters (hw_counters/, nccl mode): retransmissions, sequence errors, receiver drops.
 TRANSPORT_ERRORS = ("out_of_sequence", "packet_seq_err", "duplicate_request", "local_ack_timeout_err",
                     "out_of_buffer", "req_transport_retries_exceeded", "rnr_nak_retry_err")
@@ -64,22 +68,22 @@ def recording_rules(t: Timing) -> list[dict]:
     r = t.rate
     return [
         {"record": "node_interface:xtrace_interface_bytes:rate" + r,
-         "expr": f"sum by (cluster, node, interface) (rate(xtrace_interface_bytes_total[{r}]))"},
+         "expr": f"sum by (cluster, node, interface) (rate({dm.IFACE_BYTES}[{r}]))"},
         {"record": "node_interface:xtrace_interface_packets:rate" + r,
-         "expr": f"sum by (cluster, node, interface) (rate(xtrace_interface_packets_total[{r}]))"},
+         "expr": f"sum by (cluster, node, interface) (rate({dm.IFACE_PACKETS}[{r}]))"},
         {"record": "node_interface:xtrace_other_bytes:ratio_rate" + r,
-         "expr": f'sum by (cluster, node, interface) (rate(xtrace_network_bytes_total{{src_ip="other"}}[{r}]))\n'
-                 f"/ sum by (cluster, node, interface) (rate(xtrace_interface_bytes_total[{r}]))"},
+         "expr": f'sum by (cluster, node, interface) (rate({dm.NETWORK_BYTES}{{src_ip="other"}}[{r}]))\n'
+                 f"/ sum by (cluster, node, interface) (rate({dm.IFACE_BYTES}[{r}]))"},
         {"record": "node_protocol:xtrace_network_bytes:rate" + r,
-         "expr": f"sum by (cluster, node, protocol, traffic_type) (rate(xtrace_network_bytes_total[{r}]))"},
+         "expr": f"sum by (cluster, node, protocol, traffic_type) (rate({dm.NETWORK_BYTES}[{r}]))"},
         {"record": "node_port:xtrace_rdma_transmit_bytes:rate" + r,
-         "expr": f"sum by ({PORT}) (rate(xtrace_rdma_port_transmit_bytes_total[{r}]))"},
+         "expr": f"sum by ({PORT}) (rate({dm.RDMA_TX_BYTES}[{r}]))"},
         {"record": "node_port:xtrace_rdma_receive_bytes:rate" + r,
-         "expr": f"sum by ({PORT}) (rate(xtrace_rdma_port_receive_bytes_total[{r}]))"},
+         "expr": f"sum by ({PORT}) (rate({dm.RDMA_RX_BYTES}[{r}]))"},
         {"record": "node_port:xtrace_rdma_congestion:rate" + r,
-         "expr": f'sum by ({PORT}, counter) (rate(xtrace_rdma_hw_counter_total{{counter=~"{any_of(CONGESTION)}"}}[{r}]))'},
+         "expr": f'sum by ({PORT}, counter) (rate({dm.RDMA_HW_COUNTER}{{counter=~"{any_of(CONGESTION)}"}}[{r}]))'},
         {"record": "node_port:xtrace_rdma_errors:rate" + r,
-         "expr": f'sum by ({PORT}, counter) (rate(xtrace_rdma_port_counter_total{{counter=~"{any_of(PORT_ERRORS)}"}}[{r}]))'},
+         "expr": f'sum by ({PORT}, counter) (rate({dm.RDMA_PORT_COUNTER}{{counter=~"{any_of(PORT_ERRORS)}"}}[{r}]))'},
     ]
 
 
@@ -87,10 +91,10 @@ def recording_rules(t: Timing) -> list[dict]:
 # changes state starts a new series and the old one lingers for the query's lookback: compare the two
 # series' sample times instead of trusting whichever is still visible.
 PORT_NOT_ACTIVE = (
-    f'max by ({PORT}) (xtrace_rdma_port_info{{state!="ACTIVE"}})\n'
+    f'max by ({PORT}) ({dm.RDMA_PORT_INFO}{{state!="ACTIVE"}})\n'
     f'unless on ({PORT}) (\n'
-    f'  max by ({PORT}) (timestamp(xtrace_rdma_port_info{{state="ACTIVE"}}))\n'
-    f'  > on ({PORT}) max by ({PORT}) (timestamp(xtrace_rdma_port_info{{state!="ACTIVE"}}))\n'
+    f'  max by ({PORT}) (timestamp({dm.RDMA_PORT_INFO}{{state="ACTIVE"}}))\n'
+    f'  > on ({PORT}) max by ({PORT}) (timestamp({dm.RDMA_PORT_INFO}{{state!="ACTIVE"}}))\n'
     f')'
 )
 
@@ -112,7 +116,7 @@ def alerting_rules(t: Timing) -> list[dict]:
 
     return [
         alert("XTraceAgentNotPushing",
-              f"time() - max by (cluster, node) (max_over_time(xtrace_remote_write_last_success_timestamp_seconds[{t.history}]))"
+              f"time() - max by (cluster, node) (max_over_time({sm.RW_LAST_SUCCESS}[{t.history}]))"
               f" > {t.push_age}",
               t.short_for, "warning", "XTrace agent on {{ $labels.node }} stopped pushing",
               f"No successful remote write from {{{{ $labels.node }}}} for {{{{ $value | humanizeDuration }}}} "
@@ -124,44 +128,44 @@ def alerting_rules(t: Timing) -> list[dict]:
               "Agents that never pushed are invisible to XTraceAgentNotPushing: kube-state-metrics sees them. "
               "kubectl describe xtm shows each node's reason."),
         alert("XTraceSamplesDropped",
-              f"sum by (cluster, node, target, reason) (increase(xtrace_remote_write_samples_dropped_total[{w}])) > 0",
+              f"sum by (cluster, node, target, reason) (increase({sm.RW_DROPPED}[{w}])) > 0",
               t.short_for, "warning", "XTrace agent on {{ $labels.node }} dropped samples ({{ $labels.reason }})",
               "{{ $value }} samples for target {{ $labels.target }} were dropped in the last " + w + "."),
         alert("XTraceFlowTableOverflow",
-              f'sum by (cluster, node, interface) (increase(xtrace_xdp_untracked_packets_total{{reason="table_full"}}[{w}])) > 0',
+              f'sum by (cluster, node, interface) (increase({dm.UNTRACKED_PACKETS}{{reason="table_full"}}[{w}])) > 0',
               t.short_for, "warning", "XDP flow table full on {{ $labels.node }}/{{ $labels.interface }}",
               "{{ $value }} packets of new flows found the kernel table full: they count in the interface's "
               "`other` flow. Raise xdp.flowTableSize or lower the interval."),
         alert("XTraceOtherShareHigh",
-              f'sum by (cluster, node, interface) (rate(xtrace_network_bytes_total{{src_ip="other"}}[{w}]))\n'
-              f"/ sum by (cluster, node, interface) (rate(xtrace_interface_bytes_total[{w}])) > 0.2",
+              f'sum by (cluster, node, interface) (rate({dm.NETWORK_BYTES}{{src_ip="other"}}[{w}]))\n'
+              f"/ sum by (cluster, node, interface) (rate({dm.IFACE_BYTES}[{w}])) > 0.2",
               t.long_for, "info", "Over 20% of {{ $labels.node }}/{{ $labels.interface }} traffic is in the `other` flow",
               "The series budget (xdp.maxFlows) is full: raise it, or accept less per-flow detail."),
         alert("XTraceRdmaLinkDown",
-              f"{PORT_NOT_ACTIVE}\nand on ({PORT}) max by ({PORT}) (max_over_time(xtrace_rdma_port_info{{state=\"ACTIVE\"}}[{t.history}]))",
+              f"{PORT_NOT_ACTIVE}\nand on ({PORT}) max by ({PORT}) (max_over_time({dm.RDMA_PORT_INFO}{{state=\"ACTIVE\"}}[{t.history}]))",
               t.short_for, "critical", "RDMA link {{ $labels.node }} {{ $labels.device }}/{{ $labels.port }} is down",
               f"The port was ACTIVE within {t.history} and is not any more."),
         alert("XTraceRdmaLinkFlapping",
-              f'sum by ({PORT}) (increase(xtrace_rdma_port_counter_total{{counter="link_downed"}}[{t.flap_window}])) >= 2\n'
-              f'and on ({PORT}) sum by ({PORT}) (xtrace_rdma_port_counter_total{{counter="link_downed"}} offset {t.flap_window})',
+              f'sum by ({PORT}) (increase({dm.RDMA_PORT_COUNTER}{{counter="link_downed"}}[{t.flap_window}])) >= 2\n'
+              f'and on ({PORT}) sum by ({PORT}) ({dm.RDMA_PORT_COUNTER}{{counter="link_downed"}} offset {t.flap_window})',
               t.short_for, "warning", "RDMA link {{ $labels.node }} {{ $labels.device }}/{{ $labels.port }} is flapping",
               "link_downed rose {{ $value }} times in " + t.flap_window + ": check the cable and transceiver."),
         alert("XTraceRdmaPortErrors",
-              rose("xtrace_rdma_port_counter_total", any_of(PORT_ERRORS), w),
+              rose(dm.RDMA_PORT_COUNTER.name, any_of(PORT_ERRORS), w),
               t.short_for, "warning", "RDMA port errors on {{ $labels.node }} {{ $labels.device }}/{{ $labels.port }}",
               "{{ $labels.counter }} rose by {{ $value }} in the last " + w + "."),
         alert("XTraceRdmaTransportErrors",
-              rose("xtrace_rdma_hw_counter_total", any_of(TRANSPORT_ERRORS), w),
+              rose(dm.RDMA_HW_COUNTER.name, any_of(TRANSPORT_ERRORS), w),
               t.short_for, "warning",
               "RDMA retransmissions or drops on {{ $labels.node }} {{ $labels.device }}/{{ $labels.port }}",
               "{{ $labels.counter }} rose by {{ $value }} in the last " + w + " (nccl mode, mlx5)."),
         alert("XTraceRdmaCongestion",
-              f'sum by ({PORT}, counter) (rate(xtrace_rdma_hw_counter_total{{counter=~"np_cnp_sent|rp_cnp_handled"}}[{w}]))'
+              f'sum by ({PORT}, counter) (rate({dm.RDMA_HW_COUNTER}{{counter=~"np_cnp_sent|rp_cnp_handled"}}[{w}]))'
               f" > {t.cnp_per_second}",
               t.long_for, "warning", "RoCE congestion on {{ $labels.node }} {{ $labels.device }}/{{ $labels.port }}",
               "{{ $labels.counter }} at {{ $value }}/s (limit " + str(t.cnp_per_second) + "/s): DCQCN is throttling."),
         alert("XTraceRdmaCounterSaturated",
-              f"max by ({PORT}, counter) (xtrace_rdma_counter_saturated) == 1",
+              f"max by ({PORT}, counter) ({dm.RDMA_COUNTER_SATURATED}) == 1",
               t.short_for, "warning",
               "{{ $labels.counter }} saturated on {{ $labels.node }} {{ $labels.device }}/{{ $labels.port }}",
               "The counter sits at its maximum and stopped counting: clear it (perfquery -R or a port reset)."),
@@ -204,8 +208,24 @@ def render(t: Timing) -> dict[str, str]:
     }
 
 
+# An XTrace metric in generated text (not a recording rule's name, `level:metric:operation`).
+_METRIC = re.compile(r"(?<![\w:])xtrace_[a-z0-9_]*[a-z0-9]")
+
+
+def undefined_metrics(files: dict[str, str]) -> list[str]:
+    """XTrace metrics the files name that neither the agent's datametrics nor its selfmetrics define."""
+    return sorted({name for text in files.values() for name in _METRIC.findall(text)}
+                  - set(dm.BY_NAME) - set(sm.BY_NAME))
+
+
 def write_or_check(files: dict[str, str], out: str, check: bool, regenerate: str) -> int:
-    """Write the files into `out`, or (check) compare them with what is there: 1 and a diff if not equal."""
+    """Write the files into `out`, or (check) compare them with what is there: 1 and a diff if not equal.
+    Files naming a metric the agent does not define are neither written nor accepted (exit 1)."""
+    unknown = undefined_metrics(files)
+    if unknown:
+        print(f"{regenerate}: no such agent metric: {', '.join(unknown)} (see agent/xtrace_agent/datametrics.py "
+              "and selfmetrics.py)", file=sys.stderr)
+        return 1
     if not check:
         os.makedirs(out, exist_ok=True)
         for name, text in files.items():

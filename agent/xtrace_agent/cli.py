@@ -188,7 +188,7 @@ def build_sinks(cfg: AgentConfig, health: Health, env: dict[str, str] | None = N
     sinks: list = [StdoutSink(cfg.output, text)] if cfg.output != "none" else []
     if cfg.remote_write:
         from xtrace_agent.sinks.remote_write import RemoteWriteSink
-        sinks += [RemoteWriteSink(target, cfg, health) for target in cfg.remote_write]
+        sinks += [RemoteWriteSink(target, cfg, health).start() for target in cfg.remote_write]
     from xtrace_agent.sinks.podstatus import PodStatusSink
     pod = PodStatusSink.from_environment(health, env)  # in a pod: readiness on the Pod's status
     return sinks + ([pod] if pod else [])

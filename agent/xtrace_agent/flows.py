@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from operator import itemgetter
 
+from xtrace_agent import datametrics as dm
 from xtrace_agent import selfmetrics as sm
 from xtrace_agent.accumulator import Accumulator, Totals
 from xtrace_agent.config import AgentConfig
@@ -25,17 +26,17 @@ from xtrace_agent.samples import Report, Sample
 from xtrace_agent.stages import BTH, ENDPOINTS, GROUP, TRAFFIC_TYPE, FlowId, Group, Observed
 from xtrace_agent.xdp.layout import reasons
 
-PACKETS = "xtrace_network_packets_total"
-BYTES = "xtrace_network_bytes_total"
+PACKETS = dm.NETWORK_PACKETS.name
+BYTES = dm.NETWORK_BYTES.name
 # XTrace-Catch's gauges: what each flow moved in the last interval (xdp.flowGauges)
-FLOW_PACKETS = "xtrace_network_flow_packets"
-FLOW_BYTES = "xtrace_network_flow_bytes"
-IFACE_PACKETS = "xtrace_interface_packets_total"
-IFACE_BYTES = "xtrace_interface_bytes_total"
-UNTRACKED_PACKETS = "xtrace_xdp_untracked_packets_total"
-UNTRACKED_BYTES = "xtrace_xdp_untracked_bytes_total"
-UNOBSERVED_PACKETS = "xtrace_xdp_unobserved_packets_total"
-UNOBSERVED_BYTES = "xtrace_xdp_unobserved_bytes_total"
+FLOW_PACKETS = dm.FLOW_PACKETS.name
+FLOW_BYTES = dm.FLOW_BYTES.name
+IFACE_PACKETS = dm.IFACE_PACKETS.name
+IFACE_BYTES = dm.IFACE_BYTES.name
+UNTRACKED_PACKETS = dm.UNTRACKED_PACKETS.name
+UNTRACKED_BYTES = dm.UNTRACKED_BYTES.name
+UNOBSERVED_PACKETS = dm.UNOBSERVED_PACKETS.name
+UNOBSERVED_BYTES = dm.UNOBSERVED_BYTES.name
 OTHER = "other"
 
 # untracked reason -> the older global self-metric that sums it over interfaces

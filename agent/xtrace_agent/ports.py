@@ -11,30 +11,21 @@ from __future__ import annotations
 
 import time
 
+from xtrace_agent import datametrics as dm
 from xtrace_agent import selfmetrics as sm
 from xtrace_agent.health import Health
 from xtrace_agent.rdma import sysfs
-from xtrace_agent.rdma.counters import CounterTracker, width
+from xtrace_agent.rdma.counters import WORD_BYTES, CounterTracker, width
 from xtrace_agent.samples import Report, Sample
 from xtrace_agent.stages import PortsObserved
 
 COLLECTOR = "rdma"
-PORT_INFO = "xtrace_rdma_port_info"
-PORT_RATE = "xtrace_rdma_port_rate_bytes_per_second"
-PORT_COUNTER = "xtrace_rdma_port_counter_total"
-HW_COUNTER = "xtrace_rdma_hw_counter_total"
-SATURATED = "xtrace_rdma_counter_saturated"
-TRANSMIT_BYTES = "xtrace_rdma_port_transmit_bytes_total"
-RECEIVE_BYTES = "xtrace_rdma_port_receive_bytes_total"
-TRANSMIT_PACKETS = "xtrace_rdma_port_transmit_packets_total"
-RECEIVE_PACKETS = "xtrace_rdma_port_receive_packets_total"
-
-# sysfs counter -> (derived metric, multiplier). port_*_data count 4-byte words (octets / 4).
+# sysfs counter -> (derived metric, multiplier): port_*_data count 4-byte words.
 DERIVED = {
-    "port_xmit_data": (TRANSMIT_BYTES, 4),
-    "port_rcv_data": (RECEIVE_BYTES, 4),
-    "port_xmit_packets": (TRANSMIT_PACKETS, 1),
-    "port_rcv_packets": (RECEIVE_PACKETS, 1),
+    "port_xmit_data": (dm.RDMA_TX_BYTES.name, WORD_BYTES),
+    "port_rcv_data": (dm.RDMA_RX_BYTES.name, WORD_BYTES),
+    "port_xmit_packets": (dm.RDMA_TX_PACKETS.name, 1),
+    "port_rcv_packets": (dm.RDMA_RX_PACKETS.name, 1),
 }
 # MLNX_OFED's mlx4 keeps 32-bit values in counters/ and the 64-bit ones in counters_ext/<name>_64:
 # where both exist, the derived metrics use the 64-bit one, unless it reads less than the narrow one
@@ -62,17 +53,17 @@ class PortAccounting:
     def _export(self, port: sysfs.Port, netdev: str, out: list[Sample]) -> None:
         ts = port.timestamp
         base = {"device": port.device, "port": str(port.port)}
-        out.append(Sample(PORT_INFO, {
+        out.append(Sample(dm.RDMA_PORT_INFO.name, {
             **base, "link_layer": port.link_layer or "unknown", "state": port.state or "unknown",
             "phys_state": port.phys_state or "unknown", "rate": port.rate or "unknown", "netdev": netdev,
         }, 1, ts))
         rate = port.rate_bytes_per_second
         if rate is not None:
-            out.append(Sample(PORT_RATE, dict(base), rate, ts))
+            out.append(Sample(dm.RDMA_PORT_RATE.name, dict(base), rate, ts))
 
         derived: dict[str, int | None] = dict.fromkeys(DERIVED)
-        for group, metric, values in (("counters", PORT_COUNTER, port.counters),
-                                      ("hw_counters", HW_COUNTER, port.hw_counters)):
+        for group, metric, values in (("counters", dm.RDMA_PORT_COUNTER.name, port.counters),
+                                      ("hw_counters", dm.RDMA_HW_COUNTER.name, port.hw_counters)):
             for name in sorted(values):
                 raw = values[name]
                 if raw is None:
@@ -80,7 +71,8 @@ class PortAccounting:
                 w = width(group, name)
                 reading = self.tracker.update((port.device, port.port, group, name), raw, w)
                 if w.saturates:
-                    out.append(Sample(SATURATED, {**base, "counter": name}, 1 if reading.saturated else 0, ts))
+                    out.append(Sample(dm.RDMA_COUNTER_SATURATED.name, {**base, "counter": name},
+                                      1 if reading.saturated else 0, ts))
                 if reading.value is None:
                     continue
                 out.append(Sample(metric, {**base, "counter": name}, reading.value, ts))

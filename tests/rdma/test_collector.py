@@ -252,3 +252,19 @@ def test_health_records_duration(tree):
     assert health.get(sm.COLLECTOR_DURATION, ERRORS) > 0
     c.close()
     c.close()  # idempotent
+
+
+@pytest.mark.parametrize("mode", ["rdma", "nccl"])
+def test_every_sample_is_a_defined_data_metric_with_its_declared_labels(tree, mode):
+    from xtrace_agent import datametrics as dm
+
+    c, _ = make(tree, mode=mode)
+    c.start()
+    seen = set()
+    for s in c.collect(1.0).samples + c.collect(2.0).samples:
+        metric = dm.BY_NAME.get(s.name)
+        assert metric is not None and metric.source == "rdma", s
+        assert metric.allows(s.labels), (s.name, sorted(s.labels))
+        seen.add(s.name)
+    expected = {m.name for m in dm.BY_NAME.values() if m.source == "rdma"}
+    assert seen == (expected if mode == "nccl" else expected - {dm.RDMA_HW_COUNTER.name})

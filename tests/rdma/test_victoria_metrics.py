@@ -34,7 +34,7 @@ def test_wrapped_and_saturated_counters_arrive_as_pushed(victoria_metrics, tree)
     collector.start()
     cfg = AgentConfig(node="node-a")
     sink = RemoteWriteSink(RemoteWriteTarget(url=victoria_metrics.write_url, name="vm"), cfg, health,
-                           min_backoff=0.05, max_backoff=0.4, tick=0.05, timeout=5.0)
+                           min_backoff=0.05, max_backoff=0.4, tick=0.05, timeout=5.0).start()
     sink.write(collector.collect(clock.now))
     clock.now += 10
     write_counter(tree, "mlx5_0", 1, "counters", "port_xmit_wait", "200\n")  # 32-bit wrap

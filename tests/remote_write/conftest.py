@@ -58,7 +58,7 @@ def make_sink(health):
 
     def make(url: str, cfg: AgentConfig | None = None, target: RemoteWriteTarget | None = None, **kw):
         cfg = cfg or AgentConfig(node="test-node")
-        sink = RemoteWriteSink(target or RemoteWriteTarget(url=url, name="test"), cfg, health, **{**FAST, **kw})
+        sink = RemoteWriteSink(target or RemoteWriteTarget(url=url, name="test"), cfg, health, **{**FAST, **kw}).start()
         sinks.append(sink)
         return sink
 

@@ -73,7 +73,7 @@ def test_agent_restart_during_outage_replays_the_spool(victoria_metrics, vmauth,
     target = RemoteWriteTarget(url=vmauth.write_url, name="test", bearer_token_file=str(token))
     cfg = AgentConfig(node="test-node", spool=SpoolConfig(path=str(spool)))
     victoria_metrics.stop()  # vmauth stays up and answers 502: the outage is behind it
-    first = RemoteWriteSink(target, cfg, health, **FAST)
+    first = RemoteWriteSink(target, cfg, health, **FAST).start()
     for step in range(4):
         first.write(report(step, FLOWS))
     first.close(0.5)
@@ -86,7 +86,7 @@ def test_agent_restart_during_outage_replays_the_spool(victoria_metrics, vmauth,
         for secret in (vmauth.token.encode(), b"Bearer", b"Authorization"):
             assert secret not in raw and secret not in plain, f"{secret!r} in {f.name}"
     victoria_metrics.start()
-    second = RemoteWriteSink(target, cfg, health, **FAST)
+    second = RemoteWriteSink(target, cfg, health, **FAST).start()
     second.write(report(4, FLOWS))
     want = expected_latest(4, FLOWS)
     try:

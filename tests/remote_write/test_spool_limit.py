@@ -71,7 +71,7 @@ def test_long_outage_and_sigterm_never_exceed_max_bytes_and_lose_no_newest_value
     victoria_metrics.stop()
     health = Health()
     watch = SizeWatch(str(spool))
-    first = RemoteWriteSink(target, cfg, health, **{**FAST, "spill_interval": 0.05})
+    first = RemoteWriteSink(target, cfg, health, **{**FAST, "spill_interval": 0.05}).start()
     steps = 25
     for step in range(steps):
         first.write(report(step, flows))
@@ -86,7 +86,7 @@ def test_long_outage_and_sigterm_never_exceed_max_bytes_and_lose_no_newest_value
     assert _dropped(health, "shutdown") == 0
 
     victoria_metrics.start()
-    second = RemoteWriteSink(target, cfg, health, **FAST)
+    second = RemoteWriteSink(target, cfg, health, **FAST).start()
     try:
         want = expected_latest(steps - 1, flows)
         assert victoria_metrics.wait_latest(want, timeout=30) == want
@@ -103,7 +103,7 @@ def test_newest_values_that_cannot_fit_are_counted_in_samples(receiver, tmp_path
     target = RemoteWriteTarget(url=receiver.url + "/api/v1/write", name="test")
     receiver.script = [(503, {}, "down")] * 10_000
     health = Health()
-    first = RemoteWriteSink(target, cfg, health, **FAST)
+    first = RemoteWriteSink(target, cfg, health, **FAST).start()
     first.write(report(0, flows))
     first.close(0.3)
     assert 0 < _size(str(spool)) <= limit
@@ -111,7 +111,7 @@ def test_newest_values_that_cannot_fit_are_counted_in_samples(receiver, tmp_path
     assert 0 < given_up < 2 * flows
 
     receiver.script.clear()
-    second = RemoteWriteSink(target, cfg, health, **FAST)
+    second = RemoteWriteSink(target, cfg, health, **FAST).start()
     try:
         assert wait_until(lambda: _size(str(spool)) == 0, timeout=10)
     finally:

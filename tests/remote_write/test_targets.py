@@ -18,7 +18,7 @@ def test_two_unnamed_tenants_on_one_vminsert_get_separate_series_for_every_metri
                RemoteWriteTarget(url=receiver.url + "/insert/2/prometheus"))
     cfg = AgentConfig(node="n", remote_write=targets, spool=SpoolConfig(path=str(tmp_path)))
     health = Health()
-    sinks = [RemoteWriteSink(t, cfg, health, **FAST) for t in targets]
+    sinks = [RemoteWriteSink(t, cfg, health, **FAST).start() for t in targets]
     try:
         sinks[0].write(report(0, 5))
         sinks[1].write(report(0, 7))

@@ -197,7 +197,7 @@ def test_untrusted_certificate_keeps_the_data_and_a_fixed_ca_file_delivers_it(
 
     # the agent restarted with caFile set replays the spool: every point, exactly once
     fixed = RemoteWriteTarget(url=rx.url, name="test", ca_file=certs["ca"])
-    again = RemoteWriteSink(fixed, cfg, health, min_backoff=0.05, max_backoff=0.4, tick=0.05, timeout=2.0)
+    again = RemoteWriteSink(fixed, cfg, health, min_backoff=0.05, max_backoff=0.4, tick=0.05, timeout=2.0).start()
     again.close(5)
     assert _as_sorted(rx.received()) == _expected_points(range(2), 5)
 

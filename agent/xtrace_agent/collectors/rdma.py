@@ -42,6 +42,7 @@ class RdmaCollector:
         self._netdevs: dict[tuple[str, int], tuple[float, str]] = {}
         self._failing: set[tuple[str, int, str]] = set()
         self._labels = {"collector": COLLECTOR}
+        health.inc(sm.COLLECTOR_ERRORS, 0, self._labels)  # from the first report, at 0
 
     # lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:

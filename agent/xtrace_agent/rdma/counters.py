@@ -44,8 +44,9 @@ def _sat(bits: int) -> Width:
     return Width(bits, saturates=True)
 
 
-# ports/<n>/counters/*: the PortCounters / PortCountersExtended attributes (core/sysfs.c).
-PORT_COUNTERS: dict[str, Width] = {
+# The PMA error counters (PortCounters): each increase is a real fault on the link or the port
+# (the alerts and the RDMA dashboard select these).
+PORT_ERRORS: dict[str, Width] = {
     "symbol_error": _sat(16),
     "link_error_recovery": _sat(8),
     "link_downed": _sat(8),
@@ -58,6 +59,13 @@ PORT_COUNTERS: dict[str, Width] = {
     "local_link_integrity_errors": _sat(4),
     "excessive_buffer_overrun_errors": _sat(4),
     "VL15_dropped": _sat(16),
+}
+# port_xmit_data and port_rcv_data count 4-octet words (IBA PortCountersExtended): bytes = words x 4.
+WORD_BYTES = 4
+
+# ports/<n>/counters/*: the PortCounters / PortCountersExtended attributes (core/sysfs.c).
+PORT_COUNTERS: dict[str, Width] = {
+    **PORT_ERRORS,
     "port_xmit_wait": Width(32, wraps=True, saturates=True),
     "port_xmit_data": _W64,
     "port_rcv_data": _W64,

@@ -6,6 +6,8 @@
                                     millisecond timestamp, labels as remote write sends them
     write_request_text(series)      the same for a decoded WriteRequest (spooled blocks)
 
+Type and help text come from the metric's one definition (datametrics.py or selfmetrics.py); a
+sample of a metric neither defines is refused at the first scrape, never served with made-up help.
 Labels are sorted, empty values dropped (an empty label is an absent one), and a label the sample
 already has wins over `extra`, as in remote write (prompb.series_pairs).
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from xtrace_agent import selfmetrics
+from xtrace_agent import datametrics, selfmetrics
 from xtrace_agent.samples import Sample
 from xtrace_agent.sinks.prompb import decode_labels
 
@@ -44,6 +46,14 @@ def line(name: str, pairs: Iterable[tuple[str, str]], value: float, ts_ms: int |
     return f"{head} {format_value(value)}" + (f" {ts_ms}\n" if ts_ms is not None else "\n")
 
 
+def describe(name: str) -> datametrics.DataMetric | selfmetrics.SelfMetric:
+    """The one definition of a metric; a name neither registry defines is a bug, refused."""
+    described = datametrics.BY_NAME.get(name) or selfmetrics.BY_NAME.get(name)
+    if described is None:
+        raise ValueError(f"metric {name} is defined in neither datametrics.py nor selfmetrics.py")
+    return described
+
+
 def metrics_text(samples: list[Sample], extra: Mapping[str, str] | None = None) -> str:
     """Samples for /metrics: one HELP/TYPE block per metric name, in first-seen order."""
     by_name: dict[str, list[Sample]] = {}
@@ -51,10 +61,8 @@ def metrics_text(samples: list[Sample], extra: Mapping[str, str] | None = None) 
         by_name.setdefault(s.name, []).append(s)
     out = []
     for name, group in by_name.items():
-        described = selfmetrics.BY_NAME.get(name)
-        kind, help_text = (described.kind, described.help) if described else \
-            ("counter" if name.endswith("_total") else "gauge", f"XTrace metric {name}.")
-        out.append(f"# HELP {name} {_help_escape(help_text)}\n# TYPE {name} {kind}\n")
+        described = describe(name)
+        out.append(f"# HELP {name} {_help_escape(described.help)}\n# TYPE {name} {described.kind}\n")
         for s in group:
             labels = {**extra, **s.labels} if extra else s.labels
             out.append(line(name, sorted(labels.items()), s.value))

@@ -1,7 +1,8 @@
 """The agent's HTTP endpoints: /metrics (pull), /healthz (alive), /readyz (doing its job).
 
 /metrics serves the latest report's samples and the agent's own health metrics in the
-Prometheus text format (0.0.4), without timestamps: the scraper stamps its scrape time.
+Prometheus text format (0.0.4), without timestamps: the scraper stamps its scrape time. Each
+metric's TYPE and HELP come from its definition (datametrics.py, selfmetrics.py).
 It adds no `node`/`monitor` label: in the pull model the scraper knows the target (pod, node)
 from service discovery and adds those itself; a `node` label here would clash with it and
 come back as `exported_node`. The monitor's extra labels (`cfg.labels`) are added, as the
@@ -60,7 +61,13 @@ class MetricsServer:
             def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    self._answer(200, owner.metrics_text(), CONTENT_TYPE)
+                    try:
+                        text = owner.metrics_text()
+                    except ValueError as e:  # a metric with no definition: a bug, named, never served untyped
+                        log.error("/metrics: %s", e)
+                        self._answer(500, f"{e}\n")
+                    else:
+                        self._answer(200, text, CONTENT_TYPE)
                 elif path == "/healthz":
                     self._answer(200, "ok\n")
                 elif path == "/readyz":

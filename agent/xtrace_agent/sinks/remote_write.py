@@ -1,7 +1,10 @@
 """Pushes samples to one Prometheus remote-write receiver (VictoriaMetrics single or cluster, ...).
 
-The queue, spool, rescue map and readiness live here; the HTTP side (connection, credentials,
-TLS, zstd/snappy negotiation, the legacy text endpoint) is transport.py.
+This module is the sender thread: its schedule (send, back off, spill), readiness and shutdown.
+The pure parts are their own modules: the queue and the rescue map of newest values with the spill
+policy (backlog.py), what a send's answer means (outcome.py); where blocks wait is spool.py, the
+HTTP side (connection, credentials, TLS, zstd/snappy negotiation, the legacy text endpoint)
+transport.py. `start()` starts the thread (the pipeline calls it once the sink is wired).
 
     write(report) ──► bounded queue ──► sender thread ──► HTTP POST
                                              │  ▲ receiver down: blocks wait in the spool
@@ -35,33 +38,26 @@ dropped, labels are sorted, timestamps are milliseconds.
 
 from __future__ import annotations
 
-import email.utils
-import hashlib
-import http.client
 import logging
-import os
 import random
-import re
-import ssl
 import threading
 import time
 import urllib.parse
-from collections import deque
 
 from xtrace_agent import selfmetrics as sm
-from xtrace_agent.config import MEMORY_SPOOL_BYTES, AgentConfig, RemoteWriteTarget
+from xtrace_agent.config import AgentConfig, RemoteWriteTarget
 from xtrace_agent.errors import UsageError
 from xtrace_agent.health import Health
 from xtrace_agent.readiness import Kind
 from xtrace_agent.samples import Report
-from xtrace_agent.sinks import exposition, prompb
-from xtrace_agent.sinks.spool import Block, DiskSpool, MemorySpool
-from xtrace_agent.sinks.transport import AuthFileError, Transport, auth_problem, deadline_timeout, redact
+from xtrace_agent.sinks import exposition, outcome, prompb
+from xtrace_agent.sinks.backlog import Backlog
+from xtrace_agent.sinks.outcome import DROPPED, OK, RETRY, Outcome
+from xtrace_agent.sinks.spool import Block, MemorySpool, open_spool
+from xtrace_agent.sinks.transport import Transport, deadline_timeout, redact
 
 log = logging.getLogger("xtrace.remote_write")
-
-DROP_CODES = (400, 409, 415)
-AUTH_CODES = (401, 403, 404)
+DROP_REASONS = ("queue_full", "spool_full", "rejected", "shutdown")
 
 
 def _host_port(target: RemoteWriteTarget) -> str:
@@ -103,7 +99,11 @@ def target_names(targets: tuple[RemoteWriteTarget, ...]) -> list[str]:
 
 
 class RemoteWriteSink:
-    """A Sink delivering every sample to one remote-write target, through outages and restarts."""
+    """A Sink delivering every sample to one remote-write target, through outages and restarts.
+
+    Constructed idle (the spool is opened and replayed into the rescue map); `start()` starts the
+    sender thread and returns the sink.
+    """
 
     def __init__(self, target: RemoteWriteTarget, cfg: AgentConfig, health: Health, *,
                  min_backoff: float = 1.0, max_backoff: float = 60.0, auth_retry: float = 30.0,
@@ -117,31 +117,22 @@ class RemoteWriteSink:
         self.spill_interval, self.max_samples_per_send = spill_interval, max_samples_per_send
         self.timeout, self.tick = timeout, tick
         self.max_push_age = cfg.max_push_age
-        self.queue_limit = cfg.queue_samples
         self.component = f"remote_write:{self.name}"
         self._labels = {"target": self.name}
+        self._url = redact(target.url)
 
         self.transport = Transport(target, self.name, timeout)
         if self.transport.legacy:
-            base = redact(target.url).split("/api/v1/import/prometheus")[0]
+            base = self._url.split("/api/v1/import/prometheus")[0]
             log.warning("remote write %s: %s is the legacy text import endpoint; it works, but Prometheus "
                         "remote write (%s/api/v1/write) is about 10x less traffic and checked by the server",
-                        self.name, redact(target.url), base)
-
+                        self.name, self._url, base)
         extra = {"node": cfg.node_name(), "monitor": cfg.monitor, "namespace": cfg.namespace, **cfg.labels}
         self.encoder = prompb.SeriesEncoder({k: v for k, v in extra.items() if v})
-
-        if cfg.spool.path:
-            digest = hashlib.sha256(redact(target.url).encode()).hexdigest()[:12]
-            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", self.name)
-            self.spool: MemorySpool = DiskSpool(os.path.join(cfg.spool.path, f"{safe}-{digest}"), cfg.spool.max_bytes)
-        else:
-            self.spool = MemorySpool(min(cfg.spool.max_bytes, MEMORY_SPOOL_BYTES))
-
-        self._cond = threading.Condition()
-        self._queue: deque[list] = deque()  # report sample lists, oldest first
-        self._queued = 0
-        self._rescued: dict[bytes, tuple[float, int]] = {}
+        self.spool: MemorySpool = open_spool(cfg.spool, self.name, self._url)
+        self.backlog = Backlog(cfg.queue_samples, self.encoder.entries)
+        self._cond = threading.Condition()  # guards the backlog; the sender waits on it for work
+        self._thread: threading.Thread | None = None
         self._closing = False
         self._deadline = 0.0
         self._failures = 0
@@ -151,21 +142,32 @@ class RemoteWriteSink:
         self._last_spill = time.monotonic()
         self._last_success = 0.0
         self._caught_up = time.time()  # nothing pending since then (readiness grace at start)
+        self._replay()
+        self._zero_metrics()
 
+    def _replay(self) -> None:
+        """What a previous run left: spooled blocks are sent as they are, rescued values first."""
         rescued = self.spool.load_rescued()
         if rescued:
-            for labels, points in prompb.decode_write_request(prompb.decompress(rescued)).items():
-                for value, ts in points:
-                    self._rescue(labels, value, ts)
-        if len(self.spool) or self._rescued:
-            log.info("remote write %s: replaying %d spooled samples", self.name, self.spool.samples + len(self._rescued))
-        for reason in ("queue_full", "spool_full", "rejected", "shutdown"):
-            health.inc(sm.RW_DROPPED, 0, {**self._labels, "reason": reason})
-        health.inc(sm.RW_SENT, 0, self._labels)
-        health.inc(sm.RW_RETRIES, 0, self._labels)
+            self.backlog.rescue_body(rescued)
+        if len(self.spool) or self.backlog.rescued:
+            log.info("remote write %s: replaying %d spooled samples", self.name,
+                     self.spool.samples + len(self.backlog.rescued))
+
+    def _zero_metrics(self) -> None:
+        """Every series an alert may use exists from the start, at 0."""
+        for reason in DROP_REASONS:
+            self.health.inc(sm.RW_DROPPED, 0, {**self._labels, "reason": reason})
+        for metric in (sm.RW_SENT, sm.RW_SENT_BYTES, sm.RW_RETRIES):
+            self.health.inc(metric, 0, self._labels)
         self._gauges()
-        self._thread = threading.Thread(target=self._run, name=f"remote-write-{self.name}", daemon=True)
-        self._thread.start()
+
+    def start(self) -> RemoteWriteSink:
+        """Start the sender thread (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"remote-write-{self.name}", daemon=True)
+            self._thread.start()
+        return self
 
     # --- the collector's side ---------------------------------------------------------------
     def write(self, report: Report) -> None:
@@ -175,36 +177,10 @@ class RemoteWriteSink:
         with self._cond:
             if self._closing:
                 return
-            self._queue.append(samples)
-            self._queued += len(samples)
-            if self._queued > self.queue_limit:
-                self._drop_queued(self._queued - self.queue_limit)
+            lost = self.backlog.add(samples)
+            if lost:
+                self.health.inc(sm.RW_DROPPED, lost, {**self._labels, "reason": "queue_full"})
             self._cond.notify()
-
-    def _drop_queued(self, excess: int) -> None:
-        """Drop the `excess` oldest queued samples, keeping each series' newest value."""
-        dropped = 0
-        while excess > 0 and self._queue:
-            head = self._queue[0]
-            if len(head) <= excess:
-                gone = self._queue.popleft()
-            else:
-                gone, self._queue[0] = head[:excess], head[excess:]
-            excess -= len(gone)
-            self._queued -= len(gone)
-            for labels, value, ts in self.encoder.entries(gone):
-                dropped += self._rescue(labels, value, ts)
-        self.health.inc(sm.RW_DROPPED, dropped, {**self._labels, "reason": "queue_full"})
-
-    def _rescue(self, labels: bytes, value: float, ts: int) -> int:
-        """Keep the newest point of a series being dropped; returns how many points are lost (0/1)."""
-        old = self._rescued.get(labels)
-        if old is None:
-            self._rescued[labels] = (value, ts)
-            return 0
-        if ts >= old[1]:
-            self._rescued[labels] = (value, ts)
-        return 1
 
     # --- the sender thread --------------------------------------------------------------------
     def _run(self) -> None:
@@ -220,8 +196,9 @@ class RemoteWriteSink:
                     self._shutdown()
                     return
                 if now < self._retry_at:
-                    if self._queued and (closing or now - self._last_spill >= self.spill_interval
-                                         or self._queued >= self.queue_limit // 2):
+                    with self._cond:
+                        spill = self.backlog.spill_due(now - self._last_spill, self.spill_interval, closing)
+                    if spill:
                         self._spill()
                     self._sleep_until(self._retry_at)
                 elif self._pending():
@@ -238,59 +215,54 @@ class RemoteWriteSink:
                 self._cond.wait(max(0.0, min(self.tick, when - time.monotonic())))
 
     def _pending_locked(self) -> bool:
-        return bool(self._queued or len(self.spool) or self._rescued)
+        return self.backlog.pending() or bool(len(self.spool))
 
     def _pending(self) -> bool:
         with self._cond:
             return self._pending_locked()
 
-    def _take_queue(self) -> list[list]:
-        with self._cond:
-            taken = list(self._queue)
-            self._queue.clear()
-            self._queued = 0
-            return taken
-
     def _deliver(self) -> None:
         """One round: rescued values first, then the spool (oldest first), then the queue."""
-        if self._rescued:
-            with self._cond:
-                snapshot = dict(self._rescued)
-            body = self.transport.compress(prompb.encode_write_request({k: [v] for k, v in snapshot.items()}))
-            outcome = self._send(body, len(snapshot))
-            if outcome != "retry":
-                with self._cond:
-                    for k, v in snapshot.items():
-                        if self._rescued.get(k) == v:
-                            del self._rescued[k]
-                    if not self._rescued:
-                        self.spool.clear_rescued()
+        if self.backlog.rescued:
+            self._deliver_rescued()
             return
         block = self.spool.oldest()
         if block is not None:
-            outcome = self._send(block.body, block.samples)
-            if outcome != "retry":
+            if self._send(block.body, block.samples) != RETRY:
                 self.spool.remove(block.key)
             return
+        self._deliver_queue()
+
+    def _deliver_rescued(self) -> None:
+        with self._cond:
+            snapshot = self.backlog.rescued_snapshot()
+        body = self.transport.compress(prompb.encode_write_request({k: [v] for k, v in snapshot.items()}))
+        if self._send(body, len(snapshot)) != RETRY:
+            with self._cond:
+                if self.backlog.delivered(snapshot):
+                    self.spool.clear_rescued()
+
+    def _deliver_queue(self) -> None:
+        with self._cond:
+            reports = self.backlog.take()
         parts = [samples[i:i + self.max_samples_per_send]
-                 for samples in self._take_queue()  # reports in time order: each series stays in order
+                 for samples in reports  # reports in time order: each series stays in order
                  for i in range(0, len(samples), self.max_samples_per_send)]
         for i, part in enumerate(parts):
             if self.transport.legacy:  # text straight from the samples, no protobuf on the way
-                outcome = self._send(exposition.samples_text(part, self.encoder.extra), len(part), text=True)
+                result = self._send(exposition.samples_text(part, self.encoder.extra), len(part), text=True)
             else:
-                outcome = self._send(self.transport.compress(self.encoder.encode_samples(part)), len(part))
-            if outcome == "retry":  # back to the front of the queue: the next spill groups it by series
+                result = self._send(self.transport.compress(self.encoder.encode_samples(part)), len(part))
+            if result == RETRY:  # back to the front of the queue: the next spill groups it by series
                 with self._cond:
-                    self._queue.extendleft(reversed(parts[i:]))
-                    self._queued += sum(len(p) for p in parts[i:])
+                    self.backlog.put_back(parts[i:])
                 return
 
     def _spill(self) -> None:
         """Receiver down: move the queue to the spool, one label set per series per block."""
         self._last_spill = time.monotonic()
-        chunks = self._take_queue()
-        entries = [e for samples in chunks for e in self.encoder.entries(samples)]
+        with self._cond:
+            entries = self.backlog.take_entries()
         for part in prompb.chunks(prompb.group(entries), self.max_samples_per_send * 10):
             self._spool_series(part)
 
@@ -314,28 +286,26 @@ class RemoteWriteSink:
         self._evict(evicted, "spool_full")
 
     def _evict(self, blocks: list[Block], reason: str) -> None:
-        dropped = 0
+        lost = 0
         with self._cond:
             for block in blocks:
-                if not block.body:
-                    continue
-                for labels, points in prompb.decode_write_request(prompb.decompress(block.body)).items():
-                    for value, ts in points:
-                        dropped += self._rescue(labels, value, ts)
-        if dropped:
-            self.health.inc(sm.RW_DROPPED, dropped, {**self._labels, "reason": reason})
+                if block.body:
+                    lost += self.backlog.rescue_body(block.body)
+        if lost:
+            self.health.inc(sm.RW_DROPPED, lost, {**self._labels, "reason": reason})
             log.warning("remote write %s: spool full (%d bytes): dropped %d older samples, kept the newest "
-                        "value of every series", self.name, self.spool.max_bytes, dropped)
+                        "value of every series", self.name, self.spool.max_bytes, lost)
 
+    # --- shutdown -------------------------------------------------------------------------------
     def _shutdown(self) -> None:
         """Persist what is left: the queue to the spool, rescued values beside it, all within maxBytes."""
-        if self._queued:
+        if self.backlog.queued:
             self._spill()
-        if isinstance(self.spool, DiskSpool):
+        if self.spool.persistent:
             self._save_rescued()
         with self._cond:
-            left = self.spool.samples + len(self._rescued)
-        if left and isinstance(self.spool, DiskSpool):
+            left = self.spool.samples + len(self.backlog.rescued)
+        if left and self.spool.persistent:
             log.warning("remote write %s: %d samples not delivered, kept in the spool for the next start", self.name, left)
         elif left:
             log.warning("remote write %s: %d samples not delivered and lost (no spool.path)", self.name, left)
@@ -347,7 +317,7 @@ class RemoteWriteSink:
         """Write the rescued values, evicting the oldest blocks for room; what can never fit is counted."""
         while True:
             with self._cond:
-                rescued = dict(self._rescued)
+                rescued = self.backlog.rescued_snapshot()
             body = self.transport.compress(prompb.encode_write_request({k: [v] for k, v in rescued.items()}))
             room = self.spool.max_bytes - (self.spool.bytes - self.spool.rescued_bytes)
             if not rescued or len(body) <= room:
@@ -373,50 +343,39 @@ class RemoteWriteSink:
             body = b""
         lost = len(keys) - keep
         with self._cond:
-            for k in keys[keep:]:
-                self._rescued.pop(k, None)
+            self.backlog.forget(keys[keep:])
         self.health.inc(sm.RW_DROPPED, lost, {**self._labels, "reason": "spool_full"})
         log.error("remote write %s: spool.maxBytes (%d) cannot hold the newest value of every series: %d of %d "
                   "series not kept; raise spool.maxBytes", self.name, self.spool.max_bytes, lost, len(keys))
         return body
 
-    # --- delivery outcome ----------------------------------------------------------------------
+    # --- one send -------------------------------------------------------------------------------
     def _send(self, body: bytes, samples: int, text: bool = False) -> str:
-        """Send one body: "ok", "dropped" (rejected for good) or "retry" (keep it)."""
+        """Send one body: OK, DROPPED (refused for good) or RETRY (keep it)."""
         timeout = deadline_timeout(self.timeout, self._deadline if self._closing else None)
+        post = self.transport.post_text if text else self.transport.post
         try:
-            post = self.transport.post_text if text else self.transport.post
             answer = post(body, timeout)
-        except AuthFileError as e:
-            return self._retry(self.auth_retry, f"{e}: data stays queued", loud=True)
-        except ssl.SSLCertVerificationError as e:  # before OSError: a setting to fix, like a 401
-            return self._retry(self.auth_retry, f"cannot verify the TLS certificate of {redact(self.target.url)}: "
-                               f"{e.verify_message or e}: check caFile / insecureSkipVerify; data stays queued "
-                               f"and is retried every {self.auth_retry:g}s", loud=True)
-        except (OSError, http.client.HTTPException) as e:
-            return self._retry(self._backoff(), f"cannot reach {redact(self.target.url)}: {e or type(e).__name__}")
-        status = 401 if auth_problem(answer) else answer.status
-        if 200 <= status < 300:
+        except outcome.SEND_ERRORS as e:
+            return self._apply(outcome.of_error(e, self._url, self.auth_retry), body, samples)
+        return self._apply(outcome.of_answer(answer, self._url, self.auth_retry), body, samples)
+
+    def _apply(self, result: Outcome, body: bytes, samples: int) -> str:
+        """Count, log and schedule what a send came to."""
+        if result.kind == OK:
             now = time.time()
             self._failures, self._failing, self._retry_at, self._last_error = 0, False, 0.0, ""
             self._last_success = now
             self.health.inc(sm.RW_SENT, samples, self._labels)
             self.health.inc(sm.RW_SENT_BYTES, len(body), self._labels)
             self.health.set(sm.RW_LAST_SUCCESS, now, self._labels)
-            return "ok"
-        if status in DROP_CODES:
+            return OK
+        if result.kind == DROPPED:
             log.error("remote write %s: HTTP %d, the receiver rejected %d samples, dropped: %s",
-                      self.name, status, samples, answer.text)
+                      self.name, result.status, samples, result.message)
             self.health.inc(sm.RW_DROPPED, samples, {**self._labels, "reason": "rejected"})
-            return "dropped"
-        if status in AUTH_CODES:
-            what = "the URL path" if status == 404 else "the credentials (basicAuth / bearerTokenFile)"
-            return self._retry(self.auth_retry, f"HTTP {status} from {redact(self.target.url)}: check {what}; "
-                               f"data stays queued and is retried every {self.auth_retry:g}s: {answer.text}", loud=True)
-        delay = self._backoff()
-        if status == 429 and answer.retry_after:
-            delay = _retry_after(answer.retry_after, delay)
-        return self._retry(delay, f"HTTP {status}: {answer.text}")
+            return DROPPED
+        return self._retry(self._backoff() if result.delay is None else result.delay, result.message, result.loud)
 
     def _backoff(self) -> float:
         cap = min(self.max_backoff, self.min_backoff * 2 ** min(self._failures, 30))
@@ -432,12 +391,12 @@ class RemoteWriteSink:
         elif message != self._last_error or self._failures in (1, 10) or self._failures % 100 == 0:
             log.warning("remote write %s: %s (retry %d in %.1fs)", self.name, message, self._failures, delay)
         self._last_error = message
-        return "retry"
+        return RETRY
 
     # --- visibility ------------------------------------------------------------------------------
     def _gauges(self) -> None:
         with self._cond:
-            waiting = self._queued + self.spool.samples + len(self._rescued)
+            waiting = self.backlog.queued + self.spool.samples + len(self.backlog.rescued)
         self.health.set(sm.RW_QUEUE, waiting, self._labels)
         self.health.set(sm.RW_SPOOL_BYTES, self.spool.bytes, self._labels)
 
@@ -461,19 +420,10 @@ class RemoteWriteSink:
             self._closing = True
             self._deadline = time.monotonic() + timeout
             self._cond.notify_all()
+        if self._thread is None:  # never started: nothing was sent, persist what was queued
+            self._shutdown()
+            return
         self._thread.join(timeout + 2)
         if self._thread.is_alive():
             log.warning("remote write %s: sender still busy after %.0fs; %d queued samples may be lost",
-                        self.name, timeout, self._queued)
-
-
-def _retry_after(value: str, default: float) -> float:
-    """Retry-After as seconds (delta-seconds or an HTTP date), capped at 10 minutes."""
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), 600.0)
-    try:
-        when = email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return default
-    return min(max(0.0, when - time.time()), 600.0)
+                        self.name, timeout, self.backlog.queued)

@@ -15,10 +15,13 @@ credential ever reaches the spool. The directory and files are private to the ag
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections import deque
 from typing import NamedTuple
 
+from xtrace_agent.config import MEMORY_SPOOL_BYTES, SpoolConfig
 from xtrace_agent.errors import AgentFailure
 
 RESCUED = "rescued.sz"
@@ -45,6 +48,11 @@ class MemorySpool:
 
     def __len__(self) -> int:
         return len(self._blocks)
+
+    @property
+    def persistent(self) -> bool:
+        """Whether what it holds outlives the process (rescued values are saved on close, and replayed)."""
+        return False
 
     def append(self, body: bytes, samples: int) -> list[Block]:
         """Add a block; returns the blocks evicted first to make room (this one if it can never fit)."""
@@ -129,6 +137,10 @@ class DiskSpool(MemorySpool):
             self.rescued_bytes = os.path.getsize(rescued)
             self.bytes += self.rescued_bytes
 
+    @property
+    def persistent(self) -> bool:
+        return True
+
     def _file(self, block: Block) -> str:
         return os.path.join(self.path, f"{block.key:020d}-{block.samples}.sz")
 
@@ -192,3 +204,13 @@ class DiskSpool(MemorySpool):
             pass
         self.bytes -= self.rescued_bytes
         self.rescued_bytes = 0
+
+
+def open_spool(cfg: SpoolConfig, name: str, url: str) -> MemorySpool:
+    """The spool of one target: a directory of its own under `cfg.path` (named after the target and
+    a digest of its redacted URL, so two targets never share one), or memory without a path."""
+    if not cfg.path:
+        return MemorySpool(min(cfg.max_bytes, MEMORY_SPOOL_BYTES))
+    digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    return DiskSpool(os.path.join(cfg.path, f"{safe}-{digest}"), cfg.max_bytes)

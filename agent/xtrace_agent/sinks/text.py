@@ -10,15 +10,8 @@ every other sink gets.
 
 from __future__ import annotations
 
-from xtrace_agent.flows import BYTES as FLOW_BYTES_TOTAL
+from xtrace_agent import datametrics as dm
 from xtrace_agent.flows import OTHER
-from xtrace_agent.flows import PACKETS as FLOW_PACKETS_TOTAL
-from xtrace_agent.ports import PORT_INFO as RDMA_PORT_INFO
-from xtrace_agent.ports import RECEIVE_BYTES as RDMA_RECEIVE_BYTES
-from xtrace_agent.ports import RECEIVE_PACKETS as RDMA_RECEIVE_PACKETS
-from xtrace_agent.ports import SATURATED as RDMA_SATURATED
-from xtrace_agent.ports import TRANSMIT_BYTES as RDMA_TRANSMIT_BYTES
-from xtrace_agent.ports import TRANSMIT_PACKETS as RDMA_TRANSMIT_PACKETS
 from xtrace_agent.samples import Report
 
 
@@ -51,9 +44,9 @@ class FlowText:
     def lines(self, report: Report) -> list[str]:
         flows: dict[tuple, list] = {}
         for s in report.samples:
-            if s.name == FLOW_PACKETS_TOTAL:
+            if s.name == dm.NETWORK_PACKETS.name:
                 flows.setdefault(tuple(s.labels.values()), [s.labels, 0, 0])[1] = int(s.value)
-            elif s.name == FLOW_BYTES_TOTAL:
+            elif s.name == dm.NETWORK_BYTES.name:
                 flows.setdefault(tuple(s.labels.values()), [s.labels, 0, 0])[2] = int(s.value)
 
         def order(row):
@@ -71,8 +64,8 @@ def _si(value: float) -> str:
 
 
 # per port line: (field, metric); totals on the first line, per-second rates after
-_PORT_FIELDS = (("tx_bytes", RDMA_TRANSMIT_BYTES), ("rx_bytes", RDMA_RECEIVE_BYTES),
-                ("tx_packets", RDMA_TRANSMIT_PACKETS), ("rx_packets", RDMA_RECEIVE_PACKETS))
+_PORT_FIELDS = (("tx_bytes", dm.RDMA_TX_BYTES.name), ("rx_bytes", dm.RDMA_RX_BYTES.name),
+                ("tx_packets", dm.RDMA_TX_PACKETS.name), ("rx_packets", dm.RDMA_RX_PACKETS.name))
 
 
 class PortText:
@@ -84,11 +77,11 @@ class PortText:
     def lines(self, report: Report) -> list[str]:
         ports: dict[tuple[str, str], dict] = {}
         for s in report.samples:
-            if s.name == RDMA_PORT_INFO:
+            if s.name == dm.RDMA_PORT_INFO.name:
                 ports[(s.labels["device"], s.labels["port"])] = {"info": s.labels, "ts": s.timestamp,
                                                                   "totals": {}, "saturated": []}
             elif "device" in s.labels and (port := ports.get((s.labels["device"], s.labels.get("port")))):
-                if s.name == RDMA_SATURATED:
+                if s.name == dm.RDMA_COUNTER_SATURATED.name:
                     if s.value:
                         port["saturated"].append(s.labels["counter"])
                 elif s.name in _METRICS:

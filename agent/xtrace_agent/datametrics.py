@@ -1,0 +1,121 @@
+"""Every data metric the agent exports, defined once: name, type, unit, help text, labels, source.
+
+Data metrics are what the sources measure (flows, interfaces, RDMA ports); what the agent says
+about itself is selfmetrics.py. Both registries are read the same ways:
+- collectors and the accounting stage write the metric's `.name` (a misspelt metric is an
+  AttributeError at import);
+- `/metrics` (sinks/exposition.py) takes the type and help text from here and refuses a sample
+  whose name neither registry defines (a ValueError at the first scrape, never a silent series);
+- tools/rules.py and tools/dashboards.py build their queries from these definitions, and refuse
+  an expression naming an `xtrace_` metric that is not defined;
+- the tests check every sample the collectors produce against the labels declared here, and
+  the docs' metric tables against both registries (tests/test_datametrics.py).
+
+`labels` are on every series of the metric; `optional` ones only on some (`direction` when the
+agent counts both directions, RoCEv2's BTH fields on RoCE flows).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from xtrace_agent.rdma.counters import WORD_BYTES
+
+
+class DataMetric(NamedTuple):
+    name: str
+    kind: str  # counter | gauge
+    unit: str  # bytes, packets, bytes/s; "" when it has none (a flag, an info metric, a raw counter)
+    help: str
+    labels: tuple[str, ...]
+    source: str  # the mode(s) that export it: xdp | rdma (rdma and nccl)
+    optional: tuple[str, ...] = ()
+    at_start: bool = True  # exists from the first report (at 0 before any traffic); False: only once it moved
+
+    def __str__(self) -> str:  # in a query: f"rate({dm.IFACE_BYTES}[1m])"
+        return self.name
+
+    def allows(self, labels) -> bool:
+        """Whether a series with these label names belongs to this metric."""
+        names = set(labels)
+        return names.issuperset(self.labels) and names.issubset(self.labels + self.optional)
+
+
+BY_NAME: dict[str, DataMetric] = {}
+
+
+def _define(name: str, kind: str, unit: str, help_text: str, labels: tuple[str, ...], source: str,
+            optional: tuple[str, ...] = (), at_start: bool = True) -> DataMetric:
+    assert name not in BY_NAME, f"data metric {name} defined twice"
+    assert kind in ("counter", "gauge") and name.endswith("_total") == (kind == "counter"), name
+    assert source in ("xdp", "rdma"), source
+    metric = DataMetric(name, kind, unit, help_text, labels, source, optional, at_start)
+    BY_NAME[name] = metric
+    return metric
+
+
+def counter(name: str, unit: str, help_text: str, labels: tuple[str, ...], source: str,
+            optional: tuple[str, ...] = ()) -> DataMetric:
+    return _define(name, "counter", unit, help_text, labels, source, optional)
+
+
+def gauge(name: str, unit: str, help_text: str, labels: tuple[str, ...], source: str,
+          optional: tuple[str, ...] = (), at_start: bool = True) -> DataMetric:
+    return _define(name, "gauge", unit, help_text, labels, source, optional, at_start)
+
+
+# --- xdp mode: flows and interfaces ----------------------------------------------------------------
+FLOW = ("interface", "src_ip", "dst_ip", "src_port", "dst_port", "protocol", "traffic_type")
+BTH = ("rdma_opcode", "dest_qp")  # RoCEv2 flows only
+DIRECTED = ("direction",)  # only when xdp.directions includes egress
+
+NETWORK_PACKETS = counter("xtrace_network_packets_total", "packets",
+                          "Packets per flow (with xdp.sampling N: the sampled count x N).", FLOW, "xdp",
+                          DIRECTED + BTH)
+NETWORK_BYTES = counter("xtrace_network_bytes_total", "bytes",
+                        "Bytes per flow: the L2 frame length XDP (or TC on egress) sees.", FLOW, "xdp",
+                        DIRECTED + BTH)
+FLOW_PACKETS = gauge("xtrace_network_flow_packets", "packets", "XTrace-Catch's gauge: packets the flow moved in "
+                     "the last interval, for flows that moved something (xdp.flowGauges).", FLOW, "xdp",
+                     DIRECTED + BTH, at_start=False)
+FLOW_BYTES = gauge("xtrace_network_flow_bytes", "bytes", "XTrace-Catch's gauge: bytes the flow moved in the last "
+                   "interval, for flows that moved something (xdp.flowGauges).", FLOW, "xdp", DIRECTED + BTH,
+                   at_start=False)
+IFACE_PACKETS = counter("xtrace_interface_packets_total", "packets", "Every frame on the interface, parsable or "
+                        "not, even with a full flow table: its flows plus its `other` flow.", ("interface",), "xdp",
+                        DIRECTED)
+IFACE_BYTES = counter("xtrace_interface_bytes_total", "bytes",
+                      "Bytes of xtrace_interface_packets_total (L2 frame length).", ("interface",), "xdp", DIRECTED)
+UNTRACKED_PACKETS = counter("xtrace_xdp_untracked_packets_total", "packets", "Packets counted in no flow, by "
+                            "reason (malformed, non_ip, table_full, unsampled): part of the interface's `other` "
+                            "flow.", ("interface", "reason"), "xdp", DIRECTED)
+UNTRACKED_BYTES = counter("xtrace_xdp_untracked_bytes_total", "bytes",
+                          "Bytes of xtrace_xdp_untracked_packets_total.", ("interface", "reason"), "xdp", DIRECTED)
+UNOBSERVED_PACKETS = counter("xtrace_xdp_unobserved_packets_total", "packets", "Packets the driver received "
+                             "while the agent's program was not attached to the interface (receive only).",
+                             ("interface",), "xdp")
+UNOBSERVED_BYTES = counter("xtrace_xdp_unobserved_bytes_total", "bytes",
+                           "Bytes of xtrace_xdp_unobserved_packets_total (driver rx bytes).", ("interface",), "xdp")
+
+# --- rdma and nccl modes: RDMA ports -----------------------------------------------------------------
+PORT = ("device", "port")
+
+RDMA_PORT_INFO = gauge("xtrace_rdma_port_info", "", "RDMA port metadata, always 1.",
+                       PORT + ("link_layer", "state", "phys_state", "rate", "netdev"), "rdma")
+RDMA_PORT_RATE = gauge("xtrace_rdma_port_rate_bytes_per_second", "bytes/s",
+                       "The port's link rate (sysfs `rate`, Gb/s x 10^9 / 8).", PORT, "rdma")
+RDMA_PORT_COUNTER = counter("xtrace_rdma_port_counter_total", "", "Every PMA port counter (counters/ and "
+                            "counters_ext/), raw, in the file's own unit, made monotonic.", PORT + ("counter",),
+                            "rdma")
+RDMA_HW_COUNTER = counter("xtrace_rdma_hw_counter_total", "", "Every driver counter in hw_counters/ (nccl mode), "
+                          "raw, in the file's own unit, made monotonic.", PORT + ("counter",), "rdma")
+RDMA_COUNTER_SATURATED = gauge("xtrace_rdma_counter_saturated", "", "1 while a counter that stops at its maximum "
+                               "sits there (it is not pushed then), else 0.", PORT + ("counter",), "rdma")
+RDMA_TX_BYTES = counter("xtrace_rdma_port_transmit_bytes_total", "bytes", "Bytes the port sent: counters/"
+                        f"port_xmit_data (in {WORD_BYTES}-octet words) x {WORD_BYTES}.", PORT, "rdma")
+RDMA_RX_BYTES = counter("xtrace_rdma_port_receive_bytes_total", "bytes", "Bytes the port received: counters/"
+                        f"port_rcv_data (in {WORD_BYTES}-octet words) x {WORD_BYTES}.", PORT, "rdma")
+RDMA_TX_PACKETS = counter("xtrace_rdma_port_transmit_packets_total", "packets",
+                          "Packets the port sent: counters/port_xmit_packets.", PORT, "rdma")
+RDMA_RX_PACKETS = counter("xtrace_rdma_port_receive_packets_total", "packets",
+                          "Packets the port received: counters/port_rcv_packets.", PORT, "rdma")
