@@ -25,6 +25,7 @@ from xtrace_agent import config as config_mod
 from xtrace_agent import selfmetrics as sm
 from xtrace_agent.config import AgentConfig, RemoteWriteTarget
 from xtrace_agent.errors import AgentFailure, UsageError
+from xtrace_agent.fields import http_url
 from xtrace_agent.health import Health
 from xtrace_agent.samples import Report
 from xtrace_agent.sinks.stdout import StdoutSink
@@ -141,8 +142,10 @@ def build_config(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
         raise UsageError(f"VICTORIAMETRICS_ENABLED must be true or false, got {enabled!r}")
     if urls:
         for url in urls:
-            if not url.startswith(("http://", "https://")):
-                raise UsageError(f"remote-write URL must start with http:// or https://, got {url!r}")
+            try:
+                http_url(url)
+            except ValueError as e:
+                raise UsageError(f"remote-write URL: {e}") from None
         changes["remote_write"] = cfg.remote_write + tuple(RemoteWriteTarget(url=u) for u in urls)
     if args.spool_dir is not None:
         changes["spool"] = dataclasses.replace(cfg.spool, path=args.spool_dir)
