@@ -22,6 +22,7 @@ import threading
 import time
 
 from xtrace_agent import config as config_mod
+from xtrace_agent import environ
 from xtrace_agent import selfmetrics as sm
 from xtrace_agent.config import AgentConfig, RemoteWriteTarget
 from xtrace_agent.errors import AgentFailure, UsageError
@@ -132,9 +133,9 @@ def build_config(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
             config_mod.parse_listen(args.http_listen)
         changes["http_listen"] = args.http_listen
     urls = list(args.remote_write_url or ())
-    enabled = env.get("VICTORIAMETRICS_ENABLED", "").strip().lower()
+    enabled = environ.VM_ENABLED.raw(env).strip().lower()
     if enabled in ("1", "true", "yes", "on"):
-        url = env.get("VICTORIAMETRICS_REMOTE_WRITE", "").strip()
+        url = environ.VM_REMOTE_WRITE.raw(env).strip()
         if not url:
             raise UsageError("VICTORIAMETRICS_ENABLED=true but VICTORIAMETRICS_REMOTE_WRITE is not set")
         urls.append(url)
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     except Exception as e:
-        if os.environ.get("XTRACE_DEBUG"):
+        if environ.DEBUG.get():
             raise
         print(f"{PROG}: internal error: {type(e).__name__}: {e} (set XTRACE_DEBUG=1 for details)", file=sys.stderr)
         return 1

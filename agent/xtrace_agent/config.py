@@ -9,13 +9,13 @@ field, e.g. ``config: xdp.sampling: must be an integer >= 1, got 0``.
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
+from xtrace_agent import environ
 from xtrace_agent.errors import UsageError
 from xtrace_agent.fields import Field, FieldError, http_url, label_names
 
@@ -120,7 +120,7 @@ class AgentConfig:
     from_file: bool = False
 
     def node_name(self) -> str:
-        return self.node or os.environ.get("NODE_NAME") or socket.gethostname()
+        return self.node or environ.NODE_NAME.get() or socket.gethostname()
 
 
 # --- the YAML schema ------------------------------------------------------------------------

@@ -14,11 +14,11 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import kopf
 
+from xtrace_agent import environ
 from xtrace_operator import GROUP, PLURAL, VERSION, conflict, kube, model, render
 from xtrace_operator import status as status_mod
 
@@ -27,7 +27,7 @@ DAEMONSETS = ("apps", "v1", "daemonsets")
 CONFIGMAPS = ("v1", "configmaps")
 SERVICES = ("v1", "services")
 PODS = ("v1", "pods")
-FLUSH_SECONDS = float(os.environ.get("XTRACE_STATUS_FLUSH_SECONDS", "3"))
+FLUSH_SECONDS = environ.STATUS_FLUSH_SECONDS.get()
 OWNED_FILTER = dict(render.OWNED)
 
 
