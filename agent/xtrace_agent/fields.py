@@ -74,9 +74,6 @@ class Field:
             raise
         return self.refine(v) if self.refine else v
 
-    def _refuse(self, text: str, at: str = "") -> FieldError:
-        return FieldError(text, at)
-
     def _integer(self, v: Any) -> int:
         if isinstance(v, bool) or not isinstance(v, int):
             raise FieldError(f"must be an integer, got {v!r}")
