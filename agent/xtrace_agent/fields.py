@@ -138,7 +138,13 @@ class Field:
                 raise FieldError(f"at most {self.max_properties} entries, got {len(v)}")
             if self.values.kind == "string" and not all(isinstance(x, str) for x in v.values()):
                 raise FieldError(f"must be a map of strings to strings, got {v!r}")
-            return {k: self.values.parse(x) for k, x in v.items()}
+            out = {}
+            for k, x in v.items():
+                try:
+                    out[k] = self.values.parse(x)
+                except FieldError as e:
+                    raise FieldError(str(e), f".{k}{e.at}") from None
+            return out
         return dict(v)
 
     # --- the CRD's view ---------------------------------------------------------------------
