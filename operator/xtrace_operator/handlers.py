@@ -220,4 +220,10 @@ def flush(body: kopf.Body, meta: Any, status: Any, patch: kopf.Patch, logger: An
     generation = status.get("observedGeneration") or 0
     if clash is not None and status.get("reason") != "Conflict":
         generation = meta.get("generation") or 0
-    _write(patch, body, _status(body, invalid, clash, agent_sets, agent_problems, generation, config_hash))
+    desired = _status(body, invalid, clash, agent_sets, agent_problems, generation, config_hash)
+    if status.get("observedGeneration") is None:
+        # kopf runs this timer beside a first reconcile, with the body as it was before that
+        # reconcile's status write: what reconcile owns must not be overwritten with our zeros
+        # (tests/k8s/test_handlers.py caught observedGeneration 0 staying on a Ready monitor).
+        del desired["observedGeneration"], desired["configHash"]
+    _write(patch, body, desired)
