@@ -60,6 +60,12 @@ lint: setup
 demo: setup vm
 	$(PY) tools/demo.py
 
+# The CRD's schema is generated from operator/xtrace_operator/spec.py (and the agent's field
+# descriptors in agent/xtrace_agent/config.py): edit those, then this.
+.PHONY: crd
+crd: setup
+	$(PY) tools/crd.py
+
 # deploy/dashboards/*.json and deploy/rules/ are generated: edit tools/dashboards.py or tools/rules.py, then this.
 .PHONY: dashboards
 dashboards: setup

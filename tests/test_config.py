@@ -1,18 +1,22 @@
 """The agent config schema: what the operator renders loads back unchanged; bad values name their field."""
 
+import dataclasses
+
 import pytest
 
 from xtrace_agent import config
 from xtrace_agent.config import AgentConfig, BasicAuth, RemoteWriteTarget, SpoolConfig, XdpConfig
 from xtrace_agent.errors import UsageError
 
+# Every field away from its default (test_full_moves_every_field checks), so the round trip
+# carries each one through to_dict() and back.
 FULL = AgentConfig(
-    mode="xdp", interfaces=("eth0", "ens*"), devices=("mlx5_0",), interval=2.5, output="json", sysfs="/host/sys",
-    node="n1", monitor="m", namespace="ns", labels={"cluster": "a"},
+    mode="rdma", interfaces=("eth0", "ens*"), devices=("mlx5_0",), interval=2.5, count=3, output="json",
+    sysfs="/host/sys", node="n1", monitor="m", namespace="ns", labels={"cluster": "a"},
     xdp=XdpConfig(attach_mode="generic", flow_table_size=4096, sampling=8, idle_timeout=60, max_flows=100,
-                  flow_gauges=False),
+                  flow_gauges=False, directions=("ingress", "egress")),
     remote_write=(RemoteWriteTarget(url="https://vm/api/v1/write", name="vm",
-                                    basic_auth=BasicAuth(username="u", password_file="/s/p"),
+                                    basic_auth=BasicAuth(username="u", username_file="/s/u", password_file="/s/p"),
                                     ca_file="/ca", insecure_skip_verify=True, headers={"X-Scope": "1"}),
                   RemoteWriteTarget(url="http://vm2/api/v1/write", bearer_token_file="/s/t")),
     queue_samples=5000, spool=SpoolConfig(path="/var/lib/xtrace/spool", max_bytes=1 << 20),
@@ -20,9 +24,32 @@ FULL = AgentConfig(
 )
 
 
+def _unmoved(value, default, path=""):
+    """The dataclass fields of value still equal to default's (from_file aside: from_dict sets it)."""
+    for f in dataclasses.fields(value):
+        v, d = getattr(value, f.name), getattr(default, f.name)
+        if f.name == "from_file":
+            continue
+        if dataclasses.is_dataclass(v):
+            yield from _unmoved(v, d, f"{path}{f.name}.")
+        elif v == d:
+            yield f"{path}{f.name}"
+
+
+def test_full_moves_every_field():
+    assert list(_unmoved(FULL, AgentConfig())) == []
+    target = FULL.remote_write[0]
+    default = RemoteWriteTarget(url="")
+    moved = [f.name for f in dataclasses.fields(target) if getattr(target, f.name) != getattr(default, f.name)]
+    bearer = FULL.remote_write[1].bearer_token_file  # basicAuth and bearerTokenFile exclude each other
+    assert set(moved) | {"bearer_token_file"} == {f.name for f in dataclasses.fields(target)} and bearer
+    assert list(_unmoved(target.basic_auth, BasicAuth())) == []
+
+
 def test_round_trip():
     back = config.from_dict(config.to_dict(FULL))
     assert back == FULL.__class__(**{**FULL.__dict__, "from_file": True})
+    assert back.xdp.directions == ("ingress", "egress")
 
 
 def test_defaults_are_left_out_of_the_rendered_form():

@@ -186,3 +186,28 @@ def test_a_compile_error_names_the_headers_it_was_compiled_against():
            "xtrace-compiler: Failed to compile BPF module b'/x.c'\n")
     assert compiler.summarize(err, 1) == ("compile error: 'linux/nope.h' file not found (kernel headers: "
                                           "6.1.0-41-amd64 from the image's fallback /f (closest to the running 6.18))")
+
+
+@pytest.mark.parametrize("own_build", [True, False], ids=["own-build-tree", "usr-src-only"])
+def test_mounted_host_headers_the_running_kernels_own_first(tmp_path, own_build):
+    """The two host layouts the image test meets with /lib/modules and /usr/src mounted into the
+    image (whose fallback is one Debian 6.1 tree): a host with the running kernel's own build tree
+    uses it, whatever else /usr/src and the fallback hold; a host with only another kernel's
+    headers under /usr/src uses those (the host's wins a tie with the image's fallback)."""
+    running = "6.18.44-amd64"
+    debian(tmp_path, "6.1.0-57-amd64")  # an older kernel's headers, linked from its /lib/modules
+    if own_build:
+        debian(tmp_path, running)
+    image_fallback(tmp_path, "6.1.0-41-amd64")
+    mods, src, fb = str(tmp_path / "lib/modules"), str(tmp_path / "usr/src"), str(tmp_path / "fallback")
+    chosen = headers.choose(running, mods, src, fb)
+    line = headers.summary(running, mods, src, fb, {})
+    if own_build:
+        own = f"{mods}/{running}/build"
+        assert chosen == headers.Headers(running, (own,), "host")
+        assert line == f"{running} from the host's {own} (the running kernel's own)"
+        assert headers.resolve(running, mods, src, str(tmp_path / "cache"), {}, fb) is None  # BCC's default
+    else:
+        assert (chosen.origin, chosen.release) == ("host", "6.1.0-57-amd64")
+        assert line == (f"6.1.0-57-amd64 from the host's {src}/linux-headers-6.1.0-57-amd64 "
+                        f"(closest to the running {running})")

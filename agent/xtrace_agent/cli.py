@@ -22,9 +22,11 @@ import threading
 import time
 
 from xtrace_agent import config as config_mod
+from xtrace_agent import environ
 from xtrace_agent import selfmetrics as sm
 from xtrace_agent.config import AgentConfig, RemoteWriteTarget
 from xtrace_agent.errors import AgentFailure, UsageError
+from xtrace_agent.fields import http_url
 from xtrace_agent.health import Health
 from xtrace_agent.pipeline import MODES
 from xtrace_agent.readiness import Kind
@@ -133,9 +135,9 @@ def build_config(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
             config_mod.parse_listen(args.http_listen)
         changes["http_listen"] = args.http_listen
     urls = list(args.remote_write_url or ())
-    enabled = env.get("VICTORIAMETRICS_ENABLED", "").strip().lower()
+    enabled = environ.VM_ENABLED.raw(env).strip().lower()
     if enabled in ("1", "true", "yes", "on"):
-        url = env.get("VICTORIAMETRICS_REMOTE_WRITE", "").strip()
+        url = environ.VM_REMOTE_WRITE.raw(env).strip()
         if not url:
             raise UsageError("VICTORIAMETRICS_ENABLED=true but VICTORIAMETRICS_REMOTE_WRITE is not set")
         urls.append(url)
@@ -143,8 +145,10 @@ def build_config(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
         raise UsageError(f"VICTORIAMETRICS_ENABLED must be true or false, got {enabled!r}")
     if urls:
         for url in urls:
-            if not url.startswith(("http://", "https://")):
-                raise UsageError(f"remote-write URL must start with http:// or https://, got {url!r}")
+            try:
+                http_url(url)
+            except ValueError as e:
+                raise UsageError(f"remote-write URL: {e}") from None
         changes["remote_write"] = cfg.remote_write + tuple(RemoteWriteTarget(url=u) for u in urls)
     if args.spool_dir is not None:
         changes["spool"] = dataclasses.replace(cfg.spool, path=args.spool_dir)
@@ -291,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     except Exception as e:
-        if os.environ.get("XTRACE_DEBUG"):
+        if environ.DEBUG.get():
             raise
         print(f"{PROG}: internal error: {type(e).__name__}: {e} (set XTRACE_DEBUG=1 for details)", file=sys.stderr)
         return 1

@@ -14,11 +14,11 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import kopf
 
+from xtrace_agent import environ
 from xtrace_operator import GROUP, PLURAL, VERSION, conflict, kube, model, render
 from xtrace_operator import status as status_mod
 
@@ -27,8 +27,9 @@ DAEMONSETS = ("apps", "v1", "daemonsets")
 CONFIGMAPS = ("v1", "configmaps")
 SERVICES = ("v1", "services")
 PODS = ("v1", "pods")
-FLUSH_SECONDS = float(os.environ.get("XTRACE_STATUS_FLUSH_SECONDS", "3"))
+FLUSH_SECONDS = environ.STATUS_FLUSH_SECONDS.get()
 OWNED_FILTER = dict(render.OWNED)
+APPLIED = "applied"  # the key in each monitor's kopf memo: what our last apply produced, {kind: version}
 
 
 class _QuietFlush(logging.Filter):
@@ -98,11 +99,6 @@ def _version(rv: Any) -> int:
         return 0
 
 
-# What the operator's own last apply produced, per monitor: {(namespace, monitor): {kind: version}}.
-# In memory only: after a restart the resume handler applies everything again and refills it.
-_applied: dict[tuple[str, str], dict[str, int]] = {}
-
-
 @kopf.index(*PODS, labels=OWNED_FILTER)
 def agent_problems(namespace: str, labels: Any, spec: Any, status: Any, **_: Any) -> dict:
     problem = status_mod.pod_problem(dict(spec), dict(status))
@@ -122,7 +118,12 @@ def _examine(body: Any, claims: kopf.Index) -> tuple[model.Monitor | None, str |
     return monitor, None, conflict.find(conflict.Claim.of(monitor), list(claims.get(None, [])))
 
 
-def _apply_children(monitor: model.Monitor, body: Any, logger: Any) -> str:
+def _apply_children(monitor: model.Monitor, body: Any, logger: Any, memo: kopf.Memo) -> str:
+    """Apply every child; remember in the monitor's memo what this apply produced ({kind: version}).
+
+    kopf keeps one memo per monitor, in memory only: after a restart the resume handler applies
+    everything again and refills it.
+    """
     objs = render.objects(monitor)
     kopf.adopt(objs, owner=body)
     applied: dict[str, int] = {}
@@ -144,16 +145,16 @@ def _apply_children(monitor: model.Monitor, body: Any, logger: Any) -> str:
             applied[obj["kind"]] = version
     except kube.ApiError as e:
         raise kopf.TemporaryError(f"applying the agent objects failed: {e}", delay=10) from None
-    key = (monitor.namespace, monitor.name)
-    if _applied.get(key) != applied:
+    if memo.get(APPLIED) != applied:
         logger.info(f"applied {', '.join(o['kind'] + ' ' + o['metadata']['name'] for o in objs)}")
-    _applied[key] = applied
+    memo[APPLIED] = applied
     return render.config_hash(monitor)
 
 
-def _edited_by_hand(key: tuple[str, str], set_versions: kopf.Index, config_versions: kopf.Index) -> str | None:
+def _edited_by_hand(key: tuple[str, str], memo: kopf.Memo, set_versions: kopf.Index,
+                    config_versions: kopf.Index) -> str | None:
     """The kind of a child whose watched version moved past what our last apply produced, if any."""
-    mine = _applied.get(key)
+    mine = memo.get(APPLIED)
     if mine is None:
         return None
     for kind, index in (("DaemonSet", set_versions), ("ConfigMap", config_versions)):
@@ -181,12 +182,12 @@ def _write(patch: kopf.Patch, body: Any, desired: dict[str, Any]) -> None:
 @kopf.on.resume(*MONITORS)
 @kopf.on.create(*MONITORS)
 @kopf.on.update(*MONITORS)
-def reconcile(body: kopf.Body, meta: Any, patch: kopf.Patch, logger: Any, claims: kopf.Index,
+def reconcile(body: kopf.Body, meta: Any, patch: kopf.Patch, logger: Any, memo: kopf.Memo, claims: kopf.Index,
               agent_sets: kopf.Index, agent_problems: kopf.Index, agent_services: kopf.Index, **_: Any) -> None:
     monitor, invalid, clash = _examine(body, claims)
     config_hash = None
     if monitor is not None and clash is None:
-        config_hash = _apply_children(monitor, body, logger)
+        config_hash = _apply_children(monitor, body, logger, memo)
         if (meta["namespace"], meta["name"]) in agent_services:
             for api_version, kind in render.scrape_leftovers(monitor):  # spec.scrape removed or changed
                 kube.delete(api_version, kind, meta["namespace"], render.child_name(monitor))
@@ -200,7 +201,7 @@ def reconcile(body: kopf.Body, meta: Any, patch: kopf.Patch, logger: Any, claims
 
 
 @kopf.timer(*MONITORS, interval=FLUSH_SECONDS, initial_delay=FLUSH_SECONDS)
-def flush(body: kopf.Body, meta: Any, status: Any, patch: kopf.Patch, logger: Any, claims: kopf.Index,
+def flush(body: kopf.Body, meta: Any, status: Any, patch: kopf.Patch, logger: Any, memo: kopf.Memo, claims: kopf.Index,
           agent_sets: kopf.Index, agent_problems: kopf.Index, set_versions: kopf.Index,
           config_versions: kopf.Index, **_: Any) -> None:
     monitor, invalid, clash = _examine(body, claims)
@@ -208,15 +209,21 @@ def flush(body: kopf.Body, meta: Any, status: Any, patch: kopf.Patch, logger: An
     config_hash = status.get("configHash") or None
     if monitor is not None:
         has_set = key in agent_sets
-        edited = _edited_by_hand(key, set_versions, config_versions) if clash is None else None
+        edited = _edited_by_hand(key, memo, set_versions, config_versions) if clash is None else None
         if clash is None and not has_set and status.get("observedGeneration") is not None:
-            config_hash = _apply_children(monitor, body, logger)
+            config_hash = _apply_children(monitor, body, logger, memo)
         elif edited:
             logger.info(f"{edited} {render.child_name(monitor)} was edited by hand: putting back what the monitor says")
-            config_hash = _apply_children(monitor, body, logger)
+            config_hash = _apply_children(monitor, body, logger, memo)
         elif clash is not None and has_set:
             kube.delete("apps/v1", "DaemonSet", meta["namespace"], render.child_name(monitor))
     generation = status.get("observedGeneration") or 0
     if clash is not None and status.get("reason") != "Conflict":
         generation = meta.get("generation") or 0
-    _write(patch, body, _status(body, invalid, clash, agent_sets, agent_problems, generation, config_hash))
+    desired = _status(body, invalid, clash, agent_sets, agent_problems, generation, config_hash)
+    if status.get("observedGeneration") is None:
+        # kopf runs this timer beside a first reconcile, with the body as it was before that
+        # reconcile's status write: what reconcile owns must not be overwritten with our zeros
+        # (tests/k8s/test_handlers.py caught observedGeneration 0 staying on a Ready monitor).
+        del desired["observedGeneration"], desired["configHash"]
+    _write(patch, body, desired)

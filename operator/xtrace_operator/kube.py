@@ -1,4 +1,4 @@
-"""The few Kubernetes API calls the operator makes on its children: server-side apply, get, delete.
+"""The two Kubernetes API calls the operator makes on its children: server-side apply and delete.
 
 Plain dicts in and out, through the `kubernetes` client's transport (authentication, TLS,
 in-cluster or kubeconfig). Configuration is loaded on first use, not at import: the client

@@ -171,9 +171,8 @@ def _host(name: str, path: str, kind: str = "Directory") -> dict[str, Any]:
     return {"name": name, "hostPath": {"path": path, "type": kind}}
 
 
-def daemonset(monitor: Monitor, hash_: str | None = None) -> dict[str, Any]:
-    """The agent DaemonSet: one pod per selected node, on the host network, rolled by config hash."""
-    hash_ = hash_ or config_hash(monitor)
+def _storage(monitor: Monitor) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The agent's volumes and where its container mounts them."""
     volumes = [
         {"name": "config", "configMap": {"name": child_name(monitor)}},
         _host("host-sys", "/sys"),
@@ -202,18 +201,25 @@ def daemonset(monitor: Monitor, hash_: str | None = None) -> dict[str, Any]:
     if spool:
         volumes.append(_host("spool", spool, "DirectoryOrCreate"))
         mounts.append({"name": "spool", "mountPath": SPOOL_MOUNT})
+    return volumes, mounts
+
+
+def _security(monitor: Monitor) -> dict[str, Any]:
     if monitor.privileged:
         security: dict[str, Any] = {"privileged": True}
     else:
         security = {"privileged": False, "allowPrivilegeEscalation": False,
                     "capabilities": {"drop": ["ALL"], "add": list(CAPABILITIES)}}
     security["readOnlyRootFilesystem"] = True
+    return security
 
+
+def _container(monitor: Monitor, mounts: list[dict[str, Any]]) -> dict[str, Any]:
     def probe(path: str, period: int, failures: int) -> dict[str, Any]:
         return {"httpGet": {"path": path, "port": monitor.port, "scheme": "HTTP"},
                 "periodSeconds": period, "timeoutSeconds": 3, "failureThreshold": failures}
 
-    container = {
+    return {
         "name": "agent",
         "image": monitor.image,
         "imagePullPolicy": monitor.image_pull_policy,
@@ -227,7 +233,7 @@ def daemonset(monitor: Monitor, hash_: str | None = None) -> dict[str, Any]:
         ],
         "ports": [{"name": "metrics", "containerPort": monitor.port, "protocol": "TCP"}],
         "resources": monitor.resources,
-        "securityContext": security,
+        "securityContext": _security(monitor),
         "volumeMounts": mounts,
         # BCC compiles the program at start-up (several seconds): liveness waits for it.
         "startupProbe": probe("/healthz", 5, 24),
@@ -235,6 +241,10 @@ def daemonset(monitor: Monitor, hash_: str | None = None) -> dict[str, Any]:
         "readinessProbe": probe("/readyz", 5, 2),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+
+
+def _pod_spec(monitor: Monitor) -> dict[str, Any]:
+    volumes, mounts = _storage(monitor)
     pod_spec: dict[str, Any] = {
         "serviceAccountName": child_name(monitor),
         # The token lets the agent patch its pod's status (and nothing else: see role()). It is the
@@ -247,7 +257,7 @@ def daemonset(monitor: Monitor, hash_: str | None = None) -> dict[str, Any]:
         "dnsPolicy": "ClusterFirstWithHostNet",
         # The agent detaches XDP and flushes its queue on SIGTERM; this bounds how long it may take.
         "terminationGracePeriodSeconds": monitor.termination_grace_period,
-        "containers": [container],
+        "containers": [_container(monitor, mounts)],
         "volumes": volumes,
     }
     if monitor.node_selector:
@@ -258,6 +268,12 @@ def daemonset(monitor: Monitor, hash_: str | None = None) -> dict[str, Any]:
         pod_spec["priorityClassName"] = monitor.priority_class_name
     if monitor.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s} for s in monitor.image_pull_secrets]
+    return pod_spec
+
+
+def daemonset(monitor: Monitor, hash_: str | None = None) -> dict[str, Any]:
+    """The agent DaemonSet: one pod per selected node, on the host network, rolled by config hash."""
+    hash_ = hash_ or config_hash(monitor)
     return {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
@@ -269,7 +285,7 @@ def daemonset(monitor: Monitor, hash_: str | None = None) -> dict[str, Any]:
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}},
             "template": {
                 "metadata": {"labels": labels(monitor), "annotations": {HASH_ANNOTATION: hash_}},
-                "spec": pod_spec,
+                "spec": _pod_spec(monitor),
             },
         },
     }

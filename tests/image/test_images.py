@@ -195,9 +195,13 @@ def test_images_are_small_versioned_and_shell_free():
 
 
 def test_agent_image_privileged_with_the_host_headers_counts_exactly_and_detaches(image_host: VethPair):
-    # as on a node whose headers are mounted: the host's own tree wins over the image's fallback
+    # as on a node whose headers are mounted: the host's own tree wins over the image's fallback,
+    # the running kernel's own build tree when the host has one, else the closest under /usr/src
+    # (the choice itself: tests/test_headers.py::test_mounted_host_headers_the_running_kernels_own_first)
     args = ["--privileged", "-v", "/lib/modules:/lib/modules:ro", "-v", "/usr/src:/usr/src:ro"]
-    assert "from the host's /usr/src/" in headers_line(*args)
+    own = f"/lib/modules/{os.uname().release}/build"
+    expected = f"from the host's {own} " if Path(own).is_dir() else "from the host's /usr/src/"
+    assert expected in headers_line(*args)
     run_agent(image_host, *args)
 
 

@@ -8,9 +8,15 @@ CRD changed or objects that reach it another way.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+
 import kubernetes_validate
 import pytest
 
+from tests.operator.conftest import CRD_FILE, ROOT
+from xtrace_agent import config as agent_config
 from xtrace_operator import model
 
 K8S_VERSION = "1.33"
@@ -102,3 +108,34 @@ def test_every_spec_field_has_a_description_or_is_obvious(crd):
     undocumented = [k for k, v in spec.items() if "description" not in v
                     and k not in ("imagePullPolicy", "imagePullSecrets")]
     assert undocumented == []
+
+
+CRD_TOOL = ROOT / "tools" / "crd.py"
+
+
+def test_committed_crd_is_generated_from_the_spec_description():
+    """deploy/crds is tools/crd.py's output: the field descriptors are the only source of the schema."""
+    r = subprocess.run([sys.executable, str(CRD_TOOL), "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+
+
+def test_crd_check_reports_a_hand_edit(tmp_path):
+    shutil.copy(CRD_FILE, tmp_path / CRD_FILE.name)
+    edited = (tmp_path / CRD_FILE.name).read_text().replace("maximum: 16777216", "maximum: 16777217")
+    (tmp_path / CRD_FILE.name).write_text(edited)
+    r = subprocess.run([sys.executable, str(CRD_TOOL), "--check", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "16777217" in r.stdout and "make crd" in r.stderr
+
+
+def test_the_crd_bounds_and_defaults_are_the_agents(crd):
+    """One source: the CRD's spec.xdp is the agent's xdp section, field for field."""
+    xdp = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["xdp"]
+    assert list(xdp["properties"]) == list(agent_config.XDP)
+    defaults = agent_config.XdpConfig()
+    for key, f in agent_config.XDP.items():
+        node = xdp["properties"][key]
+        if f.bounds:
+            assert (node["minimum"], node["maximum"]) == agent_config.BOUNDS[f"xdp.{key}"], key
+        default = getattr(defaults, f.attr)
+        assert node["default"] == (list(default) if isinstance(default, tuple) else default), key

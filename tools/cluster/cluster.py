@@ -174,20 +174,15 @@ def _audit_flags(state: Path, user: str | None) -> list[str]:
             "--audit-log-format=json", "--audit-log-mode=blocking"]
 
 
-def up(state: Path, port_base: int, nodes: int, audit_user: str | None = None) -> dict:
-    if (state / "cluster.json").exists():
-        info = json.loads((state / "cluster.json").read_text())
-        if all(localhost.alive(p) for p in info["pids"].values()):
-            _say(f"already running (state {state}); `make cluster-down` stops it")
-            return info
-        down(state, quiet=True)
-    ports = {name: port_base + off for name, off in PORTS.items()}
+def _check_ports(ports: dict[str, int], port_base: int) -> None:
     for name, port in ports.items():
         if not localhost.port_free(port):
             raise Failure(f"port {port} on 127.0.0.1 ({name}) is in use: stop what holds it, or choose "
                           f"other ports with XTRACE_CLUSTER_PORT_BASE (now {port_base})")
-    t0 = time.monotonic()
-    bindir = build()
+
+
+def _prepare(state: Path, bindir: Path, ports: dict[str, int]) -> dict:
+    """A fresh state directory: kubectl, the PKI, the admin kubeconfig; the cluster's info, no pids yet."""
     for tool in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok"):
         if not os.access(bindir / tool, os.X_OK):
             raise Failure(f"{bindir / tool} is missing: run tools/cluster/build.sh")
@@ -201,82 +196,111 @@ def up(state: Path, port_base: int, nodes: int, audit_user: str | None = None) -
     server = f"https://127.0.0.1:{ports['apiserver']}"
     admin = kubeconfig(server, pki / "ca.crt", cert=pki / "admin.crt", key=pki / "admin.key")
     (state / "kubeconfig").write_text(json.dumps(admin, indent=1))
-    kc = str(state / "kubeconfig")
-    info = {"server": server, "kubeconfig": kc, "kubectl": str(state / "bin" / "kubectl"),
+    return {"server": server, "kubeconfig": str(state / "kubeconfig"), "kubectl": str(state / "bin" / "kubectl"),
             "ports": ports, "pids": {}, "nodes": [], "bin": str(bindir)}
-    pids: dict[str, int] = info["pids"]
 
-    def save() -> None:
-        (state / "cluster.json").write_text(json.dumps(info, indent=1))
 
+def _start_storage_and_api(state: Path, bindir: Path, info: dict, audit_user: str | None) -> None:
+    """etcd, then kube-apiserver on it; each waited for."""
+    ports, pids, pki = info["ports"], info["pids"], state / "pki"
+    pids["etcd"] = _start(state, "etcd", [
+        str(bindir / "etcd"), "--name=xtrace", f"--data-dir={state / 'etcd'}",
+        f"--listen-client-urls=http://127.0.0.1:{ports['etcd']}",
+        f"--advertise-client-urls=http://127.0.0.1:{ports['etcd']}",
+        f"--listen-peer-urls=http://127.0.0.1:{ports['etcd-peer']}",
+        f"--initial-advertise-peer-urls=http://127.0.0.1:{ports['etcd-peer']}",
+        f"--initial-cluster=xtrace=http://127.0.0.1:{ports['etcd-peer']}",
+        "--unsafe-no-fsync",  # a throwaway test cluster: speed over durability
+        "--quota-backend-bytes=2147483648", "--log-level=warn"])
+    _save(state, info)
+    _wait("etcd", lambda: localhost.http_ok(f"http://127.0.0.1:{ports['etcd']}/health"), pids, state)
+    pids["kube-apiserver"] = _start(state, "kube-apiserver", [
+        str(bindir / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
+        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
+        f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+        f"--client-ca-file={pki / 'ca.crt'}",
+        f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        "--authorization-mode=Node,RBAC", f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--allow-privileged=true",
+        # the "kubernetes" Service's endpoints would be 127.0.0.1, which validation refuses
+        "--endpoint-reconciler-type=none", *_audit_flags(state, audit_user)])
+    _save(state, info)
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    _wait("kube-apiserver", lambda: localhost.http_ok(f"{info['server']}/readyz", context=ctx), pids, state)
+
+
+def _start_controllers(state: Path, bindir: Path, info: dict) -> None:
+    """kube-controller-manager, kube-scheduler and kwok (the fake kubelet); each waited for."""
+    ports, pids, pki, kc = info["ports"], info["pids"], state / "pki", info["kubeconfig"]
+    pids["kube-controller-manager"] = _start(state, "kube-controller-manager", [
+        str(bindir / "kube-controller-manager"), f"--kubeconfig={kc}", "--bind-address=127.0.0.1",
+        f"--secure-port={ports['controller-manager']}", "--leader-elect=false",
+        f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
+        "--use-service-account-credentials=false",
+        # no kubelet heartbeats reach a real node-lifecycle controller's expectations: kwok keeps
+        # the nodes Ready, and taint-based eviction would only add noise
+        "--controllers=*,-node-lifecycle-controller",
+        f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}"])
+    pids["kube-scheduler"] = _start(state, "kube-scheduler", [
+        str(bindir / "kube-scheduler"), f"--kubeconfig={kc}", "--bind-address=127.0.0.1",
+        f"--secure-port={ports['scheduler']}", "--leader-elect=false",
+        f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}"])
+    pids["kwok"] = _start(state, "kwok", [
+        str(bindir / "kwok"), f"--kubeconfig={kc}", "--manage-all-nodes=false",
+        "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+        f"--server-address=127.0.0.1:{ports['kwok']}", f"--config={HERE / 'kwok-stages.yaml'}",
+        "--cidr=10.244.0.0/16", "--node-ip=10.0.0.1"])
+    _save(state, info)
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+    for name, port in (("kube-controller-manager", ports["controller-manager"]),
+                       ("kube-scheduler", ports["scheduler"])):
+        _wait(name, lambda p=port: localhost.http_ok(f"https://127.0.0.1:{p}/healthz", context=insecure),
+              pids, state)
+    _wait("kwok", lambda: localhost.http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz"), pids, state)
+
+
+def _add_nodes(state: Path, info: dict, nodes: int) -> None:
+    """The fake nodes, Ready and schedulable, and the default ServiceAccount new namespaces need."""
+    pids = info["pids"]
+    manifests = [node_manifest(f"xtrace-node-{i}", i) for i in range(1, nodes + 1)]
+    _kubectl(state, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}))
+    _wait(f"{nodes} Ready nodes", lambda: _ready_nodes(state) >= nodes, pids, state)
+    # The API server taints every new node not-ready; the node-lifecycle controller, which would
+    # lift it once the node reports Ready, is off (above), so lift it here, once.
+    _kubectl(state, "taint", "nodes", "--all", "node.kubernetes.io/not-ready:NoSchedule-")
+    # ServiceAccounts in new namespaces need their token controller and the root CA published
+    _wait("the default ServiceAccount", lambda: _has_default_sa(state), pids, state)
+    info["nodes"] = [{"name": m["metadata"]["name"], "labels": m["metadata"]["labels"]} for m in manifests]
+
+
+def _save(state: Path, info: dict) -> None:
+    (state / "cluster.json").write_text(json.dumps(info, indent=1))
+
+
+def up(state: Path, port_base: int, nodes: int, audit_user: str | None = None) -> dict:
+    if (state / "cluster.json").exists():
+        info = json.loads((state / "cluster.json").read_text())
+        if all(localhost.alive(p) for p in info["pids"].values()):
+            _say(f"already running (state {state}); `make cluster-down` stops it")
+            return info
+        down(state, quiet=True)
+    ports = {name: port_base + off for name, off in PORTS.items()}
+    _check_ports(ports, port_base)
+    t0 = time.monotonic()
+    info = _prepare(state, build(), ports)
     try:
-        pids["etcd"] = _start(state, "etcd", [
-            str(bindir / "etcd"), "--name=xtrace", f"--data-dir={state / 'etcd'}",
-            f"--listen-client-urls=http://127.0.0.1:{ports['etcd']}",
-            f"--advertise-client-urls=http://127.0.0.1:{ports['etcd']}",
-            f"--listen-peer-urls=http://127.0.0.1:{ports['etcd-peer']}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{ports['etcd-peer']}",
-            f"--initial-cluster=xtrace=http://127.0.0.1:{ports['etcd-peer']}",
-            "--unsafe-no-fsync",  # a throwaway test cluster: speed over durability
-            "--quota-backend-bytes=2147483648", "--log-level=warn"])
-        save()
-        _wait("etcd", lambda: localhost.http_ok(f"http://127.0.0.1:{ports['etcd']}/health"), pids, state)
-        pids["kube-apiserver"] = _start(state, "kube-apiserver", [
-            str(bindir / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}",
-            f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            "--authorization-mode=Node,RBAC", f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--allow-privileged=true",
-            # the "kubernetes" Service's endpoints would be 127.0.0.1, which validation refuses
-            "--endpoint-reconciler-type=none", *_audit_flags(state, audit_user)])
-        save()
-        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
-        ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-        _wait("kube-apiserver", lambda: localhost.http_ok(f"{server}/readyz", context=ctx), pids, state)
-        pids["kube-controller-manager"] = _start(state, "kube-controller-manager", [
-            str(bindir / "kube-controller-manager"), f"--kubeconfig={kc}", "--bind-address=127.0.0.1",
-            f"--secure-port={ports['controller-manager']}", "--leader-elect=false",
-            f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
-            "--use-service-account-credentials=false",
-            # no kubelet heartbeats reach a real node-lifecycle controller's expectations: kwok keeps
-            # the nodes Ready, and taint-based eviction would only add noise
-            "--controllers=*,-node-lifecycle-controller",
-            f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}"])
-        pids["kube-scheduler"] = _start(state, "kube-scheduler", [
-            str(bindir / "kube-scheduler"), f"--kubeconfig={kc}", "--bind-address=127.0.0.1",
-            f"--secure-port={ports['scheduler']}", "--leader-elect=false",
-            f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}"])
-        pids["kwok"] = _start(state, "kwok", [
-            str(bindir / "kwok"), f"--kubeconfig={kc}", "--manage-all-nodes=false",
-            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            f"--server-address=127.0.0.1:{ports['kwok']}", f"--config={HERE / 'kwok-stages.yaml'}",
-            "--cidr=10.244.0.0/16", "--node-ip=10.0.0.1"])
-        save()
-        insecure = ssl.create_default_context()
-        insecure.check_hostname = False
-        insecure.verify_mode = ssl.CERT_NONE
-        for name, port in (("kube-controller-manager", ports["controller-manager"]),
-                           ("kube-scheduler", ports["scheduler"])):
-            _wait(name, lambda p=port: localhost.http_ok(f"https://127.0.0.1:{p}/healthz", context=insecure),
-                  pids, state)
-        _wait("kwok", lambda: localhost.http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz"), pids, state)
-        manifests = [node_manifest(f"xtrace-node-{i}", i) for i in range(1, nodes + 1)]
-        _kubectl(state, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}))
-        _wait(f"{nodes} Ready nodes", lambda: _ready_nodes(state) >= nodes, pids, state)
-        # The API server taints every new node not-ready; the node-lifecycle controller, which would
-        # lift it once the node reports Ready, is off (above), so lift it here, once.
-        _kubectl(state, "taint", "nodes", "--all", "node.kubernetes.io/not-ready:NoSchedule-")
-        # ServiceAccounts in new namespaces need their token controller and the root CA published
-        _wait("the default ServiceAccount", lambda: _has_default_sa(state), pids, state)
-        info["nodes"] = [{"name": m["metadata"]["name"], "labels": m["metadata"]["labels"]} for m in manifests]
-        save()
+        _start_storage_and_api(state, Path(info["bin"]), info, audit_user)
+        _start_controllers(state, Path(info["bin"]), info)
+        _add_nodes(state, info, nodes)
+        _save(state, info)
     except BaseException:
-        localhost.stop(list(reversed(list(pids.values()))), group=True)
+        localhost.stop(list(reversed(list(info["pids"].values()))), group=True)
         raise
-    _say(f"control plane healthy in {time.monotonic() - t0:.1f} s: {server}")
+    _say(f"control plane healthy in {time.monotonic() - t0:.1f} s: {info['server']}")
     return info
 
 

@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Callable
 
+from xtrace_agent import environ
 from xtrace_agent.errors import AgentFailure
 from xtrace_agent.xdp import libbpf
 from xtrace_agent.xdp.compiler import MapInfo
@@ -52,7 +53,7 @@ def boottime_ns() -> int:
 def pod_id(env=None) -> int:
     """A 64-bit id of the pod this process runs in (POD_NAMESPACE/POD_NAME), 0 outside a pod."""
     env = os.environ if env is None else env
-    name, namespace = env.get("POD_NAME", ""), env.get("POD_NAMESPACE", "")
+    name, namespace = environ.POD_NAME.raw(env), environ.POD_NAMESPACE.raw(env)
     if not name:
         return 0
     digest = hashlib.blake2b(f"{namespace}/{name}".encode(), digest_size=8).digest()

@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from xtrace_agent import environ
 from xtrace_agent.errors import AgentFailure
 
 log = logging.getLogger("xtrace.xdp")
@@ -31,14 +32,13 @@ PROGRAMS = RX_PROGRAMS + TX_PROGRAMS
 MAPS = ("flows_a", "flows_b", "tables", "state")
 MAX_MESSAGE = 1 << 20
 HEADERS_LINE = "xtrace-compiler-headers: "  # the child's first stderr line: which headers it compiles against
-BPF_DIR_ENV = "XTRACE_BPF_DIR"
 NO_PERMISSION = ("no permission to create BPF maps and programs: run as root, or with CAP_BPF, CAP_PERFMON "
                  "and CAP_NET_ADMIN")
 
 
 def bpf_dir() -> Path:
     """Where xtrace.c and xtrace.h live: $XTRACE_BPF_DIR, else the repository's bpf/."""
-    given = os.environ.get(BPF_DIR_ENV)
+    given = environ.BPF_DIR.get()
     if given:
         return Path(given)
     return Path(__file__).resolve().parents[3] / "bpf"

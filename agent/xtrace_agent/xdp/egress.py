@@ -17,12 +17,13 @@ import logging
 import os
 from collections.abc import Callable
 
+from xtrace_agent import environ
 from xtrace_agent.xdp import libbpf
 from xtrace_agent.xdp.attach import PROG_PREFIX, AgentConflict, AttachError, boottime_ns, detach_all, owner_of
 
 log = logging.getLogger("xtrace.xdp")
 
-HOOK_ENV = "XTRACE_EGRESS_HOOK"  # auto (default) | tcx | tc: force a hook (tests, a kernel that lies)
+HOOK_ENV = environ.EGRESS_HOOK.name  # auto (default) | tcx | tc: force a hook (tests, a kernel that lies)
 # Our filter's place on clsact egress when there is no tcx. tc numbers filters added without a
 # priority from 49152 downwards (earlier = smaller = runs first), so ours runs after them.
 XT_TC_PRIORITY = 0xC0DE
@@ -55,7 +56,7 @@ class EgressAttachments:
         self._ids = prog_ids
         self._names = (eth, ipoib)
         self._on_attach = on_attach
-        self.hook = hook or os.environ.get(HOOK_ENV, "auto")
+        self.hook = hook or environ.EGRESS_HOOK.get()
         if self.hook not in ("auto", "tcx", "tc"):
             raise AttachError(f"{HOOK_ENV}={self.hook!r}: expected auto, tcx or tc")
         self._attached: dict[int, tuple[str, str, int]] = {}  # ifindex -> (hook, ifname, prog id; tcx: link fd)

@@ -25,13 +25,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from xtrace_agent import environ
 from xtrace_agent.errors import AgentFailure
 
-ENV = "BCC_KERNEL_SOURCE"
-CACHE_ENV = "XTRACE_HEADERS_CACHE"
-FALLBACK_ENV = "XTRACE_KERNEL_HEADERS"
-DEFAULT_FALLBACK = "/usr/share/xtrace/kernel-headers"
-DEFAULT_CACHE = "/tmp/xtrace-kernel-headers-{uid}"  # per user: root never trusts a tree someone else made
+ENV = environ.KERNEL_SOURCE.name  # the knobs and their defaults: environ.py
 FIX = ("no kernel headers found for kernel {release}: install linux-headers-{release} (or linux-headers-amd64), "
        "or mount the host's /lib/modules and /usr/src into the pod")
 
@@ -131,7 +128,7 @@ def candidates(modules_root: str = "/lib/modules", src_root: str = "/usr/src") -
 
 def fallbacks(root: str | None = None) -> list[Headers]:
     """The complete trees shipped in the image, one directory per release."""
-    base = Path(root or os.environ.get(FALLBACK_ENV) or DEFAULT_FALLBACK)
+    base = Path(root or environ.KERNEL_HEADERS.get())
     if not base.is_dir():
         return []
     return [Headers(d.name, (str(d),), "image") for d in sorted(base.iterdir()) if (d / "include").is_dir()]
@@ -183,7 +180,7 @@ def merged_tree(headers: Headers, cache_dir: str | None = None) -> str:
     """A directory BCC_KERNEL_SOURCE can point at: the tree itself, or a cached merged tree."""
     if headers.single:
         return headers.trees[0]
-    cache = Path(cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE.format(uid=os.geteuid()))
+    cache = Path(cache_dir or environ.HEADERS_CACHE.get().format(uid=os.geteuid()))
     target = cache / re.sub(r"[^A-Za-z0-9._-]", "_", headers.release)
     stamp = target / ".xtrace-trees"
     want = "\n".join(headers.trees)
@@ -192,7 +189,7 @@ def merged_tree(headers: Headers, cache_dir: str | None = None) -> str:
     cache.mkdir(parents=True, exist_ok=True)
     st = cache.stat()
     if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise OSError(f"{cache} is not owned by this user or is writable by others; set {CACHE_ENV}")
+        raise OSError(f"{cache} is not owned by this user or is writable by others; set {environ.HEADERS_CACHE.name}")
     # build beside it and rename: agents starting at the same time never see a half-made tree
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the tree is shared by whoever compiles
