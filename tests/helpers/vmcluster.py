@@ -88,7 +88,7 @@ class VmCluster:
         """Make what vmstorage holds in memory searchable (each live node)."""
         for name in self.storage:
             if name not in self.down:
-                _get(f"{self.http(name)}/internal/force_flush")
+                _get(f"{self.http(name)}/internal/force_flush", timeout=60)
 
     def metric(self, name: str, metric: str) -> float:
         """The sum of a component's own /metrics series `metric` (any labels)."""
