@@ -21,18 +21,25 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[operator,test]'
 	@touch $(STAMP)
 
-test: setup vm cluster-bin
+test: setup vm vm-cluster-bin cluster-bin
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-bench: setup vm cluster-bin
+bench: setup vm vm-cluster-bin cluster-bin
 	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
-# VictoriaMetrics built from its Go module at the release in tools/vm/versions.env, cached under
-# $${XTRACE_CACHE:-/var/cache/xtrace}/vm/<version>/bin (tests and benchmarks use it). vm-cluster:
-# three vmstorage, vminsert -replicationFactor=2 and vmselect on 127.0.0.1 (.vmcluster/urls.json).
-.PHONY: vm vm-cluster vm-cluster-down
+# VictoriaMetrics built from its Go module at the releases in tools/vm/versions.env, cached under
+# $${XTRACE_CACHE:-/var/cache/xtrace}/vm/<version>/bin (tests and benchmarks use it). The cluster binaries
+# (vm-cluster-bin) come from the module where the proxy serves the -cluster tag, else from the tag's source
+# archive: XTRACE_VM_CLUSTER_SRC, by default ../shared/third_party/ beside the checkout when it is there.
+# vm-cluster: three vmstorage, vminsert and vmselect (both -replicationFactor=2) on 127.0.0.1 (.vmcluster/).
+VM_CLUSTER_ARCHIVE := $(abspath ../shared/third_party/victoriametrics-$(shell bash -c 'source tools/vm/versions.env && echo $$VM_CLUSTER_VERSION')-src.tar.xz)
+export XTRACE_VM_CLUSTER_SRC ?= $(wildcard $(VM_CLUSTER_ARCHIVE))
+.PHONY: vm vm-cluster-bin vm-cluster vm-cluster-down
 vm:
 	@bash tools/vm/build.sh >/dev/null
+
+vm-cluster-bin:
+	@bash tools/vm/build.sh cluster >/dev/null
 
 vm-cluster: setup
 	@$(PY) tools/vm/cluster.py up

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.helpers.vm", "tests.helpers.netns", "tests.helpers.bpf"]
+pytest_plugins = ["tests.helpers.vm", "tests.helpers.vmcluster", "tests.helpers.netns", "tests.helpers.bpf"]
 
 REQUIRE_BPF = os.environ.get("XTRACE_REQUIRE_BPF") == "1"
 

@@ -2,7 +2,8 @@
 
 1. makes a test host (a network namespace) joined to this machine by a veth pair, and a small RDMA
    sysfs tree (a RoCE port and an InfiniBand port) whose counters it moves every second,
-2. starts a local VictoriaMetrics (temporary data dir, 127.0.0.1),
+2. starts a local VictoriaMetrics (the release `make vm` builds, tools/vm/build.sh; temporary data dir,
+   127.0.0.1),
 3. runs the real `xtrace-agent` twice: XDP on this machine's end of the veth, and `-m nccl` on the tree,
    both pushing by remote write,
 4. sends known frames from the test host every second (UDP/IPv4, UDP/IPv6, a VLAN-tagged frame, RoCEv2),
@@ -146,16 +147,27 @@ class Sender:
         self.proc.wait(5)
 
 
+def vm_binary() -> str:
+    """The single-node victoria-metrics of the release pinned in tools/vm/versions.env, built (or found in
+    its cache) by tools/vm/build.sh, which prints its directory."""
+    build = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vm", "build.sh")
+    done = subprocess.run(["bash", build], stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError("VictoriaMetrics is not built (make vm: the line above says why)")
+    return os.path.join(done.stdout.strip(), "victoria-metrics")
+
+
 class Database:
-    """A throw-away single-node VictoriaMetrics (Debian's package) on a free local port."""
+    """A throw-away single-node VictoriaMetrics (the built release) on a free local port."""
 
     def __init__(self):
+        binary = vm_binary()
+        self.version = subprocess.run([binary, "-version"], capture_output=True, text=True).stdout.strip()
         self.dir = tempfile.mkdtemp(prefix="xtrace-demo-vm-")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        binary = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
         self.proc = subprocess.Popen([binary, f"-httpListenAddr=127.0.0.1:{self.port}", f"-storageDataPath={self.dir}",
                                       "-search.latencyOffset=0s", "-dedup.minScrapeInterval=1ms", "-loggerLevel=ERROR"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -343,7 +355,7 @@ def picture(db: Database, start: float, end: float, path: str) -> bool:
         ax.set_ylabel(panel["fieldConfig"]["defaults"].get("unit", ""))
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.suptitle("XTrace demo: the dashboards' queries over the run (VictoriaMetrics)")
+    fig.suptitle(f"XTrace demo: the dashboards' queries over the run ({db.version})")
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return drew
@@ -371,7 +383,7 @@ def main() -> int:
         say(f"test host: namespace {NS} <-> veth {DEV_B} on this machine")
         make_host()
         db = Database()
-        say(f"VictoriaMetrics on {db.url}")
+        say(f"VictoriaMetrics {db.version} (built by make vm) on {db.url}")
         fabric = Fabric()
         env_args = ("--remote-write-url", f"{db.url}/api/v1/write")
         say(f"agents: xtrace-agent -i {DEV_B} --direction ingress,egress  and  "
@@ -412,6 +424,9 @@ def main() -> int:
         ok &= drew and xdp.proc.returncode == 0 and nccl.proc.returncode == 0
         say("all counted as sent" if ok else style("some counts differ from what was sent (red above)", "31"))
         return 0 if ok else 1
+    except RuntimeError as e:  # a part that would not start: one line, the cleanup below still runs
+        print(f"make demo: {e}", file=sys.stderr)
+        return 1
     finally:
         for agent in (xdp, nccl):
             if agent and agent.proc.poll() is None:

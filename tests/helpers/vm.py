@@ -47,7 +47,6 @@ VM_VERSION = _versions()["VM_VERSION"]
 VM_BIN_DIR = os.path.join(os.environ.get("XTRACE_CACHE") or "/var/cache/xtrace", "vm", VM_VERSION, "bin")
 VM_BIN = os.path.join(VM_BIN_DIR, "victoria-metrics")
 VMAUTH_BIN = os.path.join(VM_BIN_DIR, "vmauth")
-VMAGENT_BIN = os.path.join(VM_BIN_DIR, "vmagent")
 
 
 def free_port() -> int:
@@ -123,33 +122,15 @@ class _Process:
         return self.proc is not None and self.proc.poll() is None
 
 
-class VictoriaMetrics(_Process):
-    def __init__(self, data_dir: str, port: int, dedup: bool = True, basic_auth: tuple[str, str] | None = None):
-        """basic_auth=(user, password) turns on -httpAuth.* (the only auth single-node VM has)."""
-        self.data_dir = data_dir
-        self.dedup = dedup
-        self.auth = basic_auth
-        super().__init__(self._args, os.path.join(os.path.dirname(data_dir), "victoria-metrics.log"), port)
+class Queries:
+    """Reading a VictoriaMetrics API at `self.url` (a single node, or a tenant's /select/<t>/prometheus on
+    vmselect): needs `url`, `auth` and `force_flush()`."""
 
-    def _args(self) -> list[str]:
-        args = [VM_BIN, f"-httpListenAddr=127.0.0.1:{self.port}", f"-storageDataPath={self.data_dir}",
-                "-search.latencyOffset=0s", "-loggerLevel=WARN", "-retentionPeriod=100y"]
-        if self.dedup:
-            args.append("-dedup.minScrapeInterval=1ms")
-        if self.auth:
-            args += [f"-httpAuth.username={self.auth[0]}", f"-httpAuth.password={self.auth[1]}"]
-        return args
-
-    @property
-    def write_url(self) -> str:
-        return f"{self.url}/api/v1/write"
-
-    @property
-    def import_url(self) -> str:
-        return f"{self.url}/api/v1/import/prometheus"
+    url: str
+    auth: tuple[str, str] | None = None
 
     def force_flush(self) -> None:
-        _get(f"{self.url}/internal/force_flush", auth=self.auth)
+        raise NotImplementedError
 
     def query(self, expr: str, at: float | None = None) -> list[dict]:
         """Instant query: [{"metric": {...}, "value": [ts, "v"]}]."""
@@ -190,6 +171,35 @@ class VictoriaMetrics(_Process):
             time.sleep(0.2)
 
 
+class VictoriaMetrics(_Process, Queries):
+    def __init__(self, data_dir: str, port: int, dedup: bool = True, basic_auth: tuple[str, str] | None = None):
+        """basic_auth=(user, password) turns on -httpAuth.* (the only auth single-node VM has)."""
+        self.data_dir = data_dir
+        self.dedup = dedup
+        self.auth = basic_auth
+        super().__init__(self._args, os.path.join(os.path.dirname(data_dir), "victoria-metrics.log"), port)
+
+    def _args(self) -> list[str]:
+        args = [VM_BIN, f"-httpListenAddr=127.0.0.1:{self.port}", f"-storageDataPath={self.data_dir}",
+                "-search.latencyOffset=0s", "-loggerLevel=WARN", "-retentionPeriod=100y"]
+        if self.dedup:
+            args.append("-dedup.minScrapeInterval=1ms")
+        if self.auth:
+            args += [f"-httpAuth.username={self.auth[0]}", f"-httpAuth.password={self.auth[1]}"]
+        return args
+
+    @property
+    def write_url(self) -> str:
+        return f"{self.url}/api/v1/write"
+
+    @property
+    def import_url(self) -> str:
+        return f"{self.url}/api/v1/import/prometheus"
+
+    def force_flush(self) -> None:
+        _get(f"{self.url}/internal/force_flush", auth=self.auth)
+
+
 class VmAuth(_Process):
     """vmauth in front of a VictoriaMetrics: bearer token `token` required."""
 
@@ -206,22 +216,6 @@ class VmAuth(_Process):
     @property
     def write_url(self) -> str:
         return f"{self.url}/api/v1/write"
-
-
-class VmAgent(_Process):
-    """vmagent as an insert tier: accepts /insert/<tenant>/prometheus/api/v1/write (the tenant
-    becomes the vm_account_id / vm_project_id labels) and replicates everything to every backend."""
-
-    def __init__(self, backends: list[VictoriaMetrics], work_dir: str):
-        port = free_port()
-        queue = os.path.join(work_dir, "vmagent-queue")
-        super().__init__(lambda: [VMAGENT_BIN, f"-httpListenAddr=127.0.0.1:{port}", "-enableMultitenantHandlers",
-                                  f"-remoteWrite.tmpDataPath={queue}", "-remoteWrite.flushInterval=100ms",
-                                  "-loggerLevel=ERROR", *(f"-remoteWrite.url={b.write_url}" for b in backends)],
-                         os.path.join(work_dir, "vmagent.log"), port)
-
-    def tenant_url(self, tenant: int) -> str:
-        return f"{self.url}/insert/{tenant}/prometheus/api/v1/write"
 
 
 def _need_binary(path: str) -> None:

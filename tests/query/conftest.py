@@ -1,4 +1,4 @@
-"""One lab for the query-side tests, built once: a real VictoriaMetrics filled by real agents.
+"""One lab for the query-side tests, built once: a real VictoriaMetrics filled by real agents, twice over.
 
     node-a (cluster "test"): xtrace-agent on XDP, watching a veth; a test host sends known frames.
     node-b (cluster "test"): xtrace-agent -m nccl on a sysfs tree whose counters the test moves.
@@ -8,6 +8,11 @@
 
 Every agent runs at a 0.5 s interval with --output json, so the test knows each report's time and
 values as the agent printed them; what reached the database went the separate remote-write way.
+Every agent (and the kube-state-metrics stand-in) writes to two databases at once: a single-node
+VictoriaMetrics, and a tenant of the real cluster (tests/helpers/vmcluster.py: vminsert's
+/insert/<tenant>/prometheus, read through vmselect's /select/<tenant>/prometheus). The `lab` fixture
+is parametrized over the two (`lab.vm` is the one under test), so every panel and rule query runs
+against both; `lab_base` is the one lab behind them (the alert tests run a vmalert on each).
 `Lab.known` holds the window (between two reports) in which the known traffic and counter moves
 happened: panel queries are evaluated at the end of it, over exactly it.
 """
@@ -24,7 +29,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 import yaml
@@ -172,10 +177,10 @@ def pods(ip4_a: str, ip4_b: str) -> list[dict]:
 
 class KubeStateMetrics:
     """Stands in for a vmagent scraping kube-state-metrics (two replicas, as HA setups run it): pods and
-    the agents' DaemonSet."""
+    the agents' DaemonSet, written to every database of the lab."""
 
-    def __init__(self, vm: VictoriaMetrics, pods_: list[dict]):
-        self.vm, self.pods = vm, pods_
+    def __init__(self, dbs: list, pods_: list[dict]):
+        self.dbs, self.pods = dbs, pods_
         self.ready_agents = 3  # of the DaemonSet xtrace-uplinks' 3 desired
         self.stop = threading.Event()
         self.write()
@@ -194,8 +199,9 @@ class KubeStateMetrics:
             ds = f'cluster="test",instance="{replica}",namespace="xtrace-system",daemonset="xtrace-uplinks"'
             lines.append(f"kube_daemonset_status_desired_number_scheduled{{{ds}}} 3 {ms}")
             lines.append(f"kube_daemonset_status_number_ready{{{ds}}} {self.ready_agents} {ms}")
-        req = urllib.request.Request(self.vm.import_url, data="\n".join(lines).encode() + b"\n", method="POST")
-        urllib.request.urlopen(req, timeout=5).read()
+        for db in self.dbs:
+            req = urllib.request.Request(db.import_url, data="\n".join(lines).encode() + b"\n", method="POST")
+            urllib.request.urlopen(req, timeout=5).read()
 
     def _loop(self) -> None:
         while not self.stop.wait(0.5):
@@ -227,6 +233,8 @@ class Lab:
     work: str
     known: Known = field(default_factory=Known)
     raw: object = None
+    dbs: dict = field(default_factory=dict)  # "single": the VictoriaMetrics, "cluster": the cluster's tenant
+    backend: str = "single"  # which of them `vm` is
 
     def query(self, expr: str, at: float) -> dict[tuple, float]:
         """Instant query: {sorted label items: value}."""
@@ -265,9 +273,14 @@ def flood(lab: Lab, flows: int = 3000) -> None:
                                                            frames.udp(20000 + i, 7000, b"f"))))
 
 
-def _rdma_config(node: str, cluster: str, mode: str, tree: str, vm: VictoriaMetrics, devices=()) -> dict:
+def _targets(dbs: dict) -> list[dict]:
+    """The agents' remote-write targets: every database of the lab."""
+    return [{"url": db.write_url, "name": "vm" if name == "single" else name} for name, db in dbs.items()]
+
+
+def _rdma_config(node: str, cluster: str, mode: str, tree: str, dbs: dict, devices=()) -> dict:
     cfg = {"mode": mode, "sysfs": tree, "interval": INTERVAL, "output": "json", "node": node,
-           "labels": {"cluster": cluster}, "httpListen": "", "remoteWrite": [{"url": vm.write_url, "name": "vm"}]}
+           "labels": {"cluster": cluster}, "httpListen": "", "remoteWrite": _targets(dbs)}
     if devices:
         cfg["devices"] = list(devices)
     return cfg
@@ -299,14 +312,27 @@ RDMA_MOVES = {
 WIDTH32 = {"out_of_buffer", "port_xmit_wait"}
 
 
+def _cluster_tenant(request):
+    """A fresh tenant of the session's VictoriaMetrics cluster, or None where it cannot run (the cluster
+    tests skip then; under XTRACE_REQUIRE_CLUSTER=1 the fixture fails instead)."""
+    try:
+        return request.getfixturevalue("vm_cluster").new_tenants(1)[0]
+    except pytest.skip.Exception:
+        return None
+
+
 @pytest.fixture(scope="package")
-def lab(tmp_path_factory):
+def lab_base(request, tmp_path_factory):
     _kernel_ready()
     need(os.access(vm_helpers.VM_BIN, os.X_OK), f"{vm_helpers.VM_BIN} not installed (make vm)")
     work = str(tmp_path_factory.mktemp("query-lab"))
     veth = VethPair(tag=uuid.uuid4().hex[:6], n=_free_subnet())
     made = time.monotonic()
     vm = VictoriaMetrics(os.path.join(work, "vm-data"), free_port())
+    dbs = {"single": vm}
+    tenant = _cluster_tenant(request)
+    if tenant is not None:
+        dbs["cluster"] = tenant
     reject, notifier = Stub(204), Stub(200)
     agents: list[Agent] = []
     ksm = None
@@ -317,22 +343,22 @@ def lab(tmp_path_factory):
         _quiet_baseline(tree)
         # errors from before the agent first saw the port: they must never read as new (test_alerts)
         spare_tree.write("mlx5_bond_0", 1, "counters/port_rcv_errors", "3")
-        nccl = Agent("node-b", _rdma_config("node-b", "test", "nccl", tree.root, vm), work)
-        spare = Agent("node-c", _rdma_config("node-c", "other", "rdma", spare_tree.root, vm, ["mlx5_1"]), work)
+        nccl = Agent("node-b", _rdma_config("node-b", "test", "nccl", tree.root, dbs), work)
+        spare = Agent("node-c", _rdma_config("node-c", "other", "rdma", spare_tree.root, dbs, ["mlx5_1"]), work)
         xdp = Agent("node-a", {
             "mode": "xdp", "interfaces": [veth.dev_b], "interval": INTERVAL, "output": "json", "node": "node-a",
             "labels": {"cluster": "test"}, "httpListen": "", "xdp": {"maxFlows": 4, "flowTableSize": 1024},
-            "remoteWrite": [{"url": vm.write_url, "name": "vm"}, {"url": reject.url + "/api/v1/write", "name": "reject"}],
+            "remoteWrite": [*_targets(dbs), {"url": reject.url + "/api/v1/write", "name": "reject"}],
         }, work)
         agents += [nccl, spare]
         nccl.start()
         spare.start()
-        ksm = KubeStateMetrics(vm, pods(veth.ip4_a, veth.ip4_b))
+        ksm = KubeStateMetrics(list(dbs.values()), pods(veth.ip4_a, veth.ip4_b))
         time.sleep(max(0.0, VETH_QUIET - (time.monotonic() - made)))
         agents.append(xdp)
         xdp.start()
         wait_for(lambda: xdp_prog(veth.dev_b), 60, "the XDP agent to attach")
-        lab = Lab(vm, veth, xdp, nccl, spare, tree, reject, notifier, ksm, work)
+        lab = Lab(vm, veth, xdp, nccl, spare, tree, reject, notifier, ksm, work, dbs=dbs)
         lab.raw = veth.raw_socket()
         _known_window(lab)
         yield lab
@@ -345,6 +371,14 @@ def lab(tmp_path_factory):
         veth.destroy()
         reject.shutdown()
         notifier.shutdown()
+
+
+@pytest.fixture(scope="package", params=["single", "cluster"])
+def lab(request, lab_base):
+    """The lab as one of its databases holds it: the single node, or the cluster through vmselect."""
+    if request.param not in lab_base.dbs:
+        pytest.skip("no VictoriaMetrics cluster (make vm-cluster; required under XTRACE_REQUIRE_CLUSTER=1)")
+    return replace(lab_base, vm=lab_base.dbs[request.param], backend=request.param)
 
 
 def _known_window(lab: Lab) -> None:
@@ -375,7 +409,9 @@ def _known_window(lab: Lab) -> None:
     lab.known.flows["late"] = (late, 1)
     # Remote write is asynchronous: the window's last reports are in the database once a later one is
     # (one sender per target, in order).
-    for agent, (_, end) in ((lab.xdp, lab.known.xdp), (lab.nccl, lab.known.rdma)):
-        wait_for(lambda agent=agent, end=end: any(
-            t > end * 1000 for ts in lab.sample_times(f'xtrace_reports_total{{node="{agent.name}"}}').values() for t in ts),
-            15, f"{agent.name}'s reports to reach the database")
+    for db in lab.dbs.values():
+        view = replace(lab, vm=db)
+        for agent, (_, end) in ((lab.xdp, lab.known.xdp), (lab.nccl, lab.known.rdma)):
+            wait_for(lambda agent=agent, end=end, view=view: any(
+                t > end * 1000 for ts in view.sample_times(f'xtrace_reports_total{{node="{agent.name}"}}').values()
+                for t in ts), 15, f"{agent.name}'s reports to reach {db.url}")

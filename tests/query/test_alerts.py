@@ -1,5 +1,6 @@
-"""Every alert, evaluated by a real vmalert against the lab's VictoriaMetrics: quiet before, firing on
-its injected fault (for the right node, port and counter), resolved once the fault is gone.
+"""Every alert, evaluated by a real vmalert against each of the lab's databases at once (the single node,
+and the cluster's tenant through vmselect, vmalert writing back through vminsert): quiet before, firing
+on its injected fault (for the right node, port and counter), resolved once the fault is gone.
 
 The rules are the shipped ones rendered with `tools/rules.py --timing fast`: the same expressions and
 thresholds with windows of seconds, so the whole cycle takes seconds instead of an hour.
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 
 import pytest
 
@@ -29,13 +31,15 @@ VMALERT = vm_binary("vmalert")
 
 
 class VmAlert:
-    def __init__(self, lab, rules_dir: str):
-        self.port = free_port()
-        self.log = os.path.join(rules_dir, "vmalert.log")
+    def __init__(self, lab, db, rules_dir: str, name: str):
+        self.port, self.name = free_port(), name
+        self.log = os.path.join(rules_dir, f"vmalert-{name}.log")
+        # vmalert appends /api/v1/write: a tenant's write URL without it is vminsert's /insert/<t>/prometheus
+        write = db.write_url.removesuffix("/api/v1/write")
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [VMALERT, f"-rule={os.path.join(rules_dir, 'xtrace.rules.yml')}", f"-datasource.url={lab.vm.url}",
-                 f"-remoteWrite.url={lab.vm.url}", f"-notifier.url={lab.notifier.url}", "-evaluationInterval=1s",
+                [VMALERT, f"-rule={os.path.join(rules_dir, 'xtrace.rules.yml')}", f"-datasource.url={db.url}",
+                 f"-remoteWrite.url={write}", f"-notifier.url={lab.notifier.url}", "-evaluationInterval=1s",
                  f"-httpListenAddr=127.0.0.1:{self.port}", "-loggerLevel=WARN", *self._no_delay()],
                 stdout=log, stderr=subprocess.STDOUT)
         wait_for(self._healthy, 15, "vmalert to start")
@@ -79,15 +83,21 @@ class VmAlert:
 
 
 @pytest.fixture(scope="module")
-def vmalert(lab, tmp_path_factory):
+def vmalerts(lab_base, tmp_path_factory):
+    """{database name: a vmalert evaluating the fast rules against it}."""
     need(os.access(VMALERT, os.X_OK), f"{VMALERT} not installed (make vm, or apt-get install victoria-metrics)")
     rules = str(tmp_path_factory.mktemp("fast-rules"))
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "rules.py"), "--timing", "fast", "--out", rules],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    alert = VmAlert(lab, rules)
-    yield alert
-    alert.stop()
+    alerts = {}
+    try:
+        for name, db in lab_base.dbs.items():
+            alerts[name] = VmAlert(lab_base, db, rules, name)
+        yield alerts
+    finally:
+        for alert in alerts.values():
+            alert.stop()
 
 
 def expected_firing(lab) -> set[tuple]:
@@ -114,11 +124,13 @@ def expected_firing(lab) -> set[tuple]:
     }
 
 
-def test_every_alert_fires_on_its_fault_and_resolves(lab, vmalert):
+def test_every_alert_fires_on_its_fault_and_resolves(lab_base, vmalerts):
+    lab = lab_base
     # quiet first: a few evaluations after the known window's moves (errors, CNPs) left the 5 s windows
-    settled = max(vmalert.started + 2.5, lab.known.xdp[1] + 7, lab.known.rdma[1] + 7)
+    started = max(a.started for a in vmalerts.values())
+    settled = max(started + 2.5, lab.known.xdp[1] + 7, lab.known.rdma[1] + 7)
     time.sleep(max(0.0, settled - time.time()))
-    wait_for(lambda: not vmalert.active(), 20, "no alert before the faults")
+    wait_for(lambda: not any(a.active() for a in vmalerts.values()), 20, "no alert before the faults")
 
     # the faults, all at once
     lab.reject.status = 400                              # one remote-write target refuses: samples dropped
@@ -135,21 +147,26 @@ def test_every_alert_fires_on_its_fault_and_resolves(lab, vmalert):
     lab.ksm.ready_agents = 2                               # and one agent pod of a DaemonSet is not ready
 
     # each alert fires for as long as its fault lasts in its window (seconds): collect every one seen
-    want, seen = expected_firing(lab), set()
+    want = expected_firing(lab)
+    seen: dict[str, set] = {name: set() for name in vmalerts}
 
     def all_fired():
-        seen.update(vmalert.firing())
-        return seen >= want
+        for name, alert in vmalerts.items():
+            seen[name].update(alert.firing())
+        return all(fired >= want for fired in seen.values())
 
     try:
         wait_for(all_fired, 30, "every alert to fire")
     except AssertionError:
-        raise AssertionError(f"not firing: {want - seen}\nunexpected: {seen - want}") from None
-    assert seen == want, f"unexpected alerts: {seen - want}"
+        raise AssertionError("\n".join(f"{name}: not firing: {want - fired}, unexpected: {fired - want}"
+                                        for name, fired in seen.items())) from None
+    for name, fired in seen.items():
+        assert fired == want, f"{name}: unexpected alerts: {fired - want}"
     # the RDMA dashboard's saturated-counter table names it too (empty in the known window)
     saturated = next(e for title, _, e in panels("rdma") if title == "Saturated counters")
-    assert lab.query(grafana(saturated, 1000), time.time()) == {
-        key(node="node-b", device="mlx4_0", port="1", counter="symbol_error"): 1.0}
+    for name, db in lab.dbs.items():
+        assert replace(lab, vm=db).query(grafana(saturated, 1000), time.time()) == {
+            key(node="node-b", device="mlx4_0", port="1", counter="symbol_error"): 1.0}, name
 
     # the faults removed
     lab.reject.status = 204
@@ -161,36 +178,40 @@ def test_every_alert_fires_on_its_fault_and_resolves(lab, vmalert):
     lab.spare.config["devices"] = ["mlx5_1", "mlx5_bond_0"]
     lab.spare.start()
     lab.ksm.ready_agents = 3
-    late: set = set()
+    late: dict[str, set] = {name: set() for name in vmalerts}
 
     def resolved():
-        late.update(vmalert.firing() - want)
-        return not vmalert.active()
+        for name, alert in vmalerts.items():
+            late[name].update(alert.firing() - want)
+        return not any(alert.active() for alert in vmalerts.values())
 
     try:
         wait_for(resolved, 40, "every alert to resolve")
     except AssertionError:
-        raise AssertionError(f"still active: {vmalert.active()}") from None
+        raise AssertionError(f"still active: { {n: a.active() for n, a in vmalerts.items()} }") from None
     # the one expected: once cleared, the saturated counter's errors are pushed (it counted at least up to
     # its maximum: docs/rdma-metrics.md), and the port-error alert reports them
     cleared = ("XTraceRdmaPortErrors", "test", "node-b", "", "", "", "mlx4_0", "1", "symbol_error", "")
-    assert late <= {cleared}, f"fired while resolving: {late - {cleared}}"
+    for name, fired in late.items():
+        assert fired <= {cleared}, f"{name}: fired while resolving: {fired - {cleared}}"
 
 
-def test_vmalert_writes_the_recording_rules(lab, vmalert):
-    """vmalert evaluates the recording rules too and writes them back: the series exist in the database."""
-    flood(lab, 10)  # traffic in the 2 s window, whatever ran before
+def test_vmalert_writes_the_recording_rules(lab_base, vmalerts):
+    """vmalert evaluates the recording rules too and writes them back: the series exist in each database."""
+    flood(lab_base, 10)  # traffic in the 2 s window, whatever ran before
     want = {"node_interface:xtrace_interface_bytes:rate2s", "node_interface:xtrace_interface_packets:rate2s",
             "node_interface:xtrace_other_bytes:ratio_rate2s", "node_protocol:xtrace_network_bytes:rate2s",
             "node_port:xtrace_rdma_transmit_bytes:rate2s", "node_port:xtrace_rdma_receive_bytes:rate2s",
             "node_port:xtrace_rdma_congestion:rate2s", "node_port:xtrace_rdma_errors:rate2s"}
-    names: set = set()
+    names: dict[str, set] = {name: set() for name in vmalerts}
 
     def recorded():
-        names.update(s["metric"]["__name__"] for s in lab.vm.export('{__name__=~"node_.*:xtrace_.*"}'))
-        return names >= want
+        for name in vmalerts:
+            found = lab_base.dbs[name].export('{__name__=~"node_.*:xtrace_.*"}')
+            names[name].update(s["metric"]["__name__"] for s in found)
+        return all(got >= want for got in names.values())
 
     try:
         wait_for(recorded, 15, "the recorded series")
     except AssertionError:
-        raise AssertionError(f"not recorded: {want - names}") from None
+        raise AssertionError(f"not recorded: { {n: want - got for n, got in names.items()} }") from None

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Builds VictoriaMetrics from its Go module, once per version, into a cache outside the checkout:
-#   build.sh [single]   victoria-metrics, vmagent, vmalert, vmauth at $VM_VERSION (wrapper module in single/)
-#   build.sh cluster    vminsert, vmselect, vmstorage at $VM_CLUSTER_VERSION (wrapper module in cluster/)
+# Builds VictoriaMetrics, once per version, into a cache outside the checkout:
+#   build.sh [single]   victoria-metrics, vmagent, vmalert, vmauth at $VM_VERSION from the Go module
+#                       (wrapper module in single/)
+#   build.sh cluster    vminsert, vmselect, vmstorage at $VM_CLUSTER_VERSION: from the Go module where the
+#                       proxy serves that tag (wrapper module in cluster/), else from the source archive
+#                       $XTRACE_VM_CLUSTER_SRC (a .tar.xz of the tag's tree with vendor/, built offline)
 #   build.sh --regen    rewrite the wrapper go.mod/go.sum from versions.env
 # Prints the bin directory on stdout, progress on stderr; on failure one line on stderr and exit 1.
 set -euo pipefail
@@ -17,10 +20,14 @@ export CGO_ENABLED=0 GOFLAGS=-mod=mod
 module=github.com/VictoriaMetrics/VictoriaMetrics
 cache_root=${XTRACE_CACHE:-/var/cache/xtrace}
 
+served_gomod() {  # version -> the module's go.mod from the proxy, or nothing when it does not serve it
+    go mod download -json "$module@$1" 2>/dev/null | sed -n 's/.*"GoMod": "\(.*\)",/\1/p' || true
+}
+
 regen() {  # flavour dir, version, app names...
     local dir=$1 version=$2 app gomod; shift 2
     say "resolving $module@$version"
-    gomod=$(go mod download -json "$module@$version" 2>/dev/null | sed -n 's/.*"GoMod": "\(.*\)",/\1/p') || true
+    gomod=$(served_gomod "$version")
     [ -f "$gomod" ] || die "the Go module proxy does not serve $module@$version (set $( \
         [ "$dir" = cluster ] && echo VM_CLUSTER_VERSION || echo VM_VERSION) in tools/vm/versions.env to a version it has)"
     mkdir -p "$here/$dir"
@@ -54,22 +61,48 @@ if [ $flavour = single ]; then
 else
     version=$VM_CLUSTER_VERSION apps="vminsert vmselect vmstorage"
 fi
-grep -qE "^\s*$module $version( |\$)" "$here/$flavour/go.mod" 2>/dev/null || regen "$flavour" "$version" $apps
-
 bin="$cache_root/vm/$version/bin"
+missing=""
+for app in $apps; do [ -x "$bin/$app" ] || missing="$missing $app"; done
+[ -n "$missing" ] || { echo "$bin"; exit 0; }  # cached: no proxy, no archive needed
 mkdir -p "$bin" || die "cannot create the cache directory $bin (set XTRACE_CACHE to a writable directory)"
+
+pinned() { grep -qE "^\s*$module $version( |\$)" "$here/$flavour/go.mod" 2>/dev/null; }
+# Where the build runs and what it builds: the wrapper module (packages by import path), or an unpacked
+# source archive of the tag (packages by directory, vendor/ only, no network).
+if [ $flavour = single ] || pinned || [ -f "$(served_gomod "$version")" ]; then
+    pinned || regen "$flavour" "$version" $apps
+    workdir="$here/$flavour" pkg="$module/app" from="$module@$version"
+else
+    archive=${XTRACE_VM_CLUSTER_SRC:-}
+    [ -n "$archive" ] && [ -f "$archive" ] || die "the Go module proxy does not serve $module@$version and no \
+source archive is there (XTRACE_VM_CLUSTER_SRC=${archive:-unset}): use a proxy that serves the tag, or set \
+XTRACE_VM_CLUSTER_SRC to a .tar.xz of the tag's source tree"
+    case "$(basename "$archive")" in
+        *"$version"*) ;;
+        *) die "XTRACE_VM_CLUSTER_SRC=$archive is not named for $version (VM_CLUSTER_VERSION): give the archive of that tag" ;;
+    esac
+    workdir=$(mktemp -d "$cache_root/vm/$version/src.XXXXXX") || die "cannot unpack under $cache_root/vm/$version"
+    trap 'rm -rf "$workdir"' EXIT
+    say "unpacking $archive (the Go module proxy does not serve $version)"
+    tar -xJf "$archive" -C "$workdir" || die "cannot unpack $archive (a .tar.xz of the $version tree expected)"
+    [ -f "$workdir/vendor/modules.txt" ] && [ -d "$workdir/app/vmstorage" ] \
+        || die "$archive holds no app/vmstorage and vendor/modules.txt: not the $version source tree"
+    export GOFLAGS=-mod=vendor GOPROXY=off
+    pkg=./app from="$archive"
+fi
+
 start=$SECONDS
-for app in $apps; do
-    [ -x "$bin/$app" ] && continue
+for app in $missing; do
     t0=$SECONDS
-    say "$app: building $module/app/$app@$version (the first build takes minutes)"
+    say "$app: building $app $version from $from (the first build takes minutes)"
     ( while sleep 30; do say "$app: still building, $((SECONDS - t0)) s (total $((SECONDS - start)) s)"; done ) &
     ticker=$!
-    if ! (cd "$here/$flavour" && go build -trimpath \
+    if ! (cd "$workdir" && go build -trimpath \
             -ldflags "-s -w -X $module/lib/buildinfo.Version=$app-$version" \
-            -o "$bin/$app.tmp" "$module/app/$app") >&2; then
+            -o "$bin/$app.tmp" "$pkg/$app") >&2; then
         kill $ticker 2>/dev/null; rm -f "$bin/$app.tmp"
-        die "building $app from $module@$version failed (output above)"
+        die "building $app from $from failed (output above)"
     fi
     kill $ticker 2>/dev/null; wait $ticker 2>/dev/null || true
     mv "$bin/$app.tmp" "$bin/$app"
