@@ -72,6 +72,16 @@ class XdpConfig:
 
 
 @dataclass(frozen=True)
+class NicConfig:
+    """NIC statistics (rdma and nccl modes; docs/nic-metrics.md): netdevs read beside the RDMA ports'
+    own, and the raw table's selection (fnmatch patterns; nothing by default, per-queue only on request)."""
+    interfaces: tuple[str, ...] = ()
+    raw_include: tuple[str, ...] = ()
+    raw_exclude: tuple[str, ...] = ()
+    raw_per_queue: bool = False
+
+
+@dataclass(frozen=True)
 class BasicAuth:
     username: str = ""
     username_file: str | None = None
@@ -104,6 +114,8 @@ class AgentConfig:
     count: int | None = None
     output: str = "text"
     sysfs: str = "/sys"
+    ethtool_dir: str | None = None  # captured `ethtool -S` dumps (DIR/<netdev>.txt) instead of the live NICs
+    nic: NicConfig = field(default_factory=NicConfig)
     node: str = ""
     monitor: str = ""
     namespace: str = ""
@@ -267,6 +279,13 @@ _XDP = {
     "directions": ("directions", parse_directions),
 }
 
+_NIC = {
+    "interfaces": ("interfaces", _str_list),
+    "rawInclude": ("raw_include", _str_list),
+    "rawExclude": ("raw_exclude", _str_list),
+    "rawPerQueue": ("raw_per_queue", _bool),
+}
+
 _SPOOL = {
     "path": ("path", _str),
     "maxBytes": ("max_bytes", _int(*BOUNDS["spool.maxBytes"])),
@@ -280,6 +299,8 @@ SCHEMA: dict[str, tuple[str, Any]] = {
     "count": ("count", _int(*BOUNDS["count"])),
     "output": ("output", _enum(OUTPUTS)),
     "sysfs": ("sysfs", _str),
+    "ethtoolDir": ("ethtool_dir", _str),
+    "nic": ("nic", _section(NicConfig, _NIC, "nic.")),
     "node": ("node", _str),
     "monitor": ("monitor", _str),
     "namespace": ("namespace", _str),
@@ -314,7 +335,7 @@ def to_dict(cfg: AgentConfig) -> dict[str, Any]:
             if value == getattr(default, attr) and key != "mode":
                 continue
             if dataclasses.is_dataclass(value):
-                sub = {"xdp": (_XDP, XdpConfig()), "spool": (_SPOOL, SpoolConfig())}[key]
+                sub = {"xdp": (_XDP, XdpConfig()), "spool": (_SPOOL, SpoolConfig()), "nic": (_NIC, NicConfig())}[key]
                 value = emit(value, *sub)
             elif key == "remoteWrite":
                 value = [_target_dict(t) for t in value]
