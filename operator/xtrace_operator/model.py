@@ -106,6 +106,7 @@ class Monitor:
     output: str = "text"
     port: int = DEFAULT_PORT
     xdp: agent_config.XdpConfig = field(default_factory=agent_config.XdpConfig)  # the agent's own type
+    nic: agent_config.NicConfig = field(default_factory=agent_config.NicConfig)  # the agent's own type
     victoria_metrics: VictoriaMetrics | None = None
     scrape: Scrape | None = None
     image: str = DEFAULT_IMAGE
@@ -227,6 +228,20 @@ def _xdp(r: _Reader) -> agent_config.XdpConfig:
         max_flows=_bounded(r, "maxFlows", "xdp.maxFlows", d.max_flows, integer=True),
         flow_gauges=r.boolean("flowGauges", d.flow_gauges),
         directions=_directions(r, d.directions),
+    )
+    r.done()
+    return out
+
+
+_STAT_PATTERN = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,63}$")  # a statistic name or fnmatch pattern
+
+
+def _nic(r: _Reader) -> agent_config.NicConfig:
+    out = agent_config.NicConfig(
+        interfaces=r.strings("interfaces", _IFACE, "an interface name or glob"),
+        raw_include=r.strings("rawInclude", _STAT_PATTERN, "a statistic name or pattern", max_items=256),
+        raw_exclude=r.strings("rawExclude", _STAT_PATTERN, "a statistic name or pattern", max_items=256),
+        raw_per_queue=r.boolean("rawPerQueue"),
     )
     r.done()
     return out
@@ -393,6 +408,8 @@ def parse(name: str, namespace: str, spec: Any, uid: str = "", created: str = ""
         raise InvalidSpec(f"spec.interfaces: {mode} mode reads RDMA devices, not interfaces; use spec.devices")
     if mode != "xdp" and r.has("xdp"):
         raise InvalidSpec(f"spec.xdp: only valid in xdp mode, not {mode}")
+    if mode == "xdp" and r.has("nic"):
+        raise InvalidSpec("spec.nic: only valid in rdma and nccl modes")
     node_selector = r.string_map("nodeSelector")
     for k, v in node_selector.items():
         if not _LABEL_KEY.match(k) or not _LABEL_VALUE.match(v) or len(v) > 63:
@@ -410,6 +427,7 @@ def parse(name: str, namespace: str, spec: Any, uid: str = "", created: str = ""
         output=r.enum("output", "text", OUTPUTS),
         port=r.number("port", DEFAULT_PORT, 1024, 65535, integer=True),
         xdp=_xdp(r.sub("xdp")),
+        nic=_nic(r.sub("nic")),
         victoria_metrics=_victoria_metrics(r.sub("victoriaMetrics")) if r.has("victoriaMetrics") else None,
         scrape=_scrape(r.sub("scrape")) if r.has("scrape") else None,
         image=r.string("image", DEFAULT_IMAGE, re.compile(r"^\S+$"), "an image reference"),
