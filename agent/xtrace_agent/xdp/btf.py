@@ -10,11 +10,13 @@ header, a type section of variable-length records, a string section.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-VMLINUX = Path("/sys/kernel/btf/vmlinux")
+# the running kernel's BTF; XTRACE_BTF names another file (tests: a kernel without it)
+VMLINUX = Path(os.environ.get("XTRACE_BTF") or "/sys/kernel/btf/vmlinux")
 MAGIC = 0xEB9F
 
 # BTF_KIND_*
