@@ -10,7 +10,7 @@ FULL = AgentConfig(
     mode="xdp", interfaces=("eth0", "ens*"), devices=("mlx5_0",), interval=2.5, output="json", sysfs="/host/sys",
     node="n1", monitor="m", namespace="ns", labels={"cluster": "a"},
     xdp=XdpConfig(attach_mode="generic", flow_table_size=4096, sampling=8, idle_timeout=60, max_flows=100,
-                  flow_gauges=False),
+                  flow_gauges=False, drops=True, tcp=True, max_drop_flows=7, max_tcp_flows=9, event_table_size=2048),
     remote_write=(RemoteWriteTarget(url="https://vm/api/v1/write", name="vm",
                                     basic_auth=BasicAuth(username="u", password_file="/s/p"),
                                     ca_file="/ca", insecure_skip_verify=True, headers={"X-Scope": "1"}),

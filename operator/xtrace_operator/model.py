@@ -227,6 +227,11 @@ def _xdp(r: _Reader) -> agent_config.XdpConfig:
         max_flows=_bounded(r, "maxFlows", "xdp.maxFlows", d.max_flows, integer=True),
         flow_gauges=r.boolean("flowGauges", d.flow_gauges),
         directions=_directions(r, d.directions),
+        drops=r.boolean("drops", d.drops),
+        tcp=r.boolean("tcp", d.tcp),
+        max_drop_flows=_bounded(r, "maxDropFlows", "xdp.maxDropFlows", d.max_drop_flows, integer=True),
+        max_tcp_flows=_bounded(r, "maxTcpFlows", "xdp.maxTcpFlows", d.max_tcp_flows, integer=True),
+        event_table_size=_bounded(r, "eventTableSize", "xdp.eventTableSize", d.event_table_size, integer=True),
     )
     r.done()
     return out
