@@ -51,6 +51,9 @@ class PodResourcesClient:
         self._stub = None
 
     def _connect(self):
+        # gRPC's C core logs to stderr on its own (a kubelet restart prints a GOAWAY line per
+        # channel): the agent logs each pod-resources problem once itself. Read at first import.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         import grpc
 
         from xtrace_agent.owners import api_pb2_grpc
