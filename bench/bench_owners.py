@@ -25,6 +25,7 @@ from xtrace_agent.config import AgentConfig  # noqa: E402
 from xtrace_agent.health import Health  # noqa: E402
 from xtrace_agent.owners.podresources import PodResourcesClient  # noqa: E402
 from xtrace_agent.owners.table import REFRESH_SECONDS, OwnerTable  # noqa: E402
+from xtrace_agent.ports import PortAccounting  # noqa: E402
 
 PODS = 100
 ROUNDS = 30
@@ -58,15 +59,22 @@ def intervals_ms(root: str, mode: str, owners: OwnerTable) -> tuple[float, float
     """Median interval (off, on): the two collectors take turns, so both see the same machine load."""
     pair = []
     for table in (None, owners):
-        collector = RdmaCollector(AgentConfig(mode=mode, sysfs=root), Health(), owners=table)
-        collector.start()
-        collector.collect(time.time())  # first interval: net device discovery, first owner refresh
-        pair.append(collector)
+        health = Health()
+        source = RdmaCollector(AgentConfig(mode=mode, sysfs=root), health, owners=table)
+        accounting = PortAccounting(health)
+        source.start()
+
+        def interval(source=source, accounting=accounting):  # source and accounting, as cli.run runs them
+            now = time.time()
+            return accounting.report(source.collect(now), now)
+
+        interval()  # first interval: net device discovery, first owner refresh
+        pair.append(interval)
     times: tuple[list, list] = ([], [])
     for _ in range(ROUNDS):
-        for collector, out in zip(pair, times, strict=True):
+        for interval, out in zip(pair, times, strict=True):
             t = time.perf_counter()
-            collector.collect(time.time())
+            interval()
             out.append((time.perf_counter() - t) * 1000)
     return statistics.median(times[0]), statistics.median(times[1])
 

@@ -5,9 +5,8 @@ unknown field silently), and the DaemonSet controller's pods carry it."""
 
 from __future__ import annotations
 
-import yaml
-
 import pytest
+import yaml
 
 from tests.k8s.conftest import Cluster, Operator, wait_for
 

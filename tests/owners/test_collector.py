@@ -15,7 +15,7 @@ BIG = {"namespace": "infer", "pod": "big", "container": "main", "resource": "nvi
 def collector(host, kubelet, monotonic, mode="nccl"):
     owners = OwnerTable(host, PodResourcesClient(kubelet.socket_path), clock=monotonic)
     c, health = make(host, mode=mode)
-    c.owners = owners
+    c.source.owners = owners
     c.start()
     return c
 
@@ -39,7 +39,7 @@ def test_every_series_of_a_held_device_carries_its_pod_and_others_none(host, kub
     names = {s.name for s in report.samples if s.labels["device"] == "mlx5_2"}
     assert {"xtrace_rdma_port_info", "xtrace_rdma_port_transmit_bytes_total", "xtrace_rdma_hw_counter_total",
             "xtrace_rdma_counter_saturated", "xtrace_rdma_port_rate_bytes_per_second"} <= names
-    assert any(line.startswith("mlx5_2 ") and " pod=train/job-0 " in line for line in report.text)
+    assert any(line.startswith("mlx5_2 ") and " pod=train/job-0 " in line for line in c.text.lines(report))
 
 
 def tx_bytes(report, device):
@@ -94,7 +94,7 @@ def test_kubelet_gone_leaves_series_unlabelled_and_collection_going(host, kubele
     monotonic.now += REFRESH_SECONDS
     report = c.collect(2.0)
     assert all(not owner_of(s) for s in report.samples)
-    assert len(report.text) == 6  # every port still reported
+    assert len(c.text.lines(report)) == 6  # every port still reported
     kubelet.start()
     monotonic.now += REFRESH_SECONDS
     assert tx_bytes(c.collect(3.0), "mlx5_2")[0] == JOB0
