@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -23,6 +24,7 @@ class FakeKubelet(api_pb2_grpc.PodResourcesListerServicer):
         self.socket_path = socket_path
         self.pods: list[api_pb2.PodResources] = []
         self.error: grpc.StatusCode | None = None
+        self.delay = 0.0  # seconds List takes: a stuck kubelet
         self.calls = 0
         self._lock = threading.Lock()
         self._server: grpc.Server | None = None
@@ -44,6 +46,7 @@ class FakeKubelet(api_pb2_grpc.PodResourcesListerServicer):
             self.pods = pods
 
     def List(self, request, context):  # noqa: N802 (the service's method name)
+        time.sleep(self.delay)
         with self._lock:
             self.calls += 1
             if self.error is not None:

@@ -203,3 +203,47 @@ def test_sysfs_root_without_pci_bus(tmp_path, kubelet, monotonic, caplog):
         t.refresh()
     assert t.by_rdma == {}
     assert sum("no PCI function" in m for m in warnings(caplog)) == 4
+
+
+def test_failing_kubelet_is_asked_less_and_less(host, kubelet, monotonic):
+    kubelet.set(allocations())
+    t = table(host, kubelet, monotonic)
+    t.update(sysfs.devices(host))
+    kubelet.error = grpc.StatusCode.UNAVAILABLE  # a kubelet that answers, but only errors
+    asked = []
+    for _ in range(int(700 / 5)):  # 700 s of 5 s intervals
+        monotonic.now += 5
+        if t.update(sysfs.devices(host)):
+            asked.append(monotonic.now - 100)
+    # after the first failure 10 s (the period), then 20, 40, 80, 160, and at most 300 s between asks
+    gaps = [b - a for a, b in zip(asked, asked[1:], strict=False)]
+    assert gaps == [10, 20, 40, 80, 160, 300][:len(gaps)] and len(gaps) >= 5, asked
+    kubelet.error = None
+    monotonic.now += 300
+    t.update(sysfs.devices(host))
+    assert t.labels("mlx5_2") is not None
+    monotonic.now += 5
+    assert not t.update(sysfs.devices(host))  # answering again: back to the period
+
+
+def test_messy_answers(host, kubelet, monotonic):
+    # ids with blanks and upper case, one id twice in a container and in two of its containers, a
+    # pod without a namespace (never from a real kubelet: not attributed rather than mislabelled)
+    kubelet.set({("train", "job-0"): {"a": {VF: [f" {make_pci.VF_NETNS.upper()} ", make_pci.VF_NETNS]},
+                                      "b": {VF: [make_pci.VF_NETNS]}},
+                 ("", "nameless"): {"c": {VF: [make_pci.PF1]}}})
+    t = table(host, kubelet, monotonic)
+    t.refresh()
+    assert t.by_rdma == {"mlx5_2": Owner("train", "job-0", "a,b", VF)}
+
+
+def test_stuck_kubelet_times_out(host, kubelet, monotonic, caplog):
+    kubelet.set(allocations())
+    kubelet.delay = 1.0
+    t = OwnerTable(host, PodResourcesClient(kubelet.socket_path, timeout=0.2), clock=monotonic)
+    with caplog.at_level(logging.WARNING, logger="xtrace.owners"):
+        t.refresh()
+    assert t.by_rdma == {} and "deadline_exceeded" in t.listing()[0]
+    kubelet.delay = 0.0
+    t.refresh()
+    assert t.labels("mlx5_2") is not None

@@ -19,7 +19,9 @@ DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 # The kubelet's own client allows 16 MiB (pkg/kubelet/apis/podresources: defaultPodResourcesMaxSize);
 # gRPC's default of 4 MiB is reached by a node with a few thousand containers holding devices.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-TIMEOUT_SECONDS = 5.0  # the kubelet answers List from memory; longer means it is stuck
+# The kubelet answers List from its memory in milliseconds; longer means it is stuck. The call runs
+# in the collection loop (one interval late by at most this, and the table backs off while it fails).
+TIMEOUT_SECONDS = 2.0
 
 
 class Allocation(NamedTuple):

@@ -29,6 +29,9 @@ log = logging.getLogger("xtrace.owners")
 # of its in-memory allocations; 10 s is two intervals at the default and invisible to it.
 REFRESH_SECONDS = 10.0
 LABELS = dm.OWNER
+# While the kubelet fails, ask it half as often each time, up to this: a stuck kubelet (every call
+# waits its whole timeout) then costs the collection loop one timeout per five minutes.
+MAX_BACKOFF_SECONDS = 300.0
 
 
 class Owner(NamedTuple):
@@ -61,6 +64,8 @@ def _owners(allocations: Iterable[Allocation]) -> tuple[dict[str, Owner], set[st
     found: dict[str, list[Allocation]] = {}
     shared: set[str] = set()
     for a in allocations:
+        if not a.namespace or not a.pod:
+            continue  # not from a real kubelet; unlabelled rather than labelled wrong
         if devicemap.is_shared_slot(a.device_id):
             shared.add(a.resource)
         else:
@@ -94,14 +99,22 @@ class OwnerTable:
         self._said: set[tuple] = set()  # what was logged once and still holds
         self._failing: str | None = None  # the kind of the current pod-resources failure
         self._error = ""
+        self._in_row = 0  # failures in a row (the backoff)
 
     # -- per interval: cheap -----------------------------------------------------------------
     def update(self, rdma_devices: Iterable[str]) -> bool:
         """Refresh if the period is over or the devices changed; True if it refreshed."""
         now = self.clock()
-        signature = self._signature_of(rdma_devices)
-        if (self._refreshed_at is None or now - self._refreshed_at >= self.period
-                or now < self._refreshed_at or signature != self._signature):
+        if self._refreshed_at is None or now < self._refreshed_at:
+            self.refresh()
+            return True
+        if self._failing:  # backing off: device changes wait too (the kubelet would not answer them)
+            due = min(self.period * 2 ** (self._in_row - 1), MAX_BACKOFF_SECONDS)
+            changed = False
+        else:
+            due = self.period
+            changed = self._signature_of(rdma_devices) != self._signature
+        if changed or now - self._refreshed_at >= due:
             self.refresh()
             return True
         return False
@@ -122,6 +135,7 @@ class OwnerTable:
             allocations = self.client.list()
         except PodResourcesError as e:
             self.failures += 1
+            self._in_row += 1
             self._error = str(e)
             if self._failing != e.kind:
                 log.warning("pod attribution: %s; RDMA series carry no pod labels until it answers", e)
@@ -133,6 +147,7 @@ class OwnerTable:
         if self._failing:
             log.info("pod attribution: the kubelet answers again (%s)", self.client.socket_path)
             self._failing = None
+        self._in_row = 0
         self._install(allocations)
 
     def _install(self, allocations: list[Allocation]) -> None:
@@ -205,3 +220,11 @@ class OwnerTable:
                 lines.append(f"{head} pod={o.name} container={o.container} resource={o.resource} "
                              f"netdev={nets}" + (f" pf={t.physfn}" if t.physfn else ""))
         return lines or ["(no RDMA device is allocated to a pod)"]
+
+
+def from_config(cfg) -> OwnerTable | None:
+    """The owner table an agent config asks for (`rdma.podAttribution`), or None."""
+    rdma = cfg.rdma
+    if not rdma.pod_attribution:
+        return None
+    return OwnerTable(cfg.sysfs, PodResourcesClient(rdma.pod_resources_socket))
