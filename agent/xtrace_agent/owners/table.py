@@ -83,6 +83,8 @@ def _owners(allocations: Iterable[Allocation]) -> tuple[dict[str, Owner], set[st
 
 
 class OwnerTable:
+    """Device -> owner, from the kubelet's last answer; see the module docstring for when it asks."""
+
     def __init__(self, root: str, client: PodResourcesClient, period: float = REFRESH_SECONDS,
                  clock=time.monotonic):
         self.root = root
@@ -109,7 +111,7 @@ class OwnerTable:
             self.refresh()
             return True
         if self._failing:  # backing off: device changes wait too (the kubelet would not answer them)
-            due = min(self.period * 2 ** (self._in_row - 1), MAX_BACKOFF_SECONDS)
+            due = min(self.period * 2 ** min(self._in_row - 1, 16), MAX_BACKOFF_SECONDS)
             changed = False
         else:
             due = self.period
