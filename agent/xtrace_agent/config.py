@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from xtrace_agent.errors import UsageError
+from xtrace_agent.owners.podresources import DEFAULT_SOCKET as DEFAULT_POD_RESOURCES_SOCKET
 
 MODES = ("xdp", "rdma", "nccl")
 ATTACH_MODES = ("auto", "native", "generic")
@@ -72,6 +73,13 @@ class XdpConfig:
 
 
 @dataclass(frozen=True)
+class RdmaConfig:
+    # label each held device's series with its pod, asked of the kubelet (docs/pod-attribution.md)
+    pod_attribution: bool = False
+    pod_resources_socket: str = DEFAULT_POD_RESOURCES_SOCKET
+
+
+@dataclass(frozen=True)
 class BasicAuth:
     username: str = ""
     username_file: str | None = None
@@ -109,6 +117,7 @@ class AgentConfig:
     namespace: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     xdp: XdpConfig = field(default_factory=XdpConfig)
+    rdma: RdmaConfig = field(default_factory=RdmaConfig)
     remote_write: tuple[RemoteWriteTarget, ...] = ()
     queue_samples: int = DEFAULT_QUEUE_SAMPLES
     spool: SpoolConfig = field(default_factory=SpoolConfig)
@@ -267,6 +276,11 @@ _XDP = {
     "directions": ("directions", parse_directions),
 }
 
+_RDMA = {
+    "podAttribution": ("pod_attribution", _bool),
+    "podResourcesSocket": ("pod_resources_socket", _str),
+}
+
 _SPOOL = {
     "path": ("path", _str),
     "maxBytes": ("max_bytes", _int(*BOUNDS["spool.maxBytes"])),
@@ -285,6 +299,7 @@ SCHEMA: dict[str, tuple[str, Any]] = {
     "namespace": ("namespace", _str),
     "labels": ("labels", _labels),
     "xdp": ("xdp", _section(XdpConfig, _XDP, "xdp.")),
+    "rdma": ("rdma", _section(RdmaConfig, _RDMA, "rdma.")),
     "remoteWrite": ("remote_write", _targets),
     "queueSamples": ("queue_samples", _int(*BOUNDS["queueSamples"])),
     "spool": ("spool", _section(SpoolConfig, _SPOOL, "spool.")),
@@ -314,7 +329,7 @@ def to_dict(cfg: AgentConfig) -> dict[str, Any]:
             if value == getattr(default, attr) and key != "mode":
                 continue
             if dataclasses.is_dataclass(value):
-                sub = {"xdp": (_XDP, XdpConfig()), "spool": (_SPOOL, SpoolConfig())}[key]
+                sub = {"xdp": (_XDP, XdpConfig()), "rdma": (_RDMA, RdmaConfig()), "spool": (_SPOOL, SpoolConfig())}[key]
                 value = emit(value, *sub)
             elif key == "remoteWrite":
                 value = [_target_dict(t) for t in value]
