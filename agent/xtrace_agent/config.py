@@ -315,6 +315,8 @@ def from_dict(raw: Any) -> AgentConfig:
     if not isinstance(raw, dict):
         raise UsageError(f"config: the document must be a map, got {type(raw).__name__}")
     cfg = AgentConfig(**_fields(raw, SCHEMA, ""), from_file=True)
+    if cfg.rdma.pod_attribution and cfg.mode == "xdp":
+        raise UsageError("config: rdma.podAttribution: labels RDMA devices, so it needs mode rdma or nccl")
     if cfg.http_listen:
         parse_listen(cfg.http_listen)
     return cfg
