@@ -106,6 +106,7 @@ class Monitor:
     output: str = "text"
     port: int = DEFAULT_PORT
     xdp: agent_config.XdpConfig = field(default_factory=agent_config.XdpConfig)  # the agent's own type
+    rdma: agent_config.RdmaConfig = field(default_factory=agent_config.RdmaConfig)  # the agent's own type
     victoria_metrics: VictoriaMetrics | None = None
     scrape: Scrape | None = None
     image: str = DEFAULT_IMAGE
@@ -215,6 +216,13 @@ def _secret_key(r: _Reader, name_field: str, default_key: str) -> SecretKey:
 def _bounded(r: _Reader, key: str, bound: str, default: float, integer: bool = False) -> Any:
     """A number under the agent's own bound for it (agent_config.BOUNDS: one place for every limit)."""
     return r.number(key, default, *agent_config.BOUNDS[bound], integer=integer)
+
+
+def _rdma(r: _Reader) -> agent_config.RdmaConfig:
+    # the socket path is the agent's default: the operator mounts the kubelet's directory there
+    out = agent_config.RdmaConfig(pod_attribution=r.boolean("podAttribution"))
+    r.done()
+    return out
 
 
 def _xdp(r: _Reader) -> agent_config.XdpConfig:
@@ -393,6 +401,8 @@ def parse(name: str, namespace: str, spec: Any, uid: str = "", created: str = ""
         raise InvalidSpec(f"spec.interfaces: {mode} mode reads RDMA devices, not interfaces; use spec.devices")
     if mode != "xdp" and r.has("xdp"):
         raise InvalidSpec(f"spec.xdp: only valid in xdp mode, not {mode}")
+    if mode == "xdp" and r.has("rdma"):
+        raise InvalidSpec("spec.rdma: only valid in rdma and nccl modes")
     node_selector = r.string_map("nodeSelector")
     for k, v in node_selector.items():
         if not _LABEL_KEY.match(k) or not _LABEL_VALUE.match(v) or len(v) > 63:
@@ -410,6 +420,7 @@ def parse(name: str, namespace: str, spec: Any, uid: str = "", created: str = ""
         output=r.enum("output", "text", OUTPUTS),
         port=r.number("port", DEFAULT_PORT, 1024, 65535, integer=True),
         xdp=_xdp(r.sub("xdp")),
+        rdma=_rdma(r.sub("rdma")),
         victoria_metrics=_victoria_metrics(r.sub("victoriaMetrics")) if r.has("victoriaMetrics") else None,
         scrape=_scrape(r.sub("scrape")) if r.has("scrape") else None,
         image=r.string("image", DEFAULT_IMAGE, re.compile(r"^\S+$"), "an image reference"),

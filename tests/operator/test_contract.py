@@ -12,6 +12,7 @@ from xtrace_operator import model, render
 NOT_FROM_THE_CRD = {
     "count": "a DaemonSet agent must run until stopped, never exit after N reports",
     "node": "the agent reads NODE_NAME, set from the downward API",
+    "rdma.podResourcesSocket": "the operator mounts the kubelet's directory where the agent looks by default",
 }
 
 # A spec that moves every field away from the agent's defaults, so to_dict() emits it.
@@ -25,7 +26,8 @@ EVERYTHING = [
                          "maxPushAge": 30, "spool": {"maxBytes": 1024}}},
     {"mode": "rdma", "devices": ["mlx5_0"],
      "victoriaMetrics": {"url": "https://vm", "auth": {"basic": {"secretName": "b"}}}},
-    {"mode": "nccl", "victoriaMetrics": {"url": "https://vm", "auth": {"bearer": {"secretName": "t"}}}},
+    {"mode": "nccl", "victoriaMetrics": {"url": "https://vm", "auth": {"bearer": {"secretName": "t"}}},
+     "rdma": {"podAttribution": True}},
 ]
 
 
@@ -42,7 +44,7 @@ def _paths(doc, prefix=""):
 
 
 def _schema_paths():
-    nested = {"xdp": agent_config._XDP, "spool": agent_config._SPOOL}
+    nested = {"xdp": agent_config._XDP, "rdma": agent_config._RDMA, "spool": agent_config._SPOOL}
     for key in agent_config.SCHEMA:
         yield key
         for sub in nested.get(key, {}):
