@@ -98,3 +98,19 @@ def test_kubelet_gone_leaves_series_unlabelled_and_collection_going(host, kubele
     kubelet.start()
     monotonic.now += REFRESH_SECONDS
     assert tx_bytes(c.collect(3.0), "mlx5_2")[0] == JOB0
+
+
+def test_self_metrics_say_how_attribution_goes(host, kubelet, monotonic):
+    from xtrace_agent import selfmetrics as sm
+
+    kubelet.set(allocations())
+    c = collector(host, kubelet, monotonic)
+    c.collect(1.0)
+    assert c.health.get(sm.RDMA_ATTRIBUTED) == 3  # mlx5_2, mlx5_1, mlx5_5
+    assert c.health.get(sm.POD_RESOURCES_FAILURES, {"kind": "unreachable"}) == 0  # exists at 0
+    kubelet.stop()
+    monotonic.now += REFRESH_SECONDS
+    c.collect(2.0)
+    assert c.health.get(sm.RDMA_ATTRIBUTED) == 0
+    assert c.health.get(sm.POD_RESOURCES_FAILURES, {"kind": "unreachable"}) == 1
+    assert c.health.get(sm.POD_RESOURCES_FAILURES, {"kind": "error"}) == 0

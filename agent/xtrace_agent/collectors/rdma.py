@@ -70,6 +70,9 @@ class RdmaCollector:
         found = sysfs.devices(self.root)
         if self.owners is not None:
             self.owners.update(found)
+            self.health.set(sm.RDMA_ATTRIBUTED, len(self.owners.by_rdma))
+            for kind, n in self.owners.failures_by_kind.items():
+                self.health.set(sm.POD_RESOURCES_FAILURES, n, {"kind": kind})
         selected = self._selected(found)
         for device in selected:
             for number in sysfs.ports(self.root, device):

@@ -22,6 +22,7 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # The kubelet answers List from its memory in milliseconds; longer means it is stuck. The call runs
 # in the collection loop (one interval late by at most this, and the table backs off while it fails).
 TIMEOUT_SECONDS = 2.0
+FAILURE_KINDS = ("unreachable", "error")  # PodResourcesError.kind
 
 
 class Allocation(NamedTuple):

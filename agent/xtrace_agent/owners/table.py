@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from xtrace_agent import datametrics as dm
 from xtrace_agent.owners import devicemap
-from xtrace_agent.owners.podresources import Allocation, PodResourcesClient, PodResourcesError
+from xtrace_agent.owners.podresources import FAILURE_KINDS, Allocation, PodResourcesClient, PodResourcesError
 
 log = logging.getLogger("xtrace.owners")
 # How stale an owner may get when no device changes: a VF handed from one pod to the next within
@@ -96,6 +96,7 @@ class OwnerTable:
         self.holdings: list[Holding] = []
         self.refreshes = 0
         self.failures = 0
+        self.failures_by_kind = dict.fromkeys(FAILURE_KINDS, 0)
         self._refreshed_at: float | None = None
         self._signature: tuple = ()
         self._said: set[tuple] = set()  # what was logged once and still holds
@@ -137,6 +138,7 @@ class OwnerTable:
             allocations = self.client.list()
         except PodResourcesError as e:
             self.failures += 1
+            self.failures_by_kind[e.kind] = self.failures_by_kind.get(e.kind, 0) + 1
             self._in_row += 1
             self._error = str(e)
             if self._failing != e.kind:
