@@ -139,7 +139,7 @@ class RemoteWriteSink:
             self.spool = MemorySpool(min(cfg.spool.max_bytes, MEMORY_SPOOL_BYTES))
 
         self._cond = threading.Condition()
-        self._queue: deque[list] = deque()  # report sample lists, oldest first
+        self._queue: deque = deque()  # Report.batches() (sample lists, flow columns), oldest first
         self._queued = 0
         self._rescued: dict[bytes, tuple[float, int]] = {}
         self._closing = False
@@ -169,14 +169,15 @@ class RemoteWriteSink:
 
     # --- the collector's side ---------------------------------------------------------------
     def write(self, report: Report) -> None:
-        samples = report.everything()
-        if not samples:
+        # flow columns as they are (columns.Column: two lists, no object per sample), then the rest
+        batches = [b for b in report.batches() if len(b)]
+        if not batches:
             return
         with self._cond:
             if self._closing:
                 return
-            self._queue.append(samples)
-            self._queued += len(samples)
+            self._queue.extend(batches)
+            self._queued += sum(map(len, batches))
             if self._queued > self.queue_limit:
                 self._drop_queued(self._queued - self.queue_limit)
             self._cond.notify()
