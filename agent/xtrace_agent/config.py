@@ -95,6 +95,18 @@ class SpoolConfig:
     max_bytes: int = DEFAULT_SPOOL_BYTES
 
 
+HTTP_AUTH_MODES = ("none", "kubernetes")
+
+
+@dataclass(frozen=True)
+class HttpAuth:
+    """The metrics port's protection (sinks/guard.py): none, or TLS with Kubernetes token review."""
+
+    mode: str = "none"
+    cert_file: str | None = None  # with key_file: a mounted Secret's pair; without: made at start
+    key_file: str | None = None
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     mode: str = "xdp"
@@ -113,6 +125,7 @@ class AgentConfig:
     queue_samples: int = DEFAULT_QUEUE_SAMPLES
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     http_listen: str = DEFAULT_HTTP_LISTEN  # "" disables the HTTP server
+    http_auth: HttpAuth = field(default_factory=HttpAuth)
     max_push_age: float = DEFAULT_MAX_PUSH_AGE
     # True when started from --config (the operator's way): a missing interface is "not ready"
     # and waited for; on the bare command line it is a usage error, as in the old tool.
@@ -272,6 +285,12 @@ _SPOOL = {
     "maxBytes": ("max_bytes", _int(*BOUNDS["spool.maxBytes"])),
 }
 
+_HTTP_AUTH = {
+    "mode": ("mode", _enum(HTTP_AUTH_MODES)),
+    "certFile": ("cert_file", _str),
+    "keyFile": ("key_file", _str),
+}
+
 SCHEMA: dict[str, tuple[str, Any]] = {
     "mode": ("mode", _enum(MODES)),
     "interfaces": ("interfaces", _str_list),
@@ -289,6 +308,7 @@ SCHEMA: dict[str, tuple[str, Any]] = {
     "queueSamples": ("queue_samples", _int(*BOUNDS["queueSamples"])),
     "spool": ("spool", _section(SpoolConfig, _SPOOL, "spool.")),
     "httpListen": ("http_listen", _str),
+    "httpAuth": ("http_auth", _section(HttpAuth, _HTTP_AUTH, "httpAuth.")),
     "maxPushAge": ("max_push_age", _num(*BOUNDS["maxPushAge"])),
 }
 
@@ -302,6 +322,8 @@ def from_dict(raw: Any) -> AgentConfig:
     cfg = AgentConfig(**_fields(raw, SCHEMA, ""), from_file=True)
     if cfg.http_listen:
         parse_listen(cfg.http_listen)
+    if bool(cfg.http_auth.cert_file) != bool(cfg.http_auth.key_file):
+        raise UsageError("config: httpAuth: certFile and keyFile go together")
     return cfg
 
 
@@ -314,7 +336,8 @@ def to_dict(cfg: AgentConfig) -> dict[str, Any]:
             if value == getattr(default, attr) and key != "mode":
                 continue
             if dataclasses.is_dataclass(value):
-                sub = {"xdp": (_XDP, XdpConfig()), "spool": (_SPOOL, SpoolConfig())}[key]
+                sub = {"xdp": (_XDP, XdpConfig()), "spool": (_SPOOL, SpoolConfig()),
+                       "httpAuth": (_HTTP_AUTH, HttpAuth())}[key]
                 value = emit(value, *sub)
             elif key == "remoteWrite":
                 value = [_target_dict(t) for t in value]

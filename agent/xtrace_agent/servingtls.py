@@ -89,6 +89,7 @@ class ServingTLS:
         self._seen: bytes | None = None
         self._bad: bytes | None = None
         self._warned: str | None = None
+        self.fingerprint = ""  # of the generated certificate
         if cert_file and key_file:
             self._ctx = self._load_files(first=True)
         else:
@@ -100,8 +101,6 @@ class ServingTLS:
                 for fd in fds:
                     os.close(fd)
             self.fingerprint = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.decode())).hexdigest()
-            log.info("metrics: serving TLS with a self-signed certificate made at start (sha256 %s)",
-                     self.fingerprint)
 
     @property
     def generated(self) -> bool:

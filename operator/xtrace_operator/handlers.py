@@ -19,7 +19,7 @@ from typing import Any
 
 import kopf
 
-from xtrace_operator import GROUP, PLURAL, VERSION, conflict, kube, model, render
+from xtrace_operator import GROUP, PLURAL, VERSION, conflict, kube, metricsauth, model, render
 from xtrace_operator import status as status_mod
 
 MONITORS = (GROUP, VERSION, PLURAL)
@@ -87,6 +87,45 @@ def config_versions(namespace: str, labels: Any, meta: Any, **_: Any) -> dict:
 @kopf.index(*SERVICES, labels=OWNED_FILTER)
 def agent_services(namespace: str, labels: Any, **_: Any) -> dict:
     return {(namespace, labels.get(render.INSTANCE_LABEL)): True}
+
+
+@kopf.index(*MONITORS)
+def secured(name: str, namespace: str, spec: Any, **_: Any) -> dict:
+    """The agents' ServiceAccount of every valid monitor with metrics.auth: kubernetes."""
+    try:
+        monitor = model.parse(name, namespace, dict(spec))
+    except model.InvalidSpec:
+        return {}
+    return {None: (namespace, render.child_name(monitor))} if monitor.metrics.secure else {}
+
+
+# The subjects the operator last wrote into the agents' binding (None: not yet since start).
+_bound: list[tuple[str, str]] | None = None
+_binding_errors: set[str] = set()
+
+
+@kopf.on.event(*MONITORS)
+def agents_binding(secured: kopf.Index, logger: Any, **_: Any) -> None:
+    """Keep xtrace-agents-metrics-auth's subjects equal to the secured monitors' agents.
+
+    On every monitor event, deletions included (an event handler needs no finalizer); the index is
+    up to date by then. One apply when the list changed, none otherwise.
+    """
+    global _bound
+    subjects = sorted(set(secured.get(None, [])))
+    if subjects == _bound:
+        return
+    try:
+        kube.apply(metricsauth.agents_binding(subjects))
+    except kube.ApiError as e:
+        if str(e) not in _binding_errors:  # once per distinct error: events come often
+            _binding_errors.add(str(e))
+            hint = " (installed from deploy/manifests or the chart?)" if e.status == 404 else ""
+            logger.warning(f"ClusterRoleBinding {metricsauth.AGENTS_BINDING}: {e}{hint}: agents with "
+                           "metrics.auth cannot review tokens and answer 503")
+        return
+    logger.info(f"ClusterRoleBinding {metricsauth.AGENTS_BINDING}: {len(subjects)} agent ServiceAccount(s)")
+    _bound = subjects
 
 
 def _version(rv: Any) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from xtrace_agent import config as agent_config
+from xtrace_operator import metricsauth
 
 MODES = agent_config.MODES
 ATTACH_MODES = agent_config.ATTACH_MODES
@@ -108,6 +109,7 @@ class Monitor:
     xdp: agent_config.XdpConfig = field(default_factory=agent_config.XdpConfig)  # the agent's own type
     victoria_metrics: VictoriaMetrics | None = None
     scrape: Scrape | None = None
+    metrics: metricsauth.MetricsEndpoint = field(default_factory=metricsauth.MetricsEndpoint)
     image: str = DEFAULT_IMAGE
     image_pull_policy: str = "IfNotPresent"
     image_pull_secrets: tuple[str, ...] = ()
@@ -412,6 +414,7 @@ def parse(name: str, namespace: str, spec: Any, uid: str = "", created: str = ""
         xdp=_xdp(r.sub("xdp")),
         victoria_metrics=_victoria_metrics(r.sub("victoriaMetrics")) if r.has("victoriaMetrics") else None,
         scrape=_scrape(r.sub("scrape")) if r.has("scrape") else None,
+        metrics=_metrics(r.get("metrics")),
         image=r.string("image", DEFAULT_IMAGE, re.compile(r"^\S+$"), "an image reference"),
         image_pull_policy=policy, image_pull_secrets=tuple(s["name"] for s in pull_secrets),
         resources=_resources(r), privileged=r.boolean("privileged"), priority_class_name=priority,
@@ -422,6 +425,13 @@ def parse(name: str, namespace: str, spec: Any, uid: str = "", created: str = ""
     )
     r.done()
     return monitor
+
+
+def _metrics(raw: Any) -> metricsauth.MetricsEndpoint:
+    try:
+        return metricsauth.parse(raw)
+    except metricsauth.MetricsSpecError as e:
+        raise InvalidSpec(str(e)) from None
 
 
 def from_body(body: Any) -> Monitor:

@@ -25,7 +25,8 @@ EVERYTHING = [
                          "maxPushAge": 30, "spool": {"maxBytes": 1024}}},
     {"mode": "rdma", "devices": ["mlx5_0"],
      "victoriaMetrics": {"url": "https://vm", "auth": {"basic": {"secretName": "b"}}}},
-    {"mode": "nccl", "victoriaMetrics": {"url": "https://vm", "auth": {"bearer": {"secretName": "t"}}}},
+    {"mode": "nccl", "victoriaMetrics": {"url": "https://vm", "auth": {"bearer": {"secretName": "t"}}},
+     "metrics": {"auth": "kubernetes", "tlsSecret": {"name": "agent-tls"}}},
 ]
 
 
@@ -42,7 +43,7 @@ def _paths(doc, prefix=""):
 
 
 def _schema_paths():
-    nested = {"xdp": agent_config._XDP, "spool": agent_config._SPOOL}
+    nested = {"xdp": agent_config._XDP, "spool": agent_config._SPOOL, "httpAuth": agent_config._HTTP_AUTH}
     for key in agent_config.SCHEMA:
         yield key
         for sub in nested.get(key, {}):
