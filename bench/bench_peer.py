@@ -111,8 +111,9 @@ class PeerCollector:
     them while the peer runs would take CPU from the run measured) and sums them afterwards."""
 
     def __init__(self, messages):
-        import grpc
         from concurrent import futures
+
+        import grpc
 
         self.records, reply = messages if messages else (None, None)
         self.bodies: list[bytes] = []
