@@ -24,14 +24,18 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
+from itertools import chain, compress, repeat
+
+import numpy as np
 
 DEFAULT_MEMORY_SECONDS = 3600.0
 MEMORY_PER_BUDGET = 10  # tombstones kept per flow of budget
+_FIRST_CAPACITY = 1024
 
 
 class Entry:
-    """One exported series pair (a flow, or a group's `other`): cumulative counts and what it moved
-    in the last interval it was seen. Slots: attribute access is as fast as a list's index."""
+    """A group's `other` series pair: cumulative counts and what it moved in the last interval it
+    was seen. (Live flows are rows of the accumulator's arrays instead: see Accumulator.)"""
 
     __slots__ = ("packets", "bytes", "seen", "recent_packets", "recent_bytes", "description")
 
@@ -45,7 +49,12 @@ class Entry:
 
 
 class Accumulator:
-    """Cumulative (packets, bytes) per key, for at most `max_flows` keys plus one `other` key per group."""
+    """Cumulative (packets, bytes) per key, for at most `max_flows` keys plus one `other` key per group.
+
+    Live flows are rows of numpy arrays (counts, when last seen, what they moved then), a dict maps
+    each key to its row: an interval's deltas are added, folded, expired and read out as columns
+    with array operations, the Python path taken only by what changes (new, folded, retired flows).
+    The order of the flows (described(), columns()) is the order they became live."""
 
     def __init__(self, max_flows: int, idle_timeout: float, other_of: Callable[[Hashable], Hashable],
                  describe: Callable[[Hashable], object] = lambda key: None, *,
@@ -55,35 +64,76 @@ class Accumulator:
         self.memory_seconds = memory_seconds
         self.memory_flows = memory_flows if memory_flows is not None else MEMORY_PER_BUDGET * max_flows
         self._other_of = other_of
-        self._describe = describe  # key -> what a sink needs (labels), made once per live entry
-        self._live: dict[Hashable, Entry] = {}
+        self._describe = describe  # key -> what a sink needs (labels), made once per live flow
+        self._row: dict[Hashable, int] = {}  # live key -> its row, in the order they became live
+        self._packets = np.zeros(0, np.int64)
+        self._bytes = np.zeros(0, np.int64)
+        self._seen = np.zeros(0, np.float64)
+        self._recent_packets = np.zeros(0, np.int64)
+        self._recent_bytes = np.zeros(0, np.int64)
+        self._descriptions: list = []  # per row
+        self._free: list[int] = []  # rows no live key holds
         self._others: dict[Hashable, Entry] = {}
         self._tombstones: OrderedDict[Hashable, float] = OrderedDict()  # key -> when it stopped
         self.folded_flows = 0  # flows (per interval) whose counts went to `other` for lack of budget
         self.expired_flows = 0  # flows that stopped being exported after the idle timeout
         self.retired_flows = 0  # flows that stopped being exported to make room for busier ones
 
+    # --- rows ------------------------------------------------------------------------------------
+    def _grow(self) -> None:
+        old = len(self._packets)
+        size = max(_FIRST_CAPACITY, 2 * old)
+        for name in ("_packets", "_bytes", "_seen", "_recent_packets", "_recent_bytes"):
+            a = getattr(self, name)
+            b = np.zeros(size, a.dtype)
+            b[:old] = a
+            setattr(self, name, b)
+        self._descriptions.extend(repeat(None, size - old))
+        self._free.extend(range(size - 1, old - 1, -1))  # lowest row first
+
+    def _new_row(self, key: Hashable) -> int:
+        if not self._free:
+            self._grow()
+        row = self._free.pop()
+        self._packets[row] = self._bytes[row] = 0
+        self._descriptions[row] = None
+        self._row[key] = row
+        return row
+
+    def _rows(self) -> np.ndarray:
+        """The live rows, in the order their keys became live."""
+        return np.fromiter(self._row.values(), np.int64, len(self._row))
+
+    # --- adding ---------------------------------------------------------------------------------
     def add(self, deltas: dict[Hashable, tuple[int, int]], now: float) -> None:
-        live = self._live
-        tombstones = self._tombstones
+        n = len(deltas)
+        if not n:
+            return
+        rows = np.fromiter(map(self._row.get, deltas, repeat(-1)), np.int64, n)
+        values = np.fromiter(chain.from_iterable(deltas.values()), np.int64, 2 * n).reshape(n, 2)
         folded: list[int] = []
-        for key, (packets, bytes_) in deltas.items():
-            entry = live.get(key)
-            if entry is None:
-                if key in tombstones:
+        new = np.flatnonzero(rows < 0)
+        if len(new):  # in their order: a key's fate depends on how many came before it
+            keys = list(deltas)
+            tombstones = self._tombstones
+            for i in new.tolist():
+                key = keys[i]
+                if key in tombstones or len(self._row) >= self.max_flows:
+                    packets, bytes_ = deltas[key]
                     self.add_other(self._other_of(key), packets, bytes_, now)
+                    if key not in tombstones:
+                        self.folded_flows += 1
+                        folded.append(bytes_)
                     continue
-                if len(live) >= self.max_flows:
-                    self.add_other(self._other_of(key), packets, bytes_, now)
-                    self.folded_flows += 1
-                    folded.append(bytes_)
-                    continue
-                entry = live[key] = Entry(now)
-            entry.packets += packets
-            entry.bytes += bytes_
-            entry.seen = now
-            entry.recent_bytes = bytes_
-            entry.recent_packets = packets
+                rows[i] = self._new_row(key)
+            kept = rows >= 0
+            rows, values = rows[kept], values[kept]
+        packets, bytes_ = values[:, 0], values[:, 1]
+        self._packets[rows] += packets
+        self._bytes[rows] += bytes_
+        self._seen[rows] = now
+        self._recent_packets[rows] = packets
+        self._recent_bytes[rows] = bytes_
         if folded:
             self._make_room(folded, now)
 
@@ -102,22 +152,26 @@ class Accumulator:
 
     def _make_room(self, folded: list[int], now: float) -> None:
         """Retire the quietest live flows, each one only for a folded flow that moved more bytes."""
-        def recent(item):
-            _, e = item
-            return e.recent_bytes if e.seen == now else -1  # idle this interval: first to go
-        quietest = sorted(self._live.items(), key=recent)[:len(folded)]
-        for (key, entry), newcomer in zip(quietest, sorted(folded, reverse=True), strict=False):
-            if recent((key, entry)) >= newcomer:
+        keys = list(self._row)
+        rows = self._rows()
+        # idle this interval: first to go; ties in the order the flows became live
+        recent = np.where(self._seen[rows] == now, self._recent_bytes[rows], -1)
+        quietest = np.argsort(recent, kind="stable")[:len(folded)]
+        for i, newcomer in zip(quietest.tolist(), sorted(folded, reverse=True), strict=False):
+            if int(recent[i]) >= newcomer:
                 break
-            self._retire(key, now)
+            self._retire(keys[i], now)
             self.retired_flows += 1
 
     def expire(self, now: float) -> int:
         """Stop exporting flows idle for longer than the idle timeout; returns how many went."""
         cutoff = now - self.idle_timeout
-        idle = [k for k, e in self._live.items() if e.seen < cutoff]
-        for key in idle:
-            self._retire(key, now)
+        rows = self._rows()
+        idle = np.flatnonzero(self._seen[rows] < cutoff)
+        if len(idle):
+            keys = list(self._row)
+            for i in idle.tolist():
+                self._retire(keys[i], now)
         tombstones = self._tombstones
         forget = now - self.memory_seconds
         while tombstones and (len(tombstones) > self.memory_flows or next(iter(tombstones.values())) < forget):
@@ -127,52 +181,76 @@ class Accumulator:
 
     def _retire(self, key: Hashable, now: float) -> None:
         """The flow's series stops; its counts move to `other`, and its return is folded there."""
-        entry = self._live.pop(key)
+        row = self._row.pop(key)
         other = self._others.get(self._other_of(key))
         if other is None:
             other = self._others[self._other_of(key)] = Entry(now)
-        other.packets += entry.packets
-        other.bytes += entry.bytes
+        other.packets += int(self._packets[row])
+        other.bytes += int(self._bytes[row])
+        self._descriptions[row] = None
+        self._free.append(row)
         self._tombstones[key] = now
         self._tombstones.move_to_end(key)
 
+    # --- reading ---------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._live)
+        return len(self._row)
 
     def keys(self):
-        return self._live.keys()
+        return self._row.keys()
 
     def items(self) -> Iterator[tuple[Hashable, int, int, bool]]:
         """(key, packets, bytes, is_other) for every live flow and every `other` entry."""
-        for key, e in self._live.items():
-            yield key, e.packets, e.bytes, False
+        rows = self._rows()
+        yield from zip(self._row, self._packets[rows].tolist(), self._bytes[rows].tolist(), repeat(False))
         for key, e in self._others.items():
             yield key, e.packets, e.bytes, True
 
-    def _entries(self) -> Iterator[tuple[object, Entry]]:
-        """(description, entry) for every live flow and `other` entry; descriptions are made once
-        per entry and reused every interval."""
-        describe = self._describe
-        for table in (self._live, self._others):
-            for key, e in table.items():
-                d = e.description
-                if d is None:
-                    d = e.description = describe(key)
-                yield d, e
+    def columns(self, now: float | None = None) -> tuple[list, list[int], list[int], tuple | None]:
+        """Every live flow and `other` entry as columns, in the order of described(): (descriptions,
+        packets, bytes, moved), where `moved` (when `now` is given) is (descriptions, packets, bytes)
+        of the entries that moved in the interval ending at `now`, in the same order. Array
+        operations and C loops: no Python step per flow but for a new flow's description."""
+        rows = self._rows()
+        row_list = rows.tolist()
+        descriptions = self._descriptions
+        flows = list(map(descriptions.__getitem__, row_list))
+        if None in flows:  # new flows: described once, for their lifetime
+            keys = list(self._row)
+            for i in [i for i, d in enumerate(flows) if d is None]:
+                flows[i] = descriptions[row_list[i]] = self._describe(keys[i])
+        others = list(self._others.values())
+        for key, e in self._others.items():
+            if e.description is None:
+                e.description = self._describe(key)
+        series = flows + [e.description for e in others]
+        packets = self._packets[rows].tolist() + [e.packets for e in others]
+        bytes_ = self._bytes[rows].tolist() + [e.bytes for e in others]
+        if now is None:
+            return series, packets, bytes_, None
+        recent_p, recent_b = self._recent_packets[rows], self._recent_bytes[rows]
+        mask = ((self._seen[rows] == now) & (recent_p != 0)).tolist()
+        mask += [e.seen == now and e.recent_packets != 0 for e in others]
+        recent_p = recent_p.tolist() + [e.recent_packets for e in others]
+        recent_b = recent_b.tolist() + [e.recent_bytes for e in others]
+        moved = (list(compress(series, mask)), list(compress(recent_p, mask)), list(compress(recent_b, mask)))
+        return series, packets, bytes_, moved
 
     def described(self) -> Iterator[tuple[object, int, int]]:
         """(description, packets, bytes) for every live flow and `other` entry."""
-        for d, e in self._entries():
-            yield d, e.packets, e.bytes
+        series, packets, bytes_, _ = self.columns()
+        return zip(series, packets, bytes_, strict=True)
 
     def described_with_recent(self, now: float) -> Iterator[tuple[object, int, int, int, int]]:
         """As described(), plus (packets, bytes) moved in the interval ending at `now` (0, 0 for
         entries that moved nothing then)."""
-        for d, e in self._entries():
-            if e.seen == now:
-                yield d, e.packets, e.bytes, e.recent_packets, e.recent_bytes
-            else:
-                yield d, e.packets, e.bytes, 0, 0
+        series, packets, bytes_, _ = self.columns()
+        rows = self._rows()
+        moved = (self._seen[rows] == now).tolist() + [e.seen == now for e in self._others.values()]
+        recent_p = self._recent_packets[rows].tolist() + [e.recent_packets for e in self._others.values()]
+        recent_b = self._recent_bytes[rows].tolist() + [e.recent_bytes for e in self._others.values()]
+        for d, p, b, m, rp, rb in zip(series, packets, bytes_, moved, recent_p, recent_b, strict=True):
+            yield (d, p, b, rp, rb) if m else (d, p, b, 0, 0)
 
 
 class Totals:

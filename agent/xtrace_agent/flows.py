@@ -126,22 +126,9 @@ class FlowAccounting:
         """Every live flow and `other` entry in columns (no object per sample: columns.py)."""
         gauges = self.cfg.xdp.flow_gauges
         block = FlowBlock((PACKETS, BYTES), (FLOW_PACKETS, FLOW_BYTES) if gauges else None, now)
-        series, packets, bytes_ = block.series, block.packets, block.bytes
-        if gauges:
-            moved, moved_packets, moved_bytes = block.moved, block.moved_packets, block.moved_bytes
-            for d, p, b, rp, rb in self.flows.described_with_recent(now):
-                series.append(d)
-                packets.append(p)
-                bytes_.append(b)
-                if rp:
-                    moved.append(d)
-                    moved_packets.append(rp)
-                    moved_bytes.append(rb)
-        else:
-            for d, p, b in self.flows.described():
-                series.append(d)
-                packets.append(p)
-                bytes_.append(b)
+        block.series, block.packets, block.bytes, moved = self.flows.columns(now if gauges else None)
+        if moved is not None:
+            block.moved, block.moved_packets, block.moved_bytes = moved
         return block
 
     def _report(self, seen: Observed, now: float) -> Report:

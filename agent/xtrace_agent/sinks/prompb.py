@@ -30,7 +30,7 @@ import cramjam
 from xtrace_agent.columns import Column, FlowSeries
 
 _DOUBLE = struct.Struct("<d")
-_HEADED_DOUBLE = struct.Struct("<3sd")  # Sample's opening bytes, then its value
+_SAMPLE_PARTS: dict[int, struct.Struct] = {}  # timestamp length -> Sample's opening, its value, its timestamp
 _WIRE_KEY, _HEAD, _TAIL, _SIZE = map(attrgetter, ("wire_key", "head", "tail", "size"))
 _WIRE_KEYS: dict[tuple, tuple] = {}  # one object per distinct extra-label set (FlowSeries compare by identity)
 _VARINT1 = [bytes([i]) for i in range(128)]
@@ -162,7 +162,7 @@ class SeriesEncoder:
         """An uncompressed WriteRequest for one flow column: as encode_samples() would make it, in
         C loops (map/zip/join) over cached bytes, no Python step per series.
 
-        TimeSeries = 0x0a <size> [head] __name__ tail | Sample: 0x12 <len> 0x09 <double> 0x10 <ts>."""
+        TimeSeries = 0x0a <size> [head] __name__ tail | Sample: 0x12 <len> 0x09 <double> 0x10 <ts> (one piece)."""
         series = column.series
         self._prime_all(series)
         ts = b"\x10" + varint(round(column.timestamp * 1000))
@@ -170,14 +170,17 @@ class SeriesEncoder:
         fixed = len(name) + 11 + len(ts)
         sizes = list(map(add, map(_SIZE, series), repeat(fixed)))
         mid = b"\x12" + _VARINT1[9 + len(ts)] + b"\x09"
-        values = map(_HEADED_DOUBLE.pack, repeat(mid), column.values)
+        sample = _SAMPLE_PARTS.get(len(ts))
+        if sample is None:
+            sample = _SAMPLE_PARTS[len(ts)] = struct.Struct(f"<3sd{len(ts)}s")
+        values = map(sample.pack, repeat(mid), column.values, repeat(ts))  # the whole Sample in one piece
         if any(map(_HEAD, series)):  # an extra label sorts before __name__: its bytes come first
             opening = {size: b"\x0a" + varint(size) for size in set(sizes)}
             parts = zip(map(opening.__getitem__, sizes), map(_HEAD, series), repeat(name), map(_TAIL, series),
-                        values, repeat(ts))
+                        values)
         else:  # the usual case: the opening and __name__ in one piece, a few distinct sizes
             opening = {size: b"\x0a" + varint(size) + name for size in set(sizes)}
-            parts = zip(map(opening.__getitem__, sizes), map(_TAIL, series), values, repeat(ts))
+            parts = zip(map(opening.__getitem__, sizes), map(_TAIL, series), values)
         return b"".join(chain.from_iterable(parts))
 
 
