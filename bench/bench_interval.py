@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_xdp import fill  # noqa: E402
+
 from xtrace_agent.cli import gc_paused  # noqa: E402
 from xtrace_agent.collectors.xdp import XdpCollector  # noqa: E402
 from xtrace_agent.config import AgentConfig, RemoteWriteTarget, XdpConfig  # noqa: E402

@@ -180,7 +180,7 @@ class SeriesEncoder:
                         values)
         else:  # the usual case: the opening and __name__ in one piece, a few distinct sizes
             opening = {size: b"\x0a" + varint(size) + name for size in set(sizes)}
-            parts = zip(map(opening.__getitem__, sizes), map(_TAIL, series), values)
+            parts = zip(map(opening.__getitem__, sizes), map(_TAIL, series), values, strict=True)
         return b"".join(chain.from_iterable(parts))
 
 
