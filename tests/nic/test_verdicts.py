@@ -253,3 +253,33 @@ def test_the_cli_without_data_or_database(tmp_path):
     assert r.stderr.count("\n") == 1
     r = xtrace(vm.url, "fabric", "--since", "fifteen")
     assert r.returncode == 2 and "not a duration" in r.stderr and "Traceback" not in r.stderr
+
+
+def dashboard_query(title: str, ref: str = "A") -> str:
+    with open(os.path.join(ROOT, "deploy", "dashboards", "xtrace-rdma.json")) as f:
+        doc = json.load(f)
+    expr = next(t["expr"] for p in doc["panels"] if p["title"] == title for t in p.get("targets", [])
+                if t["refId"] == ref)
+    for name, value in (("__rate_interval", "2s"), ("cluster", "test"), ("node", ".*"), ("device", ".*"),
+                        ("port", ".*")):
+        expr = expr.replace(f"${name}", value)
+    return expr
+
+
+def test_the_dashboard_timeline_and_evidence(fabric):
+    """The RDMA dashboard's state timeline shows each port's verdict (its value mapping names it) and
+    the evidence panels show the numbers that made it."""
+    vm, _ = fabric
+    wait_for(lambda: recorded_verdicts(vm) == {n: {v} for n, (v, _) in NODES.items()}, 40, "verdicts", every=0.5)
+    with open(os.path.join(ROOT, "deploy", "dashboards", "xtrace-rdma.json")) as f:
+        timeline = next(p for p in json.load(f)["panels"] if p["title"] == "Verdict per port")
+    names = {int(k): v["text"] for k, v in timeline["fieldConfig"]["defaults"]["mappings"][0]["options"].items()}
+    shown = {s["metric"]["node"]: names[int(float(s["value"][1]))]
+             for s in vm.query(dashboard_query("Verdict per port"))}
+    assert shown == {node: verdict for node, (verdict, _) in NODES.items()}
+    share = {(s["metric"]["node"], s["metric"]["priority"]): float(s["value"][1])
+             for s in vm.query(dashboard_query("Receive pause share per priority"))}
+    assert share[("node-pfc", "3")] == pytest.approx(0.301, rel=0.05)
+    assert share[("node-healthy", "3")] == pytest.approx(0.001, rel=0.05)
+    stalled = {s["metric"]["node"]: float(s["value"][1]) for s in vm.query(dashboard_query("PCIe outbound stalls (share of time)"))}
+    assert stalled == {"node-pcie": 0.4}
