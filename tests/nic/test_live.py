@@ -125,3 +125,22 @@ def test_pause_reader_reaches_the_kernel(veth):  # noqa: F811
             reader.read("xtgone0")
     finally:
         reader.close()
+
+
+def test_pause_reply_decoding():
+    """The reply layout of ETHTOOL_MSG_PAUSE_GET (uapi/linux/ethtool_netlink.h), as a driver with pause
+    statistics answers: header nest, autoneg/rx/tx, a stats nest with a pad attribute and two u64s.
+    (No NIC with pause statistics exists on the test machine, so the kernel's answer is built here.)"""
+    import struct
+
+    from xtrace_agent.nic import ethtool
+
+    def nla(kind, payload):
+        return struct.pack("=HH", 4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
+
+    stats = nla(1, b"") + nla(2, struct.pack("=Q", 7)) + nla(3, struct.pack("=Q", 1 << 40))
+    reply = (nla(1 | 0x8000, nla(1, struct.pack("=I", 3)) + nla(2, b"eth2\0")) + nla(2, b"\1") + nla(3, b"\1")
+             + nla(4, b"\1") + nla(5 | 0x8000, stats))
+    assert ethtool._pause_stats(reply) == {"tx": 7, "rx": 1 << 40}
+    with pytest.raises(EthtoolFailure, match="no pause statistics"):
+        ethtool._pause_stats(nla(2, b"\1"))  # a driver that fills no counter: the kernel sends no stats nest
