@@ -34,8 +34,9 @@ from xtrace_agent.collectors.rdma import RdmaCollector  # noqa: E402
 from xtrace_agent.config import AgentConfig  # noqa: E402
 from xtrace_agent.health import Health  # noqa: E402
 from xtrace_agent.nic import dump  # noqa: E402
+from xtrace_agent.nic.accounting import NicStats  # noqa: E402
 from xtrace_agent.nic.ethtool import EthtoolFailure, PauseReader, StatsReader  # noqa: E402
-from xtrace_agent.nic.source import NicStats, Target  # noqa: E402
+from xtrace_agent.nic.source import Target  # noqa: E402
 from xtrace_agent.ports import PortAccounting  # noqa: E402
 from xtrace_agent.samples import Report  # noqa: E402
 
@@ -108,7 +109,7 @@ class _Tables:
 def mapping_ms(tmp: str) -> float:
     src = NicStats(root=os.path.join(tmp, "sys"))
     src.close()
-    src._stats, src._pause = _Tables(), None  # the ioctl replaced by in-memory tables: mapping cost only
+    src.source._stats, src.source._pause = _Tables(), None  # the ioctl replaced by in-memory tables: mapping cost only
 
     def once():
         src.collect(TARGETS, Report(timestamp=0.0))

@@ -9,7 +9,8 @@ import pytest
 
 from tests.nic import dumps
 from xtrace_agent.nic import dump, names
-from xtrace_agent.nic.source import NicStats, Target
+from xtrace_agent.nic.accounting import NicStats
+from xtrace_agent.nic.source import Target
 from xtrace_agent.samples import Report
 
 P, D, T, S, X = (names.PAUSE_FRAMES, names.PAUSE_DURATION, names.PAUSE_TRANSITIONS, names.PAUSE_STORMS,

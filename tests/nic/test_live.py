@@ -13,8 +13,9 @@ import pytest
 from tests.conftest import need
 from tests.helpers.netns import VethPair, veth  # noqa: F401 (fixture)
 from xtrace_agent.nic import dump, names
+from xtrace_agent.nic.accounting import NicStats
 from xtrace_agent.nic.ethtool import EthtoolFailure, PauseReader, StatsReader
-from xtrace_agent.nic.source import NicStats, Target
+from xtrace_agent.nic.source import Target
 from xtrace_agent.samples import Report
 
 pytestmark = pytest.mark.kernel

@@ -1,13 +1,11 @@
-"""NIC statistics of the netdevs that carry RDMA ports (and of interfaces named in the config), as samples.
+"""The NIC source: per netdev and interval, the driver's `ethtool -S` table (live through the ioctl,
+or from a captured `DIR/<netdev>.txt` dump), the standard pause statistics (ethtool netlink, live
+only) and `carrier_changes` (sysfs), as raw readings (NicReading). nic/accounting.py makes samples.
 
-Per netdev and interval: the driver's `ethtool -S` table (live through the ioctl, or from a captured
-`DIR/<netdev>.txt` dump), the standard pause statistics (ethtool netlink, live only) and
-`carrier_changes` (sysfs). The table's names are mapped once per string set (nic.names.plan); every
-counter goes through the RDMA counters' CounterTracker, so what is pushed never goes backwards across
-a driver reload (a drop is a reset) and mlx5's 32-bit firmware counters are wrap-corrected.
-
-A netdev that cannot be read (gone, a driver without ethtool statistics or without pause statistics,
-no dump file) gives no series and one debug log line when it starts failing, not one per interval.
+Which netdevs: those of every RDMA port (rdma_targets: the GID table's, bond and VLAN members in their
+place, IPoIB) and those the config names. A netdev that cannot be read (gone, a driver without ethtool
+statistics or without pause statistics, no dump file) gives no reading of that part and one debug log
+line when it starts failing, not one per interval.
 """
 
 from __future__ import annotations
@@ -17,11 +15,9 @@ import os
 import time
 from typing import NamedTuple
 
-from xtrace_agent.nic import dump, names
+from xtrace_agent.nic import dump
 from xtrace_agent.nic.ethtool import EthtoolFailure, PauseReader, StatsReader, sysfs_counter
 from xtrace_agent.rdma import sysfs
-from xtrace_agent.rdma.counters import CounterTracker
-from xtrace_agent.samples import Report, Sample
 
 log = logging.getLogger("xtrace_agent.nic")
 
@@ -71,22 +67,28 @@ def rdma_targets(root: str, device: str, port: int) -> list[Target]:
     return out
 
 
-class NicStats:
-    """Reads the NIC statistics of a list of targets into a Report, one interval at a time."""
+class NicReading(NamedTuple):
+    """One netdev's raw statistics at one time; a part that could not be read is None."""
 
-    def __init__(self, root: str = "/sys", ethtool_dir: str | None = None,
-                 raw: names.RawSelection = names.NO_RAW, clock=time.time):
+    target: Target
+    timestamp: float
+    table: dump.Table | None
+    pause: dict[str, int] | None  # {"rx": frames, "tx": frames}
+    carrier_changes: int | None
+
+
+class NicSource:
+    """Reads the NIC statistics of the targets it is handed, one interval at a time."""
+
+    def __init__(self, root: str = "/sys", ethtool_dir: str | None = None, clock=time.time):
         self.root = root
         self.ethtool_dir = ethtool_dir
-        self.raw = raw
         self.clock = clock
-        self.tracker = CounterTracker()
         self._stats = StatsReader() if ethtool_dir is None else None
         self._pause = PauseReader() if ethtool_dir is None else None
         self._pause_off: dict[str, float] = {}
-        self._plans: dict[tuple[str, ...], names.Plan] = {}
         self._failing: dict[tuple[str, str], str] = {}
-        self.errors = 0  # things that started failing (the caller counts them as collector errors)
+        self.errors = 0  # parts that started failing (the caller counts them as collector errors)
 
     def close(self) -> None:
         for r in (self._stats, self._pause):
@@ -100,14 +102,15 @@ class NicStats:
             log.debug("nic %s: no %s (%s)", netdev, what, why)
             self.errors += 1
 
-    def collect(self, targets: list[Target], report: Report) -> None:
+    def read(self, targets: list[Target]) -> list[NicReading]:
         failing: dict[tuple[str, str], str] = {}
+        out = []
         for target in targets:
-            try:
-                self._one(target, report, failing)
-            except EthtoolFailure as e:
-                self._fails(target.netdev, "statistics", e.why, failing)
+            reading = self._one(target, failing)
+            if reading.table is not None:
+                out.append(reading)
         self._failing = failing
+        return out
 
     def _table(self, netdev: str) -> dump.Table:
         if self.ethtool_dir is not None:
@@ -117,59 +120,35 @@ class NicStats:
             return table
         return self._stats.read(netdev)
 
-    def _plan(self, table: dump.Table) -> names.Plan:
-        plan = self._plans.get(table.names)
-        if plan is None:
-            if len(self._plans) > 64:  # string sets change rarely; never let renames grow this
-                self._plans.clear()
-            plan = self._plans[table.names] = names.plan(table.names, self.raw)
-        return plan
-
-    def _one(self, target: Target, report: Report, failing: dict) -> None:
+    def _one(self, target: Target, failing: dict) -> NicReading:
         t0 = self.clock()
-        table = self._table(target.netdev)
-        ts = (t0 + self.clock()) / 2
-        base = target.labels()
-        out = report.samples
-        values = table.values
-        for entry in self._plan(table).named:
-            raw = values[entry.index]
-            labels = {**base, **dict(entry.labels)}
-            if entry.gauge:
-                out.append(Sample(entry.metric, labels, raw * entry.scale, ts))
-                continue
-            value = self.tracker.update((target.netdev, entry.stat), raw, entry.width).value
-            if value is not None:
-                out.append(Sample(entry.metric, labels, value * entry.scale, ts))
-        for index, stat in self._plan(table).raw:
-            out.append(Sample(names.RAW, {**base, "stat": stat}, values[index], ts))
-        self._carrier(target, base, out, failing)
-        self._standard_pause(target, base, out, failing)
-
-    def _carrier(self, target: Target, base: dict, out: list, failing: dict) -> None:
-        raw = sysfs_counter(self.root, target.netdev, "carrier_changes")
-        if raw is None:
-            self._fails(target.netdev, "carrier_changes", "unreadable", failing)
-            return
-        value = self.tracker.update((target.netdev, "carrier_changes"), raw, names.W64).value
-        out.append(Sample(names.CARRIER_CHANGES, dict(base), value, self.clock()))
-
-    def _standard_pause(self, target: Target, base: dict, out: list, failing: dict) -> None:
-        if self._pause is None:
-            return
-        now = time.monotonic()
-        off = self._pause_off.get(target.netdev)
-        if off is not None and now - off < PAUSE_RETRY_SECONDS:
-            failing[(target.netdev, "pause statistics")] = self._failing.get((target.netdev, "pause statistics"), "")
-            return
         try:
-            frames = self._pause.read(target.netdev)
+            table = self._table(target.netdev)
         except EthtoolFailure as e:
-            self._pause_off[target.netdev] = now
-            self._fails(target.netdev, "pause statistics", e.why, failing)
-            return
-        self._pause_off.pop(target.netdev, None)
-        ts = self.clock()
-        for direction, raw in sorted(frames.items()):
-            value = self.tracker.update((target.netdev, f"standard_pause_{direction}"), raw, names.W64).value
-            out.append(Sample(names.STANDARD_PAUSE, {**base, "direction": direction}, value, ts))
+            self._fails(target.netdev, "statistics", e.why, failing)
+            table = None
+        ts = (t0 + self.clock()) / 2
+        if table is None:
+            return NicReading(target, ts, None, None, None)  # gone, not in the bundle, or nothing to read
+        carrier = sysfs_counter(self.root, target.netdev, "carrier_changes")
+        if carrier is None:
+            self._fails(target.netdev, "carrier_changes", "unreadable", failing)
+        return NicReading(target, ts, table, self._standard_pause(target.netdev, failing), carrier)
+
+    def _standard_pause(self, netdev: str, failing: dict) -> dict[str, int] | None:
+        if self._pause is None:
+            return None
+        now = time.monotonic()
+        key = (netdev, "pause statistics")
+        off = self._pause_off.get(netdev)
+        if off is not None and now - off < PAUSE_RETRY_SECONDS:
+            failing[key] = self._failing.get(key, "")
+            return None
+        try:
+            frames = self._pause.read(netdev)
+        except EthtoolFailure as e:
+            self._pause_off[netdev] = now
+            self._fails(netdev, "pause statistics", e.why, failing)
+            return None
+        self._pause_off.pop(netdev, None)
+        return frames
