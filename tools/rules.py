@@ -57,12 +57,13 @@ class Timing:
     long_for: str = "10m"      # rates must last before they page
     cnp_per_second: int = 1000
     verdict_for: str = "10m"   # a port's verdict must hold this long before it pages
+    verdict_rate: str = "1m"   # the verdicts' rate window
 
 
 TIMINGS = {"production": Timing(),
            # windows of several intervals (0.5 s in the tests), so that a loaded machine's late samples still land in them
            "fast": Timing(rate="2s", interval="1s", push_age=8, history="1h", window="5s", flap_window="6s",
-                          long_for="0s", cnp_per_second=100, verdict_for="4s")}
+                          long_for="0s", cnp_per_second=100, verdict_for="4s", verdict_rate="5s")}
 
 
 def recording_rules(t: Timing) -> list[dict]:
@@ -187,7 +188,7 @@ VERDICT_SUMMARY = {
 def verdict_rules(t: Timing) -> list[dict]:
     """One verdict per RDMA port (xtrace_agent/verdicts.py: conditions, thresholds, precedence), the
     conditions that hold, and the evidence behind them, for the state timeline and `xtrace fabric`."""
-    r = t.rate
+    r = t.verdict_rate
     rules = [{"record": f"node_port:xtrace_{name}:{r}", "expr": expr}
              for name, expr in verdicts.evidence(r).items()]
     for name, expr in verdicts.conditions(r).items():
@@ -207,7 +208,7 @@ def verdict_alerts(t: Timing) -> list[dict]:
     for name in verdicts.ORDER:
         camel = "".join(part.capitalize() for part in name.split("_"))
         out.append({
-            "alert": f"XTraceRdmaPort{camel}", "expr": verdicts.verdict(name, t.rate), "for": t.verdict_for,
+            "alert": f"XTraceRdmaPort{camel}", "expr": verdicts.verdict(name, t.verdict_rate), "for": t.verdict_for,
             "labels": {"severity": "critical" if name == "link_degraded" else "warning", "verdict": name},
             "annotations": {
                 "summary": f"{{{{ $labels.node }}}} {{{{ $labels.device }}}}/{{{{ $labels.port }}}}: {VERDICT_SUMMARY[name]}",

@@ -10,6 +10,7 @@ line when it starts failing, not one per interval.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import time
@@ -57,14 +58,55 @@ def lower_netdevs(root: str, netdev: str, depth: int = 0) -> list[str]:
     return out
 
 
-def rdma_targets(root: str, device: str, port: int) -> list[Target]:
-    """The netdevs of one RDMA port (the GID table's for RoCE, IPoIB for InfiniBand), bond members included."""
+def rdma_targets(root: str, device: str, port: int, netdevs: tuple[str, ...] | None = None) -> list[Target]:
+    """The netdevs of one RDMA port (the GID table's for RoCE, IPoIB for InfiniBand; `netdevs` if the
+    caller has them already), bond and VLAN members in their place."""
     out: list[Target] = []
-    for netdev in sysfs.netdevs(root, device, port):
+    for netdev in sysfs.netdevs(root, device, port) if netdevs is None else netdevs:
         for lower in lower_netdevs(root, netdev):
             if all(t.netdev != lower for t in out):
                 out.append(Target(lower, device, str(port)))
     return out
+
+
+def config_targets(root: str, names: tuple[str, ...], taken: set[str]) -> list[Target]:
+    """The interfaces the config names (globs match /sys/class/net), less those an RDMA port claims."""
+    out: list[Target] = []
+    try:
+        present = sorted(os.listdir(os.path.join(root, "class", "net")))
+    except OSError:
+        present = []
+    for spec in names:
+        matched = fnmatch.filter(present, spec) if any(c in spec for c in "*?[") else [spec]
+        out.extend(Target(n) for n in matched if n not in taken and all(t.netdev != n for t in out))
+    return out
+
+
+def listing(root: str, ethtool_dir: str | None, interfaces: tuple[str, ...]) -> list[str]:
+    """`xtrace-agent -l`: each netdev whose NIC statistics rdma/nccl mode reads, and what it reads."""
+    from xtrace_agent.nic import names
+    targets: list[Target] = []
+    for device in sysfs.devices(root):
+        for port in sysfs.ports(root, device):
+            targets += [t for t in rdma_targets(root, device, port) if t not in targets]
+    targets += config_targets(root, interfaces, {t.netdev for t in targets})
+    source = NicSource(root, ethtool_dir)
+    lines = []
+    try:
+        for target in targets:
+            where = f" ({target.device} port {target.port})" if target.device else ""
+            reading = source.read([target])
+            if not reading:
+                lines.append(f"{target.netdev}{where}: no statistics")
+                continue
+            table = reading[0].table
+            plan = names.plan(table.names)
+            metrics = sorted({e.metric for e in plan.named})
+            lines.append(f"{target.netdev}{where}: {len(table.names)} statistics, {len(plan.named)} named series "
+                         f"({', '.join(m.removeprefix('xtrace_nic_') for m in metrics) or 'none'})")
+    finally:
+        source.close()
+    return lines
 
 
 class NicReading(NamedTuple):
