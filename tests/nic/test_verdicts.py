@@ -4,7 +4,7 @@ Synthetic nodes, one RDMA port each, are written straight into VictoriaMetrics e
 would push them (counters that start at lifetime totals and move at known rates): one per condition,
 two that show the precedence (link errors with transport errors is link_degraded; a PCIe stall with
 back-pressure is pcie_stall), and a healthy one with the normal background of a busy RoCE port. The rules
-are the shipped ones rendered with `tools/rules.py --timing fast` (5 s windows for the verdicts, 4 s
+are the shipped ones rendered with `tools/rules.py --timing fast` (5 s windows for the verdicts, 8 s
 `for:`): on a loaded machine the newest 2-3 s of samples are not searchable yet, so the windows must be
 longer than that.
 """
