@@ -145,3 +145,40 @@ def test_pause_reply_decoding():
     assert ethtool._pause_stats(reply) == {"tx": 7, "rx": 1 << 40}
     with pytest.raises(EthtoolFailure, match="no pause statistics"):
         ethtool._pause_stats(nla(2, b"\1"))  # a driver that fills no counter: the kernel sends no stats nest
+
+
+def test_names_reread_when_the_driver_count_changes():
+    """Channels changed with `ethtool -L` change a veth's statistics table (fewer, then more queues):
+    the names are read again, and only then, and what is read stays equal to `ethtool -S`."""
+    import uuid
+
+    from tests.helpers.netns import _kernel_ready, ip, run_in_netns
+
+    _kernel_ready()
+    need(shutil.which("ethtool") is not None, "ethtool is not installed (Makefile APT_PACKAGES)")
+    ns = f"xtnic{uuid.uuid4().hex[:6]}"
+    ip("netns", "add", ns)
+    try:
+        ip("-n", ns, "link", "add", "vq0", "numrxqueues", "4", "numtxqueues", "4", "type", "veth", "peer", "name",
+           "vq1", "numrxqueues", "4", "numtxqueues", "4")
+
+        def in_ns():
+            reader = StatsReader()
+            seen = []
+            try:
+                for channels in (None, "2", "4", "4"):
+                    if channels:
+                        subprocess.run(["ethtool", "-L", "vq0", "rx", channels, "tx", channels], check=True,
+                                       capture_output=True)
+                    ours, theirs = stable_read(reader, "vq0")
+                    assert ours == theirs
+                    seen.append((len(ours.names), reader.name_reads))
+            finally:
+                reader.close()
+            return seen
+        sizes = run_in_netns(ns, in_ns)
+    finally:
+        ip("netns", "del", ns, check=False)
+    (n4, _), (n2, _), _, _ = sizes
+    assert n2 < n4
+    assert sizes == [(n4, 1), (n2, 2), (n4, 3), (n4, 3)]
