@@ -269,10 +269,10 @@ def verdict_row(port: str, by: str):
 
 def nic_row(port: str, by: str):
     """The NIC statistics behind the verdicts (nccl mode: the ethtool statistics of each port's netdevs)."""
-    def nic(metric: str, *matchers: str) -> str:
-        return metric + port[:-1] + "".join(f", {m}" for m in matchers) + "}"
+    def nic(metric: data.DataMetric, *matchers: str) -> str:
+        return metric.name + port[:-1] + "".join(f", {m}" for m in matchers) + "}"
     label = "{{node}} {{device}}/{{port}}"
-    rx_pause = nic("xtrace_nic_pause_duration_seconds_total", 'direction="rx"')
+    rx_pause = nic(data.NIC_PAUSE_DURATION, 'direction="rx"')
     return ("NIC evidence", [
         series("Receive pause share per priority", "percentunit",
                q(f"max by ({by}, priority) (rate({rx_pause}[{RATE}]))",
@@ -280,20 +280,20 @@ def nic_row(port: str, by: str):
                description="Seconds per second the peer held this port with PFC (rx_prioN_pause_duration): "
                            "pfc_blocking above 5% without ECN marks."),
         series("Pause frames per second", "short",
-               q(f"sum by ({by}, direction) (rate({nic('xtrace_nic_pause_frames_total')}[{RATE}]))",
+               q(f"sum by ({by}, direction) (rate({nic(data.NIC_PAUSE_FRAMES)}[{RATE}]))",
                  label + " {{direction}}"),
                description="rx: the fabric pushes back; tx: this host cannot drain its receive buffer."),
         series("NIC discards per second by cause", "short",
-               q(f"sum by ({by}, cause) (rate({nic('xtrace_nic_discards_total')}[{RATE}]))", label + " {{cause}}"),
+               q(f"sum by ({by}, cause) (rate({nic(data.NIC_DISCARDS)}[{RATE}]))", label + " {{cause}}"),
                description="rx_discards_phy (port_buffer), rx_out_of_buffer, per-priority and PCIe buffer drops."),
         series("Link errors (per interval)", "short",
-               q(f"sum by ({by}) (increase({nic('xtrace_nic_symbol_errors_total')}[{RATE}]))", label + " symbol errors"),
-               q(f"sum by ({by}) (increase({nic('xtrace_nic_link_down_events_total')}[{RATE}]))", label + " link downs"),
-               q(f"sum by ({by}) (increase({nic('xtrace_nic_carrier_changes_total')}[{RATE}]))", label + " carrier changes"),
-               q(f"sum by ({by}) (rate({nic('xtrace_nic_fec_corrected_bits_total')}[{RATE}]))", label + " FEC-corrected bits/s"),
+               q(f"sum by ({by}) (increase({nic(data.NIC_SYMBOL_ERRORS)}[{RATE}]))", label + " symbol errors"),
+               q(f"sum by ({by}) (increase({nic(data.NIC_LINK_DOWN)}[{RATE}]))", label + " link downs"),
+               q(f"sum by ({by}) (increase({nic(data.NIC_CARRIER_CHANGES)}[{RATE}]))", label + " carrier changes"),
+               q(f"sum by ({by}) (rate({nic(data.NIC_FEC_CORRECTED_BITS)}[{RATE}]))", label + " FEC-corrected bits/s"),
                width=12),
         series("PCIe outbound stalls (share of time)", "percentunit",
-               q(f"max by ({by}, kind) ({nic('xtrace_nic_pcie_stalled_ratio')})", label + " {{kind}}"),
+               q(f"max by ({by}, kind) ({nic(data.NIC_PCIE_STALLED)})", label + " {{kind}}"),
                description="outbound_pci_stalled_rd/wr: the NIC had PCIe requests it could not issue (no credits)."),
     ])
 

@@ -219,3 +219,26 @@ def test_a_driver_reload_never_goes_backwards(tmp_path):
     assert [s[X] for s in seen] == [4294967000, 4294967000 + 496, 4294967000 + 596, 4294967000 + 606]
     assert [s[names.CARRIER_CHANGES] for s in seen] == [3, 5, 6, 7]
     assert os.path.exists(sysdir / "carrier_changes")
+
+
+def test_every_sample_is_a_defined_nic_metric_with_its_labels(tmp_path):
+    """Every NIC sample is a data metric of source `nic` carrying the labels datametrics.py declares, and
+    every such metric is produced by some driver's dump (the standard pause statistics only come live:
+    tests/nic/test_live.py decodes them)."""
+    from xtrace_agent import datametrics as dm
+    (tmp_path / "sys" / "class" / "net" / "eth2").mkdir(parents=True)
+    (tmp_path / "sys" / "class" / "net" / "eth2" / "carrier_changes").write_text("3\n")
+    seen = set()
+    for stats in (dumps.mlx5("6.8", pfc=(3,), global_pause=True), dumps.bnxt(), dumps.ice()):
+        d = tmp_path / "ethtool"
+        d.mkdir(exist_ok=True)
+        (d / "eth2.txt").write_text(dumps.render(stats))
+        src = NicStats(root=str(tmp_path / "sys"), ethtool_dir=str(d), raw=names.RawSelection(include=("*",)))
+        for target in (Target("eth2", "mlx5_0", "1"), Target("eth2")):
+            report = Report(timestamp=0.0)
+            src.collect([target], report)
+            for s in report.samples:
+                metric = dm.BY_NAME[s.name]
+                assert metric.source == "nic" and metric.allows(s.labels), s
+                seen.add(s.name)
+    assert seen == {m.name for m in dm.BY_NAME.values() if m.source == "nic"} - {dm.NIC_STANDARD_PAUSE.name}

@@ -21,27 +21,24 @@ import fnmatch
 import re
 from typing import NamedTuple
 
+from xtrace_agent import datametrics as dm
 from xtrace_agent.rdma.counters import Width
 
-# The named metrics (documented in docs/nic-metrics.md).
-PAUSE_FRAMES = "xtrace_nic_pause_frames_total"
-PAUSE_DURATION = "xtrace_nic_pause_duration_seconds_total"
-PAUSE_TRANSITIONS = "xtrace_nic_pause_transitions_total"
-PAUSE_STORMS = "xtrace_nic_pause_storm_events_total"
-DISCARDS = "xtrace_nic_discards_total"
-PCIE_STALLED = "xtrace_nic_pcie_stalled_ratio"
-PCIE_STALLED_SECONDS = "xtrace_nic_pcie_stalled_seconds_total"
-FEC_CORRECTED_BITS = "xtrace_nic_fec_corrected_bits_total"
-FEC_BLOCKS = "xtrace_nic_fec_blocks_total"
-SYMBOL_ERRORS = "xtrace_nic_symbol_errors_total"
-LINK_DOWN = "xtrace_nic_link_down_events_total"
-CARRIER_CHANGES = "xtrace_nic_carrier_changes_total"
-STANDARD_PAUSE = "xtrace_nic_standard_pause_frames_total"
-RAW = "xtrace_nic_stat"
-
-NAMED_METRICS = (PAUSE_FRAMES, PAUSE_DURATION, PAUSE_TRANSITIONS, PAUSE_STORMS, DISCARDS, PCIE_STALLED,
-                 PCIE_STALLED_SECONDS, FEC_CORRECTED_BITS, FEC_BLOCKS, SYMBOL_ERRORS, LINK_DOWN,
-                 CARRIER_CHANGES, STANDARD_PAUSE)
+# The named metrics: defined in datametrics.py (documented in docs/nic-metrics.md).
+PAUSE_FRAMES = dm.NIC_PAUSE_FRAMES.name
+PAUSE_DURATION = dm.NIC_PAUSE_DURATION.name
+PAUSE_TRANSITIONS = dm.NIC_PAUSE_TRANSITIONS.name
+PAUSE_STORMS = dm.NIC_PAUSE_STORMS.name
+DISCARDS = dm.NIC_DISCARDS.name
+PCIE_STALLED = dm.NIC_PCIE_STALLED.name
+PCIE_STALLED_SECONDS = dm.NIC_PCIE_STALLED_SECONDS.name
+FEC_CORRECTED_BITS = dm.NIC_FEC_CORRECTED_BITS.name
+FEC_BLOCKS = dm.NIC_FEC_BLOCKS.name
+SYMBOL_ERRORS = dm.NIC_SYMBOL_ERRORS.name
+LINK_DOWN = dm.NIC_LINK_DOWN.name
+CARRIER_CHANGES = dm.NIC_CARRIER_CHANGES.name
+STANDARD_PAUSE = dm.NIC_STANDARD_PAUSE.name
+RAW = dm.NIC_STAT.name
 
 W64 = Width(64)
 W32 = Width(32, wraps=True)  # mlx5 copies these from 32-bit firmware fields: a drop is a wrap
