@@ -22,7 +22,7 @@ from xtrace_agent.rdma import sysfs
 
 log = logging.getLogger("xtrace_agent.nic")
 
-# A driver without pause statistics is asked again this rarely (a netlink round trip costs ~0.7 ms).
+# A driver without pause statistics is asked again this rarely, not every interval.
 PAUSE_RETRY_SECONDS = 60.0
 
 
