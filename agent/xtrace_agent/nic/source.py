@@ -22,8 +22,10 @@ from xtrace_agent.rdma import sysfs
 
 log = logging.getLogger("xtrace_agent.nic")
 
-# A driver without pause statistics is asked again this rarely, not every interval.
-PAUSE_RETRY_SECONDS = 60.0
+# A netdev that is not there (or has no ethtool statistics), and a driver without pause statistics, are
+# asked again this rarely, not every interval: a failing ioctl and its exception cost more than a read.
+RETRY_SECONDS = 60.0
+ABSENT = ("no such interface", "driver has no such statistics")  # not a transient: the table changing
 
 
 class Target(NamedTuple):
@@ -129,6 +131,7 @@ class NicSource:
         self._stats = StatsReader() if ethtool_dir is None else None
         self._pause = PauseReader() if ethtool_dir is None else None
         self._pause_off: dict[str, float] = {}
+        self._absent: dict[str, float] = {}
         self._failing: dict[tuple[str, str], str] = {}
         self.errors = 0  # parts that started failing (the caller counts them as collector errors)
 
@@ -164,9 +167,17 @@ class NicSource:
 
     def _one(self, target: Target, failing: dict) -> NicReading:
         t0 = self.clock()
+        key = (target.netdev, "statistics")
+        absent = self._absent.get(target.netdev)
+        if absent is not None and time.monotonic() - absent < RETRY_SECONDS:
+            failing[key] = self._failing.get(key, "")
+            return NicReading(target, t0, None, None, None)
         try:
             table = self._table(target.netdev)
+            self._absent.pop(target.netdev, None)
         except EthtoolFailure as e:
+            if self.ethtool_dir is None and e.why in ABSENT:  # a dump file is cheap to look for: every interval
+                self._absent[target.netdev] = time.monotonic()
             self._fails(target.netdev, "statistics", e.why, failing)
             table = None
         ts = (t0 + self.clock()) / 2
@@ -183,7 +194,7 @@ class NicSource:
         now = time.monotonic()
         key = (netdev, "pause statistics")
         off = self._pause_off.get(netdev)
-        if off is not None and now - off < PAUSE_RETRY_SECONDS:
+        if off is not None and now - off < RETRY_SECONDS:
             failing[key] = self._failing.get(key, "")
             return None
         try:
