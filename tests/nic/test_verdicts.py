@@ -248,6 +248,9 @@ def test_the_cli_without_data_or_database(tmp_path):
             r = xtrace(vm.url, *args)
             assert r.returncode == 2 and r.stdout == ""
             assert r.stderr.count("\n") == 1 and "no XTrace data" in r.stderr, r.stderr
+        # something answers, but not VictoriaMetrics' query API: the refusal in one line, exit 1
+        r = xtrace(vm.url + "/no-such-prefix", "fabric")
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and "refused the query: HTTP 4" in r.stderr, r.stderr
     finally:
         vm.stop()
     r = xtrace(vm.url, "fabric")
