@@ -108,3 +108,20 @@ def test_listing_and_bad_ethtool_dir(tmp_path):
     assert "ib0 (mlx5_0 port 1): no statistics" in nic
     r = _run("-m", "nccl", "--sysfs", root, "--ethtool-dir", str(tmp_path / "nowhere"), "--count", "1")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--ethtool-dir" in r.stderr
+
+
+def test_without_pyroute2_the_rdma_counters_go_on(tmp_path):
+    """An image or host without pyroute2 (a package shadowing it that fails to import, first on the
+    path): one warning line, no NIC series, the RDMA port counters exactly as always."""
+    root, _ = _bundle(tmp_path)
+    shadow = tmp_path / "shadow" / "pyroute2"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('not installed here')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "shadow")}
+    r = subprocess.run([BINARY, "-m", "nccl", "--sysfs", root, "--count", "1", "--output", "json", "--http-listen", ""],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    assert len([line for line in r.stderr.splitlines() if "NIC statistics off" in line]) == 1
+    assert "pyroute2 cannot be imported" in r.stderr and "Traceback" not in r.stderr
+    doc = json.loads(r.stdout)
+    assert not _nic(doc) and any(s["name"] == "xtrace_rdma_port_transmit_bytes_total" for s in doc["samples"])

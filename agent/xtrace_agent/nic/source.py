@@ -128,8 +128,14 @@ class NicSource:
         self.root = root
         self.ethtool_dir = ethtool_dir
         self.clock = clock
-        self._stats = StatsReader() if ethtool_dir is None else None
-        self._pause = PauseReader() if ethtool_dir is None else None
+        self._stats = self._pause = None
+        self.off: str | None = None  # why no live statistics can be read at all
+        if ethtool_dir is None:
+            try:
+                self._stats, self._pause = StatsReader(), PauseReader()
+            except (EthtoolFailure, OSError) as e:
+                self.off = getattr(e, "why", None) or str(e)
+                log.warning("NIC statistics off: %s", self.off)
         self._pause_off: dict[str, float] = {}
         self._absent: dict[str, float] = {}
         self._failing: dict[tuple[str, str], str] = {}
@@ -148,6 +154,8 @@ class NicSource:
             self.errors += 1
 
     def read(self, targets: list[Target]) -> list[NicReading]:
+        if self.off:
+            return []
         failing: dict[tuple[str, str], str] = {}
         out = []
         for target in targets:
