@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -23,9 +22,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from xtrace_agent import verdicts
+from xtrace_agent import environ, verdicts
 
-DEFAULT_URL = "http://127.0.0.1:8428"
+DEFAULT_URL = environ.URL.default
 _DURATION = re.compile(r"^\d+[smhd]$")
 PORT_LABELS = ("cluster", "node", "device", "port")
 
@@ -201,10 +200,16 @@ def _duration(value: str) -> str:
     return value
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return int(value)
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="xtrace", description="Ask VictoriaMetrics what XTrace saw.")
-    p.add_argument("--url", default=os.environ.get("XTRACE_URL", DEFAULT_URL),
-                   help=f"VictoriaMetrics URL (env XTRACE_URL; default {DEFAULT_URL})")
+    p.add_argument("--url", default=environ.URL.get(),
+                   help=f"VictoriaMetrics URL (env {environ.URL.name}; default {DEFAULT_URL})")
     p.add_argument("--output", choices=("text", "json"), default="text")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     f = sub.add_parser("fabric", help="each RDMA port's verdict and the numbers behind it, worst first")
@@ -212,7 +217,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--since", type=_duration, default="15m", help="the window judged (default 15m)")
     t = sub.add_parser("top", help="top talkers and RDMA ports by throughput")
     t.add_argument("--since", type=_duration, default="5m")
-    t.add_argument("--limit", type=int, default=10)
+    t.add_argument("--limit", type=_positive, default=10, help="rows per table (default 10)")
     return p
 
 
