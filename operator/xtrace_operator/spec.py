@@ -152,6 +152,7 @@ SPEC = Field("object", "What to monitor, where, and where to send the metrics.",
      "spec.devices: only rdma and nccl modes read RDMA devices"),
     ("self.mode == 'xdp' || !has(self.xdp)", "spec.xdp: only valid in xdp mode"),
     ("self.mode != 'xdp' || !has(self.nic)", "spec.nic: only valid in rdma and nccl modes"),
+    ("self.mode != 'xdp' || !has(self.rdma)", "spec.rdma: only valid in rdma and nccl modes"),
 ), properties={
     "mode": agent.SCHEMA["mode"],
     "interfaces": _names('Network interfaces (names or shell globs such as "ens*") to attach XDP to. xdp mode '
@@ -168,6 +169,10 @@ SPEC = Field("object", "What to monitor, where, and where to send the metrics.",
                   "node).", bounds=(1024, 65535), default=DEFAULT_PORT),
     "xdp": agent.SCHEMA["xdp"],
     "nic": agent.SCHEMA["nic"],
+    # the agent's rdma section without its socket path: the operator mounts the kubelet's directory
+    # where the agent looks by default
+    "rdma": Field("object", "RDMA device options. rdma and nccl modes only.",
+                  properties={"podAttribution": agent.RDMA["podAttribution"]}),
     "victoriaMetrics": VICTORIA_METRICS,
     "image": _string("Agent image.", default=DEFAULT_IMAGE, pattern=r"^\S+$", what="an image reference"),
     "imagePullPolicy": Field("string", enum=PULL_POLICIES, default="IfNotPresent"),
