@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := python3-bpfcc python3-numpy python3-yaml python3-venv libbpf1 linux-headers-amd64 bpftool iproute2 victoria-metrics openssl xz-utils util-linux python3-matplotlib
+APT_PACKAGES := python3-bpfcc python3-numpy python3-yaml python3-venv libbpf1 linux-headers-amd64 bpftool iproute2 victoria-metrics openssl xz-utils util-linux python3-matplotlib ethtool
 STAMP := $(VENV)/.xtrace-installed
 
 .PHONY: setup test bench lint demo clean
@@ -72,6 +72,12 @@ demo: setup vm
 .PHONY: crd
 crd: setup
 	$(PY) tools/crd.py
+
+# The kubelet pod-resources stubs are committed (the agent's image needs no compiler); this
+# regenerates them from agent/xtrace_agent/owners/api.proto, tests/owners/test_stubs.py checks them.
+.PHONY: podresources-stubs
+podresources-stubs: setup
+	cd agent && ../$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. xtrace_agent/owners/api.proto
 
 # deploy/dashboards/*.json and deploy/rules/ are generated: edit tools/dashboards.py or tools/rules.py, then this.
 .PHONY: dashboards

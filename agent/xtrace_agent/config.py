@@ -17,12 +17,18 @@ import yaml
 
 from xtrace_agent import environ
 from xtrace_agent.errors import UsageError
-from xtrace_agent.fields import Field, FieldError, http_url, label_names
+from xtrace_agent.fields import IFACE_PATTERN, Field, FieldError, http_url, label_names
+from xtrace_agent.owners.podresources import DEFAULT_SOCKET as DEFAULT_POD_RESOURCES_SOCKET
 
 MODES = ("xdp", "rdma", "nccl")
 ATTACH_MODES = ("auto", "native", "generic")
 DIRECTIONS = ("ingress", "egress")  # what interfaces receive (XDP), what they send (TC egress)
 OUTPUTS = ("text", "json", "none")  # none: nothing on stdout (a DaemonSet's log stays small)
+# A driver statistic's name or an fnmatch pattern of names (nic.rawInclude, nic.rawExclude): printable
+# ASCII, no leading blank, at most 64 characters (ethtool's ETH_GSTRING_LEN is 32).
+STAT_PATTERN = r"^[\x21-\x7e][\x20-\x7e]{0,63}$"
+MAX_STAT_PATTERNS = 256  # per list (nic.rawInclude, nic.rawExclude)
+MAX_NIC_INTERFACES = 64  # nic.interfaces, as spec.interfaces
 
 # Defaults, with the reasoning that picked them (see README "Sizing").
 DEFAULT_INTERVAL = 5.0
@@ -73,6 +79,23 @@ class XdpConfig:
 
 
 @dataclass(frozen=True)
+class NicConfig:
+    """NIC statistics (rdma and nccl modes; docs/nic-metrics.md): netdevs read beside the RDMA ports'
+    own, and the raw table's selection (fnmatch patterns; nothing by default, per-queue only on request)."""
+    interfaces: tuple[str, ...] = ()
+    raw_include: tuple[str, ...] = ()
+    raw_exclude: tuple[str, ...] = ()
+    raw_per_queue: bool = False
+
+
+@dataclass(frozen=True)
+class RdmaConfig:
+    # label each held device's series with its pod, asked of the kubelet (docs/pod-attribution.md)
+    pod_attribution: bool = False
+    pod_resources_socket: str = DEFAULT_POD_RESOURCES_SOCKET
+
+
+@dataclass(frozen=True)
 class BasicAuth:
     username: str = ""
     username_file: str | None = None
@@ -105,11 +128,14 @@ class AgentConfig:
     count: int | None = None
     output: str = "text"
     sysfs: str = "/sys"
+    ethtool_dir: str | None = None  # captured `ethtool -S` dumps (DIR/<netdev>.txt) instead of the live NICs
+    nic: NicConfig = field(default_factory=NicConfig)
     node: str = ""
     monitor: str = ""
     namespace: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     xdp: XdpConfig = field(default_factory=XdpConfig)
+    rdma: RdmaConfig = field(default_factory=RdmaConfig)
     remote_write: tuple[RemoteWriteTarget, ...] = ()
     queue_samples: int = DEFAULT_QUEUE_SAMPLES
     spool: SpoolConfig = field(default_factory=SpoolConfig)
@@ -179,11 +205,44 @@ def parse_directions(v: Any) -> tuple[str, ...]:
     return XDP["directions"].parse(v)
 
 
+_N = NicConfig()
+
+
+def _stat_patterns(description: str, attr: str) -> Field:
+    return Field("array", description, max_items=MAX_STAT_PATTERNS, attr=attr,
+                 items=Field("string", pattern=STAT_PATTERN, what="a statistic name or pattern"))
+
+
+NIC: dict[str, Field] = {
+    "interfaces": Field("array", "Network interfaces (names or shell globs) whose NIC statistics are read beside "
+                        "the RDMA ports' own netdevs (which are always read).",
+                        max_items=MAX_NIC_INTERFACES, unique=True, attr="interfaces",
+                        items=Field("string", pattern=IFACE_PATTERN, what="an interface name or glob")),
+    "rawInclude": _stat_patterns("Driver statistics (ethtool -S names or shell patterns such as \"rx_*_phy\") "
+                                 "exported raw as xtrace_nic_stat{stat=...}. Empty: none (the named NIC metrics "
+                                 "are always exported).", "raw_include"),
+    "rawExclude": _stat_patterns("Statistics (names or patterns) left out of the raw table even when rawInclude "
+                                 "selects them.", "raw_exclude"),
+    "rawPerQueue": Field("boolean", "Let rawInclude select per-queue statistics (rx12_packets, ch3_...); mlx5 "
+                         "reports hundreds per port, so they are never raw by default.", default=_N.raw_per_queue,
+                         attr="raw_per_queue"),
+}
+
 _S = SpoolConfig()
 SPOOL: dict[str, Field] = {
     "path": Field("string", attr="path"),
     "maxBytes": Field("integer", "Spool size bound; 0 disables the spool.", default=_S.max_bytes,
                       bounds=BOUNDS["spool.maxBytes"], attr="max_bytes"),
+}
+
+_R = RdmaConfig()
+RDMA: dict[str, Field] = {
+    "podAttribution": Field("boolean", "Label each device a pod holds (an SR-IOV VF, a whole HCA) with its namespace, "
+                            "pod, container and resource, from the kubelet's pod-resources API. rdma and nccl "
+                            "modes only; the operator mounts the node's /var/lib/kubelet/pod-resources read-only "
+                            "for it.", default=_R.pod_attribution, attr="pod_attribution"),
+    "podResourcesSocket": Field("string", "The kubelet's pod-resources socket.", default=_R.pod_resources_socket,
+                                nonempty=True, attr="pod_resources_socket"),
 }
 
 BASIC_AUTH: dict[str, Field] = {
@@ -238,12 +297,18 @@ SCHEMA: dict[str, Field] = {
                     "(one document per report) or none (keeps busy nodes' logs small; data still goes to "
                     "VictoriaMetrics and /metrics).", default=_A.output, enum=OUTPUTS, attr="output"),
     "sysfs": Field("string", attr="sysfs"),
+    "ethtoolDir": Field("string", attr="ethtool_dir"),
+    "nic": Field("object", "NIC statistics (ethtool -S and pause statistics) of the RDMA ports' netdevs and of "
+                 "the interfaces named here. rdma and nccl modes only.", properties=NIC,
+                 refine=_section(NicConfig, NIC, "nic."), attr="nic"),
     "node": Field("string", attr="node"),
     "monitor": Field("string", attr="monitor"),
     "namespace": Field("string", attr="namespace"),
     "labels": Field("object", values=Field("string"), refine=label_names, attr="labels"),
     "xdp": Field("object", "XDP flow counting. xdp mode only.", properties=XDP,
                  refine=_section(XdpConfig, XDP, "xdp."), attr="xdp"),
+    "rdma": Field("object", "RDMA device options. rdma and nccl modes only.", properties=RDMA,
+                  refine=_section(RdmaConfig, RDMA, "rdma."), attr="rdma"),
     "remoteWrite": Field("array", refine=_targets, attr="remote_write", message="must be a list of targets"),
     "queueSamples": Field("integer", "In-memory queue bound in samples; beyond it the oldest are dropped (and "
                           "counted).", default=_A.queue_samples, bounds=BOUNDS["queueSamples"], attr="queue_samples"),
@@ -261,6 +326,8 @@ def from_dict(raw: Any) -> AgentConfig:
     if not isinstance(raw, dict):
         raise UsageError(f"config: the document must be a map, got {type(raw).__name__}")
     cfg = AgentConfig(**_fields(raw, SCHEMA, ""), from_file=True)
+    if cfg.rdma.pod_attribution and cfg.mode == "xdp":
+        raise UsageError("config: rdma.podAttribution: labels RDMA devices, so it needs mode rdma or nccl")
     if cfg.http_listen:
         parse_listen(cfg.http_listen)
     return cfg
@@ -276,7 +343,8 @@ def to_dict(cfg: AgentConfig) -> dict[str, Any]:
             if value == getattr(default, attr) and key != "mode":
                 continue
             if dataclasses.is_dataclass(value):
-                sub = {"xdp": (XDP, XdpConfig()), "spool": (SPOOL, SpoolConfig())}[key]
+                sub = {"xdp": (XDP, XdpConfig()), "rdma": (RDMA, RdmaConfig()),
+                       "spool": (SPOOL, SpoolConfig()), "nic": (NIC, NicConfig())}[key]
                 value = emit(value, *sub)
             elif key == "remoteWrite":
                 value = [_target_dict(t) for t in value]
