@@ -5,8 +5,15 @@ import dataclasses
 import pytest
 
 from xtrace_agent import config
-from xtrace_agent.config import (AgentConfig, BasicAuth, NicConfig, RdmaConfig, RemoteWriteTarget, SpoolConfig,
-                                  XdpConfig)
+from xtrace_agent.config import (
+    AgentConfig,
+    BasicAuth,
+    NicConfig,
+    RdmaConfig,
+    RemoteWriteTarget,
+    SpoolConfig,
+    XdpConfig,
+)
 from xtrace_agent.errors import UsageError
 
 # Every field away from its default (test_full_moves_every_field checks), so the round trip
