@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[operator,test]'
 	@touch $(STAMP)
 
-test: setup vm vm-cluster-bin cluster-bin
+test: setup vm vm-cluster-bin cluster-bin helm-bin
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup vm vm-cluster-bin cluster-bin
@@ -60,6 +60,16 @@ cluster-down:
 
 cluster-bin:
 	@bash tools/cluster/build.sh >/dev/null
+
+# Helm built from its Go module (tools/helm/versions.env), cached under
+# $${XTRACE_CACHE:-/var/cache/xtrace}/helm/<version>/bin/helm; tests/helm uses it. The chart's CRD is a
+# copy of deploy/crds' (tests/helm checks it byte for byte): `make helm-crd` after changing the CRD.
+.PHONY: helm-bin helm-crd
+helm-bin:
+	@bash tools/helm/build.sh >/dev/null
+
+helm-crd:
+	cp deploy/crds/xtrace.io_xtracemonitors.yaml deploy/helm/xtrace/crds/
 
 lint: setup
 	$(VENV)/bin/ruff check agent operator tests bench tools

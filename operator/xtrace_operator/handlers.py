@@ -227,3 +227,19 @@ def flush(body: kopf.Body, meta: Any, status: Any, patch: kopf.Patch, logger: An
         # (tests/k8s/test_handlers.py caught observedGeneration 0 staying on a Ready monitor).
         del desired["observedGeneration"], desired["configHash"]
     _write(patch, body, desired)
+
+
+def _timers_without_finalizer(registry: kopf.OperatorRegistry) -> None:
+    """kopf puts its finalizer on every object a timer watches, only to stop the timer before the object
+    goes. `flush` needs no such grace (it reads indexes and writes status; a write to a monitor already
+    gone fails harmlessly), and the finalizer blocks deletion whenever the operator is not there to
+    remove it: `helm uninstall` deletes the monitors, the operator's binding and its Deployment at once,
+    which left the monitors Terminating for good (tests/helm/test_install.py), as did deleting a
+    namespace while the operator was down. Without it kopf stops the timer when the object is gone, and
+    removes the finalizer an older operator left. kopf offers no public switch: its handler is rebuilt."""
+    import dataclasses
+    spawning = registry._spawning  # kopf 1.x: the registry of timers and daemons
+    spawning._handlers[:] = [dataclasses.replace(h, requires_finalizer=False) for h in spawning._handlers]
+
+
+_timers_without_finalizer(kopf.get_default_registry())
