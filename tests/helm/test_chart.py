@@ -86,9 +86,11 @@ def test_values_land_where_they_belong(helm: Helm, tmp_path):
                      "nodeSelector": {"node-role.kubernetes.io/control-plane": ""},
                      "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists",
                                       "effect": "NoSchedule"}]},
+        "secureMetrics": True,
         "monitors": {
             "uplinks": {"spec": {"mode": "xdp", "interfaces": ["eth0"]}},
-            "fabric": {"namespace": "gpu", "spec": {"mode": "rdma", "image": "mirror.example/agent:9"}},
+            "fabric": {"namespace": "gpu", "spec": {"mode": "rdma", "image": "mirror.example/agent:9",
+                                                    "metrics": {"auth": "none"}}},
         },
     }
     path = tmp_path / "values.yaml"
@@ -108,13 +110,21 @@ def test_values_land_where_they_belong(helm: Helm, tmp_path):
                 for o in objs if o["kind"] == "XTraceMonitor"}
     assert monitors == {
         ("xtrace-system", "uplinks"): {"mode": "xdp", "interfaces": ["eth0"],
-                                       "image": "registry.example:5000/team/xtrace-agent:1.2.3"},
-        ("gpu", "fabric"): {"mode": "rdma", "image": "mirror.example/agent:9"},
+                                       "image": "registry.example:5000/team/xtrace-agent:1.2.3",
+                                       "metrics": {"auth": "kubernetes"}},  # secureMetrics
+        ("gpu", "fabric"): {"mode": "rdma", "image": "mirror.example/agent:9", "metrics": {"auth": "none"}},
     }
+    # secureMetrics: the reader role of deploy/manifests/access, the same object
+    [reader] = [o for o in objs if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "xtrace-metrics-reader"]
+    sample = next(d for d in yaml.safe_load_all((ROOT / "deploy/manifests/access/metrics-reader.yaml").read_text())
+                  if d["kind"] == "ClusterRole")
+    assert _without_helm_labels(reader) == sample
 
 
 def test_default_image_is_the_app_version(helm: Helm):
-    [container] = _operator(helm.template())["spec"]["template"]["spec"]["containers"]
+    objs = helm.template()
+    assert not [o for o in objs if o["metadata"]["name"] == "xtrace-metrics-reader"]  # secureMetrics: false
+    [container] = _operator(objs)["spec"]["template"]["spec"]["containers"]
     assert container["image"] == f"ghcr.io/xtrace-io/xtrace-operator:{VERSION}"
     assert "--verbose" not in container["args"]
 

@@ -25,7 +25,7 @@ from xtrace_agent import kubeauth
 
 pytestmark = pytest.mark.k8s
 
-READER_ROLE = ROOT / "deploy" / "manifests" / "samples" / "metrics-reader.yaml"
+READER_ROLE = ROOT / "deploy" / "manifests" / "access" / "metrics-reader.yaml"
 
 
 def _bind(cluster: Cluster, name: str, role: str, ns: str, sa: str) -> None:
@@ -148,3 +148,25 @@ def test_an_agent_without_auth_delegator_answers_503(parties: Parties, tmp_path)
     r = kubeauth.Reviewer(parties.cluster.server, token, parties.cluster.ca)
     verdict = r.check(bearer(parties.token("reader")))
     assert verdict.status == 503 and "system:auth-delegator" in verdict.why, verdict
+
+
+def test_the_operator_may_change_that_one_binding_and_grant_that_one_role(installed: Cluster,
+                                                                          operator_kubeconfig: str):
+    """deploy/manifests' RBAC: patch on xtrace-agents-metrics-auth and bind on system:auth-delegator, nothing wider."""
+    def can(*args: str) -> bool:
+        return installed.kubectl("auth", "can-i", *args, kubeconfig=operator_kubeconfig, check=False) \
+            .stdout.strip() == "yes"
+    assert can("patch", "clusterrolebindings/xtrace-agents-metrics-auth")
+    assert not can("patch", "clusterrolebindings/xtrace-operator") and not can("create", "clusterrolebindings")
+    assert not can("delete", "clusterrolebindings/xtrace-agents-metrics-auth")
+    assert can("bind", "clusterroles/system:auth-delegator") and not can("bind", "clusterroles/cluster-admin")
+    assert not can("escalate", "clusterroles") and not can("create", "tokenreviews.authentication.k8s.io")
+    binding = installed.get("clusterrolebinding", "xtrace-agents-metrics-auth")
+    assert binding["roleRef"]["name"] == "system:auth-delegator" and not binding.get("subjects")
+    # and the grant works as the operator will use it: subjects added under its own identity
+    sa = {"kind": "ServiceAccount", "name": "someone", "namespace": "default"}
+    patch = json.dumps({"subjects": [sa]})
+    installed.kubectl("patch", "clusterrolebinding", "xtrace-agents-metrics-auth", "--type=merge", "-p", patch,
+                      kubeconfig=operator_kubeconfig)
+    installed.kubectl("patch", "clusterrolebinding", "xtrace-agents-metrics-auth", "--type=json",
+                      "-p", '[{"op": "remove", "path": "/subjects"}]')
