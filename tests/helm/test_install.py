@@ -85,7 +85,7 @@ def test_install_and_the_installed_operator_reconciles_the_values_monitor(cluste
     wait_for(lambda: (_ds(cluster) or {}).get("status", {}).get("numberReady") == len(cluster.nodes), 90,
              "the monitor's agents ready on every node")
     assert _agent_image(cluster) == f"ghcr.io/xtrace-io/xtrace-agent:{dep['metadata']['labels']['app.kubernetes.io/version']}"
-    assert cluster.condition(NS, "edge", "Ready")["status"] == "True"
+    wait_for(lambda: cluster.condition(NS, "edge", "Ready").get("status") == "True", 30, "the monitor Ready")
     # no finalizer of kopf's: the monitor can go when the operator is gone (see the uninstall test)
     assert not cluster.get("xtm", "edge", "-n", NS)["metadata"].get("finalizers")
     # the operator ran on the chart's RBAC: the token is the chart's ServiceAccount's
