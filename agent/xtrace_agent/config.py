@@ -23,6 +23,7 @@ MODES = ("xdp", "rdma", "nccl")
 ATTACH_MODES = ("auto", "native", "generic")
 DIRECTIONS = ("ingress", "egress")  # what interfaces receive (XDP), what they send (TC egress)
 OUTPUTS = ("text", "json", "none")  # none: nothing on stdout (a DaemonSet's log stays small)
+HTTP_AUTH_MODES = ("none", "kubernetes")  # the metrics port: plain HTTP, or TLS + Kubernetes token review
 
 # Defaults, with the reasoning that picked them (see README "Sizing").
 DEFAULT_INTERVAL = 5.0
@@ -97,6 +98,15 @@ class SpoolConfig:
 
 
 @dataclass(frozen=True)
+class HttpAuth:
+    """The metrics port's protection (sinks/guard.py): none, or TLS with Kubernetes token review."""
+
+    mode: str = "none"
+    cert_file: str | None = None  # with key_file: a mounted Secret's pair; without: made at start
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     mode: str = "xdp"
     interfaces: tuple[str, ...] = ()
@@ -114,6 +124,7 @@ class AgentConfig:
     queue_samples: int = DEFAULT_QUEUE_SAMPLES
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     http_listen: str = DEFAULT_HTTP_LISTEN  # "" disables the HTTP server
+    http_auth: HttpAuth = field(default_factory=HttpAuth)
     max_push_age: float = DEFAULT_MAX_PUSH_AGE
     # True when started from --config (the operator's way): a missing interface is "not ready"
     # and waited for; on the bare command line it is a usage error, as in the old tool.
@@ -186,6 +197,18 @@ SPOOL: dict[str, Field] = {
                       bounds=BOUNDS["spool.maxBytes"], attr="max_bytes"),
 }
 
+_H = HttpAuth()
+HTTP_AUTH: dict[str, Field] = {
+    "mode": Field("string", "Who may read /metrics. none: the port serves plain HTTP to anyone who reaches it. "
+                  "kubernetes: TLS only, and /metrics only for a bearer token the API server authenticates "
+                  "(TokenReview) and allows get on the non-resource URL /metrics (SubjectAccessReview); "
+                  "/healthz and /readyz stay open and say only ok or not ready.",
+                  default=_H.mode, enum=HTTP_AUTH_MODES, attr="mode"),
+    "certFile": Field("string", "The serving certificate (PEM), reloaded when it changes; with keyFile. Absent: a "
+                      "self-signed pair made in memory at start.", nonempty=True, attr="cert_file"),
+    "keyFile": Field("string", "The certificate's private key (PEM); with certFile.", nonempty=True, attr="key_file"),
+}
+
 BASIC_AUTH: dict[str, Field] = {
     "username": Field("string", attr="username"),
     "usernameFile": Field("string", attr="username_file"),
@@ -249,6 +272,8 @@ SCHEMA: dict[str, Field] = {
                           "counted).", default=_A.queue_samples, bounds=BOUNDS["queueSamples"], attr="queue_samples"),
     "spool": Field("object", properties=SPOOL, refine=_section(SpoolConfig, SPOOL, "spool."), attr="spool"),
     "httpListen": Field("string", attr="http_listen"),
+    "httpAuth": Field("object", "The metrics port's protection (docs/security.md).", properties=HTTP_AUTH,
+                      refine=_section(HttpAuth, HTTP_AUTH, "httpAuth."), attr="http_auth"),
     "maxPushAge": Field("number", "Seconds after which unsent samples are dropped (and counted).",
                         default=_A.max_push_age, bounds=BOUNDS["maxPushAge"], attr="max_push_age"),
 }
@@ -263,6 +288,8 @@ def from_dict(raw: Any) -> AgentConfig:
     cfg = AgentConfig(**_fields(raw, SCHEMA, ""), from_file=True)
     if cfg.http_listen:
         parse_listen(cfg.http_listen)
+    if bool(cfg.http_auth.cert_file) != bool(cfg.http_auth.key_file):
+        raise UsageError("config: httpAuth: certFile and keyFile go together")
     return cfg
 
 
@@ -276,7 +303,8 @@ def to_dict(cfg: AgentConfig) -> dict[str, Any]:
             if value == getattr(default, attr) and key != "mode":
                 continue
             if dataclasses.is_dataclass(value):
-                sub = {"xdp": (XDP, XdpConfig()), "spool": (SPOOL, SpoolConfig())}[key]
+                sub = {"xdp": (XDP, XdpConfig()), "spool": (SPOOL, SpoolConfig()),
+                       "httpAuth": (HTTP_AUTH, HttpAuth())}[key]
                 value = emit(value, *sub)
             elif key == "remoteWrite":
                 value = [_target_dict(t) for t in value]

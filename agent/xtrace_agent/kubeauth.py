@@ -34,6 +34,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+from xtrace_agent import environ
+
 log = logging.getLogger("xtrace.kubeauth")
 
 SA_DIR = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -78,8 +80,7 @@ class Reviewer:
     def from_environment(cls, env: Mapping[str, str] | None = None, sa_dir: pathlib.Path = SA_DIR,
                          **kw: Any) -> Reviewer | None:
         """The in-cluster reviewer (KUBERNETES_SERVICE_HOST, the pod's token and CA), None outside a pod."""
-        env = os.environ if env is None else env
-        host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "443")
+        host, port = environ.SERVICE_HOST.get(env), environ.SERVICE_PORT.get(env)
         if not host or not (sa_dir / "token").is_file():
             return None
         host = f"[{host}]" if ":" in host else host

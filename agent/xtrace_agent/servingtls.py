@@ -25,6 +25,8 @@ import threading
 import time
 from collections.abc import Mapping
 
+from xtrace_agent import environ
+
 log = logging.getLogger("xtrace.tls")
 
 CHECK_SECONDS = 5.0
@@ -73,8 +75,7 @@ def self_signed(names: list[str], days: int = GENERATED_DAYS) -> tuple[bytes, by
 
 
 def own_names(env: Mapping[str, str] | None = None) -> list[str]:
-    env = os.environ if env is None else env
-    return [env.get("NODE_NAME", ""), socket.gethostname(), env.get("POD_IP", ""), "localhost", "127.0.0.1"]
+    return [environ.NODE_NAME.get(env), socket.gethostname(), environ.POD_IP.get(env), "localhost", "127.0.0.1"]
 
 
 class ServingTLS:
@@ -89,6 +90,7 @@ class ServingTLS:
         self._seen: bytes | None = None
         self._bad: bytes | None = None
         self._warned: str | None = None
+        self.fingerprint = ""  # of the generated certificate
         if cert_file and key_file:
             self._ctx = self._load_files(first=True)
         else:
@@ -100,8 +102,6 @@ class ServingTLS:
                 for fd in fds:
                     os.close(fd)
             self.fingerprint = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.decode())).hexdigest()
-            log.info("metrics: serving TLS with a self-signed certificate made at start (sha256 %s)",
-                     self.fingerprint)
 
     @property
     def generated(self) -> bool:

@@ -1,4 +1,4 @@
-"""spec.metrics: who may read the agents' /metrics, and what the operator renders for it.
+"""spec.metrics (model.Metrics, described in spec.py): what the operator renders for who may read /metrics.
 
 `auth: kubernetes` makes the agents serve their port over TLS and answer /metrics only to a bearer token
 the API server authenticates (TokenReview) and authorizes (SubjectAccessReview, `get` on the
@@ -21,11 +21,10 @@ non-resource URL /metrics: the sample ClusterRole `xtrace-metrics-reader`). What
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Any
 
-AUTH_MODES = ("none", "kubernetes")
+from xtrace_operator.model import Metrics
+
 AGENTS_BINDING = "xtrace-agents-metrics-auth"
 AUTH_DELEGATOR = "system:auth-delegator"
 READER_ROLE = "xtrace-metrics-reader"
@@ -33,44 +32,6 @@ TLS_MOUNT = "/etc/xtrace/metrics-tls"
 # the in-pod path of a scraper's own projected ServiceAccount token (Prometheus, vmagent)
 SCRAPER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 RBAC_API = "rbac.authorization.k8s.io"
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
-
-class MetricsSpecError(ValueError):
-    """spec.metrics is not usable; the message names the field."""
-
-
-@dataclass(frozen=True)
-class MetricsEndpoint:
-    auth: str = "none"
-    tls_secret: str | None = None
-
-    @property
-    def secure(self) -> bool:
-        return self.auth == "kubernetes"
-
-
-def parse(raw: Any) -> MetricsEndpoint:
-    """spec.metrics as the CRD describes it; absent means open (auth: none)."""
-    if raw is None:
-        return MetricsEndpoint()
-    if not isinstance(raw, dict):
-        raise MetricsSpecError(f"spec.metrics: must be a map, got {raw!r}")
-    unknown = set(raw) - {"auth", "tlsSecret"}
-    if unknown:
-        raise MetricsSpecError(f"spec.metrics: unknown field {sorted(unknown)[0]!r} (known: auth, tlsSecret)")
-    auth = raw.get("auth", "none")
-    if auth not in AUTH_MODES:
-        raise MetricsSpecError(f"spec.metrics.auth: must be one of {', '.join(AUTH_MODES)}, got {auth!r}")
-    secret = raw.get("tlsSecret")
-    name = None
-    if secret is not None:
-        name = secret.get("name") if isinstance(secret, dict) else None
-        if not isinstance(name, str) or not _NAME.match(name) or len(name) > 253:
-            raise MetricsSpecError(f"spec.metrics.tlsSecret.name: must be a Secret name, got {secret!r}")
-        if auth != "kubernetes":
-            raise MetricsSpecError("spec.metrics.tlsSecret: only with auth: kubernetes (a plain port serves no TLS)")
-    return MetricsEndpoint(auth=auth, tls_secret=name)
 
 
 def agents_binding(subjects: list[tuple[str, str]]) -> dict[str, Any]:
@@ -80,7 +41,7 @@ def agents_binding(subjects: list[tuple[str, str]]) -> dict[str, Any]:
             "subjects": [{"kind": "ServiceAccount", "namespace": ns, "name": sa} for ns, sa in sorted(set(subjects))]}
 
 
-def volumes(endpoint: MetricsEndpoint) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def volumes(endpoint: Metrics) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(pod volumes, container mounts) for the certificate Secret; none without one."""
     if not endpoint.tls_secret:
         return [], []
@@ -90,7 +51,7 @@ def volumes(endpoint: MetricsEndpoint) -> tuple[list[dict[str, Any]], list[dict[
     return [vol], [{"name": "metrics-tls", "mountPath": TLS_MOUNT, "readOnly": True}]
 
 
-def agent_settings(endpoint: MetricsEndpoint) -> dict[str, Any]:
+def agent_settings(endpoint: Metrics) -> dict[str, Any]:
     """The agent config's httpAuth section (agent_config.HttpAuth's fields)."""
     if not endpoint.secure:
         return {}
@@ -100,7 +61,7 @@ def agent_settings(endpoint: MetricsEndpoint) -> dict[str, Any]:
     return out
 
 
-def scrape_endpoint(endpoint: MetricsEndpoint, service: str, namespace: str) -> dict[str, Any]:
+def scrape_endpoint(endpoint: Metrics, service: str, namespace: str) -> dict[str, Any]:
     """What a VMServiceScrape's or ServiceMonitor's endpoint adds to get in (the same fields in both)."""
     if not endpoint.secure:
         return {}

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from xtrace_agent import config as agent_config
+from xtrace_operator import metricsauth
 from xtrace_operator.model import Monitor
 
 CONFIG_PATH = "/etc/xtrace"
@@ -101,6 +102,7 @@ def agent_config_of(monitor: Monitor) -> agent_config.AgentConfig:
         spool=agent_config.SpoolConfig(path=SPOOL_MOUNT if spool else None,
                                        max_bytes=vm.spool_max_bytes if vm else agent_config.DEFAULT_SPOOL_BYTES),
         http_listen=f"0.0.0.0:{monitor.port}",
+        http_auth=agent_config.HttpAuth(**metricsauth.agent_settings(monitor.metrics)),
         max_push_age=float(vm.max_push_age) if vm else agent_config.DEFAULT_MAX_PUSH_AGE,
     )
 
@@ -144,7 +146,7 @@ def rolebinding(monitor: Monitor) -> dict[str, Any]:
 def config_hash(monitor: Monitor) -> str:
     """What rolls the agents: the config file plus everything mounted beside it (secret refs)."""
     vm = monitor.victoria_metrics
-    mounts = _secret_volumes(monitor) if vm else []
+    mounts = (_secret_volumes(monitor) if vm else []) + metricsauth.volumes(monitor.metrics)[0]
     blob = json.dumps({"config": agent_yaml(monitor), "secrets": mounts}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -180,6 +182,7 @@ def _storage(monitor: Monitor) -> tuple[list[dict[str, Any]], list[dict[str, Any
         # The root filesystem is read-only; BCC and Python still need a scratch directory.
         {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
         *_secret_volumes(monitor),
+        *metricsauth.volumes(monitor.metrics)[0],
     ]
     mounts = [
         {"name": "config", "mountPath": CONFIG_PATH, "readOnly": True},
@@ -188,6 +191,7 @@ def _storage(monitor: Monitor) -> tuple[list[dict[str, Any]], list[dict[str, Any
         {"name": "tmp", "mountPath": "/tmp"},
         *({"name": v["name"], "mountPath": _secret_dir(v["name"].removeprefix("secret-")), "readOnly": True}
           for v in _secret_volumes(monitor)),
+        *metricsauth.volumes(monitor.metrics)[1],
     ]
     if monitor.host_kernel_headers:
         # The image carries kernel headers of its own; these are for hosts whose headers match the
@@ -215,8 +219,11 @@ def _security(monitor: Monitor) -> dict[str, Any]:
 
 
 def _container(monitor: Monitor, mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    # with metrics.auth the port speaks TLS only; the kubelet does not verify a probe's certificate
+    scheme = "HTTPS" if monitor.metrics.secure else "HTTP"
+
     def probe(path: str, period: int, failures: int) -> dict[str, Any]:
-        return {"httpGet": {"path": path, "port": monitor.port, "scheme": "HTTP"},
+        return {"httpGet": {"path": path, "port": monitor.port, "scheme": scheme},
                 "periodSeconds": period, "timeoutSeconds": 3, "failureThreshold": failures}
 
     return {
@@ -230,6 +237,9 @@ def _container(monitor: Monitor, mounts: list[dict[str, Any]]) -> dict[str, Any]
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
+            # the generated certificate names the pod's (the node's) address
+            *([{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+              if monitor.metrics.secure and not monitor.metrics.tls_secret else []),
         ],
         "ports": [{"name": "metrics", "containerPort": monitor.port, "protocol": "TCP"}],
         "resources": monitor.resources,
@@ -307,7 +317,9 @@ def scrape(monitor: Monitor) -> dict[str, Any]:
     endpoint = {"port": "metrics", "path": "/metrics", "interval": monitor.scrape.interval,
                 # the agents' self-metrics carry no node label of their own: the pod's node is the one
                 "relabelings" if monitor.scrape.kind == "ServiceMonitor" else "relabelConfigs": [
-                    {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}]}
+                    {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}],
+                # metrics.auth: https, the scraper's own token, the certificate's trust
+                **metricsauth.scrape_endpoint(monitor.metrics, child_name(monitor), monitor.namespace)}
     return {"apiVersion": SCRAPE_API[monitor.scrape.kind], "kind": monitor.scrape.kind, "metadata": _metadata(monitor),
             "spec": {"selector": {"matchLabels": selector_labels(monitor)}, "endpoints": [endpoint]}}
 

@@ -30,7 +30,8 @@ EVERYTHING = [
                          "maxPushAge": 30, "spool": {"maxBytes": 1024}}},
     {"mode": "rdma", "devices": ["mlx5_0"],
      "victoriaMetrics": {"url": "https://vm", "auth": {"basic": {"secretName": "b"}}}},
-    {"mode": "nccl", "victoriaMetrics": {"url": "https://vm", "auth": {"bearer": {"secretName": "t"}}}},
+    {"mode": "nccl", "victoriaMetrics": {"url": "https://vm", "auth": {"bearer": {"secretName": "t"}}},
+     "metrics": {"auth": "kubernetes", "tlsSecret": {"name": "agent-tls"}}},
 ]
 
 
@@ -47,7 +48,7 @@ def _paths(doc, prefix=""):
 
 
 def _schema_paths():
-    nested = {"xdp": agent_config.XDP, "spool": agent_config.SPOOL}
+    nested = {"xdp": agent_config.XDP, "spool": agent_config.SPOOL, "httpAuth": agent_config.HTTP_AUTH}
     for key in agent_config.SCHEMA:
         yield key
         for sub in nested.get(key, {}):

@@ -17,6 +17,8 @@ import socket
 import ssl
 from http.server import ThreadingHTTPServer
 
+from xtrace_agent.config import AgentConfig
+from xtrace_agent.errors import AgentFailure
 from xtrace_agent.kubeauth import Reviewer, Verdict
 from xtrace_agent.servingtls import ServingTLS
 
@@ -28,6 +30,27 @@ HANDSHAKE_SECONDS = 10.0
 class Guard:
     def __init__(self, tls: ServingTLS, reviewer: Reviewer):
         self.tls, self.reviewer = tls, reviewer
+
+    @classmethod
+    def from_config(cls, cfg: AgentConfig) -> Guard | None:
+        """The guard httpAuth asks for, or None (mode none); one clear line when it cannot be had."""
+        auth = cfg.http_auth
+        if auth.mode != "kubernetes":
+            return None
+        try:
+            tls = ServingTLS(auth.cert_file, auth.key_file)
+        except ssl.SSLError as e:  # before OSError: it is one
+            raise AgentFailure(f"httpAuth: {auth.cert_file} and {auth.key_file} are not a usable certificate and "
+                               f"key ({e.reason or e})") from None
+        except OSError as e:
+            raise AgentFailure(f"httpAuth: cannot read {e.filename or auth.cert_file}: {e.strerror}") from None
+        reviewer = Reviewer.from_environment()
+        if reviewer is None:
+            raise AgentFailure("httpAuth: kubernetes needs the API server (KUBERNETES_SERVICE_HOST) and the pod's "
+                               "service-account token: run in a pod with automountServiceAccountToken")
+        log.info("metrics: TLS with Kubernetes token review on /metrics; certificate %s",
+                 f"self-signed at start, sha256 {tls.fingerprint}" if tls.generated else f"from {auth.cert_file}")
+        return cls(tls, reviewer)
 
     def verdict(self, authorization: str | None) -> Verdict:
         return self.reviewer.check(authorization)
