@@ -1,5 +1,5 @@
 """A monitor with metrics.auth: kubernetes, end to end on the real control plane: what the operator renders
-(the agents' ServiceAccount in the auth-delegator binding, HTTPS probes, a VMServiceScrape a scraper can
+(the agents' ServiceAccount in the auth-delegator binding, HTTPS probes, a ServiceMonitor a scraper can
 use to get in), and the real `xtrace-agent` serving it.
 
 kwok's pods run nothing, so the agent runs as a local process standing in for one DaemonSet pod, as in
@@ -71,15 +71,18 @@ class SecuredAgent:
 @pytest.fixture
 def secured(installed: Cluster, operator: Operator, victoria_metrics, tmp_path):
     need(os.geteuid() == 0 and shutil.which("unshare") is not None, "root and unshare(1) are needed")
-    installed.apply(_stand_in_crd("operator.victoriametrics.com", "VMServiceScrape", "vmservicescrapes", "v1beta1"))
-    installed.kubectl("wait", "--for=condition=Established", "crd/vmservicescrapes.operator.victoriametrics.com")
+    # ServiceMonitor, not VMServiceScrape: test_operator.py needs the VictoriaMetrics API absent (the same
+    # endpoint fields: tests/operator/test_metrics_render.py checks both kinds)
+    installed.apply(_stand_in_crd("monitoring.coreos.com", "ServiceMonitor", "servicemonitors", "v1"))
+    installed.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com")
     ns = installed.namespace()
     port = xdp(ns)["port"]
     installed.monitor(ns, "sec", {"mode": "rdma", "port": port, "metrics": {"auth": "kubernetes"},
-                                  "scrape": {"kind": "VMServiceScrape", "interval": "15s"},
+                                  "scrape": {"kind": "ServiceMonitor", "interval": "15s"},
                                   "victoriaMetrics": {"url": victoria_metrics.write_url}})
     wait_for(lambda: (ns, "xtrace-sec") in _subjects(installed), 60, "the agents' SA in the binding")
-    pods = wait_for(lambda: installed.pods(ns, "sec"), 60, "the agent pods")
+    pods = wait_for(lambda: [p for p in installed.pods(ns, "sec") if p["spec"].get("nodeName")], 60,
+                    "the agent pods scheduled")
     pod, node = pods[0]["metadata"]["name"], pods[0]["spec"]["nodeName"]
     for sa in ("reader", "stranger"):
         installed.kubectl("create", "serviceaccount", sa, "-n", ns)
@@ -125,7 +128,7 @@ def secured(installed: Cluster, operator: Operator, victoria_metrics, tmp_path):
 
 def test_what_the_operator_renders_for_a_scraper_to_get_in(secured: SecuredAgent):
     cluster, ns = secured.cluster, secured.ns
-    scrape = cluster.get("vmservicescrapes.operator.victoriametrics.com", "xtrace-sec", "-n", ns)
+    scrape = cluster.get("servicemonitors.monitoring.coreos.com", "xtrace-sec", "-n", ns)
     [endpoint] = scrape["spec"]["endpoints"]
     assert endpoint["scheme"] == "https" and endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
     assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
