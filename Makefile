@@ -83,6 +83,12 @@ demo: setup vm
 crd: setup
 	$(PY) tools/crd.py
 
+# The kubelet pod-resources stubs are committed (the agent's image needs no compiler); this
+# regenerates them from agent/xtrace_agent/owners/api.proto, tests/owners/test_stubs.py checks them.
+.PHONY: podresources-stubs
+podresources-stubs: setup
+	cd agent && ../$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. xtrace_agent/owners/api.proto
+
 # deploy/dashboards/*.json and deploy/rules/ are generated: edit tools/dashboards.py or tools/rules.py, then this.
 .PHONY: dashboards
 dashboards: setup

@@ -5,7 +5,15 @@ import dataclasses
 import pytest
 
 from xtrace_agent import config
-from xtrace_agent.config import AgentConfig, BasicAuth, HttpAuth, RemoteWriteTarget, SpoolConfig, XdpConfig
+from xtrace_agent.config import (
+    AgentConfig,
+    BasicAuth,
+    HttpAuth,
+    RdmaConfig,
+    RemoteWriteTarget,
+    SpoolConfig,
+    XdpConfig,
+)
 from xtrace_agent.errors import UsageError
 
 # Every field away from its default (test_full_moves_every_field checks), so the round trip
@@ -15,6 +23,7 @@ FULL = AgentConfig(
     sysfs="/host/sys", node="n1", monitor="m", namespace="ns", labels={"cluster": "a"},
     xdp=XdpConfig(attach_mode="generic", flow_table_size=4096, sampling=8, idle_timeout=60, max_flows=100,
                   flow_gauges=False, directions=("ingress", "egress")),
+    rdma=RdmaConfig(pod_attribution=True, pod_resources_socket="/run/kubelet/pod-resources.sock"),
     remote_write=(RemoteWriteTarget(url="https://vm/api/v1/write", name="vm",
                                     basic_auth=BasicAuth(username="u", username_file="/s/u", password_file="/s/p"),
                                     ca_file="/ca", insecure_skip_verify=True, headers={"X-Scope": "1"}),

@@ -228,6 +228,7 @@ def rdma() -> gd.Dashboard:
                      "{{node}} {{device}}/{{port}}"),
                    description="Ticks with data to send but no credits; a tick's length is hardware-specific."),
         ]),
+        ("Per pod (pod attribution)", _pod_panels()),
         ("Links", [
             tab("Link state and rate", f"max by ({by}, state, phys_state, link_layer, rate) ({data.RDMA_PORT_INFO}{port})"),
             series("Link rate", "bps",
@@ -242,6 +243,38 @@ def rdma() -> gd.Dashboard:
                  var("port", "Port", f'label_values({data.RDMA_PORT_INFO}{{cluster=~"$cluster", node=~"$node", device=~"$device"}}, port)')]
     return board("xtrace-rdma", "XTrace / RDMA fabric", "RDMA port and mlx5 hardware counters (rdma and nccl modes).",
                  variables, rows)
+
+
+def _pod_panels() -> list:
+    """Devices held by pods (docs/pod-attribution.md): summed per owner, never per device or QP."""
+    def held(counters=()) -> str:
+        return sel(C, N, 'pod!=""', *([f'counter=~"{any_of(counters)}"'] if counters else []))
+
+    def rate(metric: data.DataMetric, by: str, legend: str, counters=()) -> prometheus.Dataquery:
+        return q(f"sum by ({by}) (rate({metric}{held(counters)}[{RATE}]))", legend)
+
+    def increase(metric: data.DataMetric, counters) -> prometheus.Dataquery:
+        return q(f"sum by (namespace, pod, counter) (increase({metric}{held(counters)}[{RATE}]))",
+                 "{{namespace}}/{{pod}} {{counter}}")
+
+    return [
+        series("RDMA bytes per second per pod", "Bps",
+               rate(data.RDMA_TX_BYTES, "namespace, pod", "{{namespace}}/{{pod}} tx"),
+               rate(data.RDMA_RX_BYTES, "namespace, pod", "{{namespace}}/{{pod}} rx"),
+               description="Series of devices a pod holds (a VF or a whole HCA, from the kubelet's "
+                           "pod-resources API), summed per pod. Needs rdma.podAttribution."),
+        series("RDMA bytes per second per namespace", "Bps",
+               rate(data.RDMA_TX_BYTES, "namespace", "{{namespace}} tx"),
+               rate(data.RDMA_RX_BYTES, "namespace", "{{namespace}} rx")),
+        series("Errors and retransmissions per pod (per interval)", "short",
+               increase(data.RDMA_PORT_COUNTER, PORT_ERRORS),
+               increase(data.RDMA_HW_COUNTER, TRANSPORT_ERRORS),
+               description="PMA port errors and mlx5 transport errors (nccl mode) of the pods' devices."),
+        series("Congestion notifications per second per pod", "short",
+               rate(data.RDMA_HW_COUNTER, "namespace, pod, counter", "{{namespace}}/{{pod}} {{counter}}",
+                    CONGESTION),
+               description="RoCE DCQCN counters of the pods' devices: which job pushes the fabric into congestion."),
+    ]
 
 
 # --- XTrace health ------------------------------------------------------------------------------

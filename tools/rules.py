@@ -31,6 +31,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "deploy", "rules")
 
 PORT = "cluster, node, device, port"  # an RDMA port's identity once pushed
+# Pod attribution (docs/pod-attribution.md): a held device's series carry namespace and pod; the
+# others carry the monitor's namespace and no pod, so every per-pod selection needs pod!="".
+POD = "cluster, namespace, pod"
+HELD = 'pod!=""'
 # PMA error counters (counters/): each increase is a real fault on the link or the port.
 PORT_ERRORS = tuple(counters.PORT_ERRORS)
 # mlx5 transport counters (hw_counters/, nccl mode): retransmissions, sequence errors, receiver drops.
@@ -84,7 +88,23 @@ def recording_rules(t: Timing) -> list[dict]:
          "expr": f'sum by ({PORT}, counter) (rate({dm.RDMA_HW_COUNTER}{{counter=~"{any_of(CONGESTION)}"}}[{r}]))'},
         {"record": "node_port:xtrace_rdma_errors:rate" + r,
          "expr": f'sum by ({PORT}, counter) (rate({dm.RDMA_PORT_COUNTER}{{counter=~"{any_of(PORT_ERRORS)}"}}[{r}]))'},
+        *pod_rules(r),
     ]
+
+
+def pod_rules(r: str) -> list[dict]:
+    """Per pod and per namespace (pod attribution): throughput, errors, retransmissions, congestion."""
+    out = []
+    for by, name in ((POD, "namespace_pod"), ("cluster, namespace", "namespace")):
+        for direction, metric in (("transmit", dm.RDMA_TX_BYTES), ("receive", dm.RDMA_RX_BYTES)):
+            out.append({"record": f"{name}:xtrace_rdma_{direction}_bytes:rate{r}",
+                        "expr": f"sum by ({by}) (rate({metric}{{{HELD}}}[{r}]))"})
+    for name, metric, names in (("errors", dm.RDMA_PORT_COUNTER, PORT_ERRORS),
+                                ("transport_errors", dm.RDMA_HW_COUNTER, TRANSPORT_ERRORS),
+                                ("congestion", dm.RDMA_HW_COUNTER, CONGESTION)):
+        out.append({"record": f"namespace_pod:xtrace_rdma_{name}:rate{r}",
+                    "expr": f'sum by ({POD}, counter) (rate({metric}{{{HELD}, counter=~"{any_of(names)}"}}[{r}]))'})
+    return out
 
 
 # The newest xtrace_rdma_port_info of a port says "not ACTIVE". The state is a label, so a port that

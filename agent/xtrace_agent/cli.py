@@ -93,6 +93,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--direction", action="append", metavar="DIR[,DIR...]",
                    help="xdp mode: ingress (default: what the interfaces receive), egress (what they send), "
                         "or both; repeatable")
+    p.add_argument("--pod-attribution", action="store_true",
+                   help="rdma/nccl: label each device a pod holds with that pod, from the kubelet's pod-resources API")
+    p.add_argument("--pod-resources-socket", default=None, metavar="PATH",
+                   help=f"the kubelet's pod-resources socket (default {config_mod.DEFAULT_POD_RESOURCES_SOCKET})")
     p.add_argument("--spool-dir", default=None, metavar="DIR", help="remote-write spool directory (survives restarts)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
@@ -164,7 +168,14 @@ def build_config(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
             raise UsageError(f"--direction: {e}") from None
     if xdp:
         changes["xdp"] = dataclasses.replace(cfg.xdp, **xdp)
+    rdma = {"pod_attribution": True} if args.pod_attribution else {}
+    if args.pod_resources_socket is not None:
+        rdma["pod_resources_socket"] = args.pod_resources_socket
+    if rdma:
+        changes["rdma"] = dataclasses.replace(cfg.rdma, **rdma)
     cfg = dataclasses.replace(cfg, **changes)
+    if cfg.rdma.pod_attribution and MODES[cfg.mode].interfaces and not args.list:
+        raise UsageError(f"pod attribution labels RDMA devices: it needs -m rdma or -m nccl, not {cfg.mode}")
     if not MODES[cfg.mode].interfaces and not args.list and not os.path.isdir(cfg.sysfs):
         where = "--sysfs" if args.sysfs is not None else "sysfs"
         raise UsageError(f"{where} {cfg.sysfs}: the path does not exist")
@@ -182,6 +193,13 @@ def listing(cfg: AgentConfig) -> list[str]:
         list_devices = None
     rdma = list_devices(cfg.sysfs) if list_devices else []
     lines += [f"  {line}" for line in rdma] or ["  (none)"]
+    if cfg.rdma.pod_attribution:
+        from xtrace_agent.owners import table
+
+        owners = table.from_config(cfg)
+        owners.refresh()
+        lines.append(f"RDMA device owners (kubelet pod-resources, {cfg.rdma.pod_resources_socket}):")
+        lines += [f"  {line}" for line in owners.listing()]
     from xtrace_agent.xdp import headers
     lines += ["Kernel headers (XDP compile):", f"  {headers.summary()}"]
     return lines

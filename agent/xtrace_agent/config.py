@@ -18,6 +18,7 @@ import yaml
 from xtrace_agent import environ
 from xtrace_agent.errors import UsageError
 from xtrace_agent.fields import Field, FieldError, http_url, label_names
+from xtrace_agent.owners.podresources import DEFAULT_SOCKET as DEFAULT_POD_RESOURCES_SOCKET
 
 MODES = ("xdp", "rdma", "nccl")
 ATTACH_MODES = ("auto", "native", "generic")
@@ -74,6 +75,13 @@ class XdpConfig:
 
 
 @dataclass(frozen=True)
+class RdmaConfig:
+    # label each held device's series with its pod, asked of the kubelet (docs/pod-attribution.md)
+    pod_attribution: bool = False
+    pod_resources_socket: str = DEFAULT_POD_RESOURCES_SOCKET
+
+
+@dataclass(frozen=True)
 class BasicAuth:
     username: str = ""
     username_file: str | None = None
@@ -120,6 +128,7 @@ class AgentConfig:
     namespace: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     xdp: XdpConfig = field(default_factory=XdpConfig)
+    rdma: RdmaConfig = field(default_factory=RdmaConfig)
     remote_write: tuple[RemoteWriteTarget, ...] = ()
     queue_samples: int = DEFAULT_QUEUE_SAMPLES
     spool: SpoolConfig = field(default_factory=SpoolConfig)
@@ -209,6 +218,16 @@ HTTP_AUTH: dict[str, Field] = {
     "keyFile": Field("string", "The certificate's private key (PEM); with certFile.", nonempty=True, attr="key_file"),
 }
 
+_R = RdmaConfig()
+RDMA: dict[str, Field] = {
+    "podAttribution": Field("boolean", "Label each device a pod holds (an SR-IOV VF, a whole HCA) with its namespace, "
+                            "pod, container and resource, from the kubelet's pod-resources API. rdma and nccl "
+                            "modes only; the operator mounts the node's /var/lib/kubelet/pod-resources read-only "
+                            "for it.", default=_R.pod_attribution, attr="pod_attribution"),
+    "podResourcesSocket": Field("string", "The kubelet's pod-resources socket.", default=_R.pod_resources_socket,
+                                nonempty=True, attr="pod_resources_socket"),
+}
+
 BASIC_AUTH: dict[str, Field] = {
     "username": Field("string", attr="username"),
     "usernameFile": Field("string", attr="username_file"),
@@ -267,6 +286,8 @@ SCHEMA: dict[str, Field] = {
     "labels": Field("object", values=Field("string"), refine=label_names, attr="labels"),
     "xdp": Field("object", "XDP flow counting. xdp mode only.", properties=XDP,
                  refine=_section(XdpConfig, XDP, "xdp."), attr="xdp"),
+    "rdma": Field("object", "RDMA device options. rdma and nccl modes only.", properties=RDMA,
+                  refine=_section(RdmaConfig, RDMA, "rdma."), attr="rdma"),
     "remoteWrite": Field("array", refine=_targets, attr="remote_write", message="must be a list of targets"),
     "queueSamples": Field("integer", "In-memory queue bound in samples; beyond it the oldest are dropped (and "
                           "counted).", default=_A.queue_samples, bounds=BOUNDS["queueSamples"], attr="queue_samples"),
@@ -286,6 +307,8 @@ def from_dict(raw: Any) -> AgentConfig:
     if not isinstance(raw, dict):
         raise UsageError(f"config: the document must be a map, got {type(raw).__name__}")
     cfg = AgentConfig(**_fields(raw, SCHEMA, ""), from_file=True)
+    if cfg.rdma.pod_attribution and cfg.mode == "xdp":
+        raise UsageError("config: rdma.podAttribution: labels RDMA devices, so it needs mode rdma or nccl")
     if cfg.http_listen:
         parse_listen(cfg.http_listen)
     if bool(cfg.http_auth.cert_file) != bool(cfg.http_auth.key_file):
@@ -303,8 +326,8 @@ def to_dict(cfg: AgentConfig) -> dict[str, Any]:
             if value == getattr(default, attr) and key != "mode":
                 continue
             if dataclasses.is_dataclass(value):
-                sub = {"xdp": (XDP, XdpConfig()), "spool": (SPOOL, SpoolConfig()),
-                       "httpAuth": (HTTP_AUTH, HttpAuth())}[key]
+                sub = {"xdp": (XDP, XdpConfig()), "rdma": (RDMA, RdmaConfig()),
+                       "spool": (SPOOL, SpoolConfig()), "httpAuth": (HTTP_AUTH, HttpAuth())}[key]
                 value = emit(value, *sub)
             elif key == "remoteWrite":
                 value = [_target_dict(t) for t in value]

@@ -99,23 +99,25 @@ UNOBSERVED_BYTES = counter("xtrace_xdp_unobserved_bytes_total", "bytes",
 
 # --- rdma and nccl modes: RDMA ports -----------------------------------------------------------------
 PORT = ("device", "port")
+# pod attribution (owners/, rdma.podAttribution): on every series of a device a pod holds
+OWNER = ("namespace", "pod", "container", "resource")
 
 RDMA_PORT_INFO = gauge("xtrace_rdma_port_info", "", "RDMA port metadata, always 1.",
-                       PORT + ("link_layer", "state", "phys_state", "rate", "netdev"), "rdma")
+                       PORT + ("link_layer", "state", "phys_state", "rate", "netdev"), "rdma", OWNER)
 RDMA_PORT_RATE = gauge("xtrace_rdma_port_rate_bytes_per_second", "bytes/s",
-                       "The port's link rate (sysfs `rate`, Gb/s x 10^9 / 8).", PORT, "rdma")
+                       "The port's link rate (sysfs `rate`, Gb/s x 10^9 / 8).", PORT, "rdma", OWNER)
 RDMA_PORT_COUNTER = counter("xtrace_rdma_port_counter_total", "", "Every PMA port counter (counters/ and "
                             "counters_ext/), raw, in the file's own unit, made monotonic.", PORT + ("counter",),
-                            "rdma")
+                            "rdma", OWNER)
 RDMA_HW_COUNTER = counter("xtrace_rdma_hw_counter_total", "", "Every driver counter in hw_counters/ (nccl mode), "
-                          "raw, in the file's own unit, made monotonic.", PORT + ("counter",), "rdma")
+                          "raw, in the file's own unit, made monotonic.", PORT + ("counter",), "rdma", OWNER)
 RDMA_COUNTER_SATURATED = gauge("xtrace_rdma_counter_saturated", "", "1 while a counter that stops at its maximum "
-                               "sits there (it is not pushed then), else 0.", PORT + ("counter",), "rdma")
+                               "sits there (it is not pushed then), else 0.", PORT + ("counter",), "rdma", OWNER)
 RDMA_TX_BYTES = counter("xtrace_rdma_port_transmit_bytes_total", "bytes", "Bytes the port sent: counters/"
-                        f"port_xmit_data (in {WORD_BYTES}-octet words) x {WORD_BYTES}.", PORT, "rdma")
+                        f"port_xmit_data (in {WORD_BYTES}-octet words) x {WORD_BYTES}.", PORT, "rdma", OWNER)
 RDMA_RX_BYTES = counter("xtrace_rdma_port_receive_bytes_total", "bytes", "Bytes the port received: counters/"
-                        f"port_rcv_data (in {WORD_BYTES}-octet words) x {WORD_BYTES}.", PORT, "rdma")
+                        f"port_rcv_data (in {WORD_BYTES}-octet words) x {WORD_BYTES}.", PORT, "rdma", OWNER)
 RDMA_TX_PACKETS = counter("xtrace_rdma_port_transmit_packets_total", "packets",
-                          "Packets the port sent: counters/port_xmit_packets.", PORT, "rdma")
+                          "Packets the port sent: counters/port_xmit_packets.", PORT, "rdma", OWNER)
 RDMA_RX_PACKETS = counter("xtrace_rdma_port_receive_packets_total", "packets",
-                          "Packets the port received: counters/port_rcv_packets.", PORT, "rdma")
+                          "Packets the port received: counters/port_rcv_packets.", PORT, "rdma", OWNER)

@@ -50,7 +50,8 @@ def _xdp_starting() -> str:
 
 def _rdma_source(cfg: AgentConfig, health: Health) -> Source:
     from xtrace_agent.collectors.rdma import RdmaCollector
-    return RdmaCollector(cfg, health)
+    from xtrace_agent.owners import table
+    return RdmaCollector(cfg, health, owners=table.from_config(cfg))
 
 
 def _rdma_accounting(cfg: AgentConfig, health: Health) -> Accounting:

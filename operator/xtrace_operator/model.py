@@ -94,6 +94,7 @@ class Monitor:
     output: str = "text"
     port: int = DEFAULT_PORT
     xdp: agent_config.XdpConfig = field(default_factory=agent_config.XdpConfig)  # the agent's own type
+    rdma: agent_config.RdmaConfig = field(default_factory=agent_config.RdmaConfig)  # the agent's own type
     victoria_metrics: VictoriaMetrics | None = None
     scrape: Scrape | None = None
     metrics: Metrics = field(default_factory=Metrics)
@@ -162,6 +163,14 @@ class _Reader:
 
 def _secret_key(r: _Reader, name_field: str) -> SecretKey:
     out = SecretKey(r.required(name_field), r.value("key"))
+    r.done()
+    return out
+
+
+def _rdma(r: _Reader) -> agent_config.RdmaConfig:
+    """spec.rdma: the agent's own descriptors and type. The socket path stays the agent's default:
+    the operator mounts the kubelet's directory there."""
+    out = agent_config.RdmaConfig(pod_attribution=r.value("podAttribution"))
     r.done()
     return out
 
@@ -343,6 +352,8 @@ def _modes(r: _Reader) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
         raise InvalidSpec(f"spec.interfaces: {mode} mode reads RDMA devices, not interfaces; use spec.devices")
     if mode != "xdp" and r.has("xdp"):
         raise InvalidSpec(f"spec.xdp: only valid in xdp mode, not {mode}")
+    if mode == "xdp" and r.has("rdma"):
+        raise InvalidSpec("spec.rdma: only valid in rdma and nccl modes")
     return mode, interfaces, devices
 
 
@@ -359,6 +370,7 @@ def parse(name: str, namespace: str, spec: Any, uid: str = "", created: str = ""
         node_selector=node_selector, tolerations=_tolerations(r),
         interval=float(r.value("interval")), output=r.value("output"), port=r.value("port"),
         xdp=_xdp(r.sub("xdp")),
+        rdma=_rdma(r.sub("rdma")),
         victoria_metrics=_victoria_metrics(r.sub("victoriaMetrics")) if r.has("victoriaMetrics") else None,
         scrape=_scrape(r.sub("scrape")) if r.has("scrape") else None,
         metrics=_metrics(r.sub("metrics")),

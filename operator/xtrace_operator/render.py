@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
 import yaml
@@ -23,6 +24,8 @@ CONFIG_FILE = "agent.yaml"
 SECRETS_PATH = "/etc/xtrace/secrets"
 HOST_SYS = "/host/sys"
 SPOOL_MOUNT = "/var/lib/xtrace/spool"
+# Pod attribution: the kubelet's pod-resources socket directory, mounted read-only at the same path
+POD_RESOURCES_DIR = os.path.dirname(agent_config.DEFAULT_POD_RESOURCES_SOCKET)
 HASH_ANNOTATION = "xtrace.io/config-hash"
 # NET_ADMIN attaches XDP, tcx links and clsact filters (egress); tests/kernel/test_egress.py runs
 # the agent with exactly these in its bounding set, both directions on.
@@ -97,6 +100,7 @@ def agent_config_of(monitor: Monitor) -> agent_config.AgentConfig:
         sysfs=HOST_SYS, monitor=monitor.name, namespace=monitor.namespace,
         labels=dict(vm.extra_labels) if vm else {},
         xdp=monitor.xdp,
+        rdma=monitor.rdma,
         remote_write=tuple(targets),
         queue_samples=vm.queue_samples if vm else agent_config.DEFAULT_QUEUE_SAMPLES,
         spool=agent_config.SpoolConfig(path=SPOOL_MOUNT if spool else None,
@@ -201,6 +205,11 @@ def _storage(monitor: Monitor) -> tuple[list[dict[str, Any]], list[dict[str, Any
         volumes += [_host("lib-modules", "/lib/modules"), _host("usr-src", "/usr/src")]
         mounts += [{"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True},
                    {"name": "usr-src", "mountPath": "/usr/src", "readOnly": True}]
+    if monitor.rdma.pod_attribution:
+        # The kubelet's pod-resources API: read-only, and it tells which pods hold which devices on
+        # this node (README "Pod attribution"). Type Directory: without a kubelet there, the pod waits.
+        volumes.append(_host("pod-resources", POD_RESOURCES_DIR))
+        mounts.append({"name": "pod-resources", "mountPath": POD_RESOURCES_DIR, "readOnly": True})
     spool = spool_host_path(monitor)
     if spool:
         volumes.append(_host("spool", spool, "DirectoryOrCreate"))

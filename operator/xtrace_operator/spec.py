@@ -168,6 +168,7 @@ SPEC = Field("object", "What to monitor, where, and where to send the metrics.",
     ("self.mode != 'xdp' || !has(self.devices) || self.devices.size() == 0",
      "spec.devices: only rdma and nccl modes read RDMA devices"),
     ("self.mode == 'xdp' || !has(self.xdp)", "spec.xdp: only valid in xdp mode"),
+    ("self.mode != 'xdp' || !has(self.rdma)", "spec.rdma: only valid in rdma and nccl modes"),
 ), properties={
     "mode": agent.SCHEMA["mode"],
     "interfaces": _names('Network interfaces (names or shell globs such as "ens*") to attach XDP to. xdp mode '
@@ -183,6 +184,10 @@ SPEC = Field("object", "What to monitor, where, and where to send the metrics.",
     "port": Field("integer", "Host port of the agent's /metrics, /healthz and /readyz (host network; unique per "
                   "node).", bounds=(1024, 65535), default=DEFAULT_PORT),
     "xdp": agent.SCHEMA["xdp"],
+    # the agent's rdma section without its socket path: the operator mounts the kubelet's directory
+    # where the agent looks by default
+    "rdma": Field("object", "RDMA device options. rdma and nccl modes only.",
+                  properties={"podAttribution": agent.RDMA["podAttribution"]}),
     "victoriaMetrics": VICTORIA_METRICS,
     "image": _string("Agent image.", default=DEFAULT_IMAGE, pattern=r"^\S+$", what="an image reference"),
     "imagePullPolicy": Field("string", enum=PULL_POLICIES, default="IfNotPresent"),

@@ -17,6 +17,7 @@ from xtrace_operator import model, render
 NOT_FROM_THE_CRD = {
     "count": "a DaemonSet agent must run until stopped, never exit after N reports",
     "node": "the agent reads NODE_NAME, set from the downward API",
+    "rdma.podResourcesSocket": "the operator mounts the kubelet's directory where the agent looks by default",
 }
 
 # A spec that moves every field away from the agent's defaults, so to_dict() emits it.
@@ -31,7 +32,7 @@ EVERYTHING = [
     {"mode": "rdma", "devices": ["mlx5_0"],
      "victoriaMetrics": {"url": "https://vm", "auth": {"basic": {"secretName": "b"}}}},
     {"mode": "nccl", "victoriaMetrics": {"url": "https://vm", "auth": {"bearer": {"secretName": "t"}}},
-     "metrics": {"auth": "kubernetes", "tlsSecret": {"name": "agent-tls"}}},
+     "rdma": {"podAttribution": True}, "metrics": {"auth": "kubernetes", "tlsSecret": {"name": "agent-tls"}}},
 ]
 
 
@@ -48,7 +49,8 @@ def _paths(doc, prefix=""):
 
 
 def _schema_paths():
-    nested = {"xdp": agent_config.XDP, "spool": agent_config.SPOOL, "httpAuth": agent_config.HTTP_AUTH}
+    nested = {"xdp": agent_config.XDP, "rdma": agent_config.RDMA, "spool": agent_config.SPOOL,
+              "httpAuth": agent_config.HTTP_AUTH}
     for key in agent_config.SCHEMA:
         yield key
         for sub in nested.get(key, {}):

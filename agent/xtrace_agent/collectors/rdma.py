@@ -32,7 +32,7 @@ def _is_pattern(spec: str) -> bool:
 class RdmaCollector:
     """stages.Source for modes `rdma` (port counters) and `nccl` (+ hw_counters)."""
 
-    def __init__(self, cfg: AgentConfig, health: Health, clock=time.time):
+    def __init__(self, cfg: AgentConfig, health: Health, clock=time.time, owners=None):
         self.root = cfg.sysfs
         self.hw_counters = cfg.mode == "nccl"
         self.specs = tuple(cfg.devices)
@@ -43,6 +43,9 @@ class RdmaCollector:
         self._failing: set[tuple[str, int, str]] = set()
         self._labels = {"collector": COLLECTOR}
         health.inc(sm.COLLECTOR_ERRORS, 0, self._labels)  # from the first report, at 0
+        # pod attribution (owners.table.OwnerTable, or None): who holds each device, asked of the
+        # kubelet per period and on device change, looked up here every interval
+        self.owners = owners
 
     # lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -64,7 +67,14 @@ class RdmaCollector:
         began = time.perf_counter()
         ports: list[sysfs.Port] = []
         failing: set[tuple[str, int, str]] = set()
-        for device in self._selected(sysfs.devices(self.root)):
+        found = sysfs.devices(self.root)
+        if self.owners is not None:
+            self.owners.update(found)
+            self.health.set(sm.RDMA_ATTRIBUTED, len(self.owners.by_rdma))
+            for kind, n in self.owners.failures_by_kind.items():
+                self.health.set(sm.POD_RESOURCES_FAILURES, n, {"kind": kind})
+        selected = self._selected(found)
+        for device in selected:
             for number in sysfs.ports(self.root, device):
                 try:
                     port = sysfs.read_port(self.root, device, number, self.hw_counters, HW_NOT_COUNTERS,
@@ -84,7 +94,8 @@ class RdmaCollector:
             self.health.inc(sm.COLLECTOR_ERRORS, len(new), self._labels)
         self._failing = failing
         netdevs = {(p.device, p.port): self._netdev(p.device, p.port, now) for p in ports}
-        return PortsObserved(ports, netdevs, began)
+        owners = {} if self.owners is None else {d: o for d in selected if (o := self.owners.labels(d))}
+        return PortsObserved(ports, netdevs, began, owners)
 
     def _selected(self, found: list[str]) -> list[str]:
         if not self.specs:

@@ -30,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from xtrace_agent.config import AgentConfig, parse_listen
 from xtrace_agent.errors import AgentFailure
 from xtrace_agent.health import Health
-from xtrace_agent.samples import Report, Sample
+from xtrace_agent.samples import Report
 from xtrace_agent.sinks.exposition import metrics_text
 from xtrace_agent.sinks.guard import Guard
 
@@ -46,16 +46,17 @@ class MetricsServer:
         self.cfg = cfg
         self.health = health
         self.host, self.port = parse_listen(cfg.http_listen)
-        self._latest: list[Sample] = []
+        self._latest: Report | None = None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.guard = Guard.from_config(cfg)
 
     def write(self, report: Report) -> None:
-        self._latest = report.samples  # one reference swap: readers see the old or the new list
+        self._latest = report  # one reference swap; its samples are made when scraped, not each interval
 
     def metrics_text(self) -> str:
-        samples = list(self._latest) + self.health.samples(time.time())
+        latest = self._latest
+        samples = (latest.samples if latest else []) + self.health.samples(time.time())
         return metrics_text(samples, self.cfg.labels)
 
     def start(self) -> None:
