@@ -9,6 +9,7 @@ from xtrace_agent.config import (
     AgentConfig,
     BasicAuth,
     HttpAuth,
+    NicConfig,
     RdmaConfig,
     RemoteWriteTarget,
     SpoolConfig,
@@ -20,7 +21,10 @@ from xtrace_agent.errors import UsageError
 # carries each one through to_dict() and back.
 FULL = AgentConfig(
     mode="rdma", interfaces=("eth0", "ens*"), devices=("mlx5_0",), interval=2.5, count=3, output="json",
-    sysfs="/host/sys", node="n1", monitor="m", namespace="ns", labels={"cluster": "a"},
+    sysfs="/host/sys", ethtool_dir="/bundle/ethtool",
+    nic=NicConfig(interfaces=("ib0", "eth*"), raw_include=("rx_*_phy",), raw_exclude=("rx_64_bytes_phy",),
+                  raw_per_queue=True),
+    node="n1", monitor="m", namespace="ns", labels={"cluster": "a"},
     xdp=XdpConfig(attach_mode="generic", flow_table_size=4096, sampling=8, idle_timeout=60, max_flows=100,
                   flow_gauges=False, directions=("ingress", "egress")),
     rdma=RdmaConfig(pod_attribution=True, pod_resources_socket="/run/kubelet/pod-resources.sock"),
@@ -86,6 +90,11 @@ def test_defaults_are_left_out_of_the_rendered_form():
     ({"httpAuth": {"mode": "tls"}}, "httpAuth.mode"),
     ({"httpAuth": {"certFile": ""}}, "httpAuth.certFile"),
     ({"httpAuth": {"mode": "kubernetes", "certFile": "/tls.crt"}}, "httpAuth: certFile and keyFile go together"),
+    ({"nic": {"rawInclude": "rx_*"}}, "nic.rawInclude"),
+    ({"nic": {"rawInclude": ["rx\tbad"]}}, "nic.rawInclude[0]"),
+    ({"nic": {"interfaces": ["eth 0"]}}, "nic.interfaces[0]"),
+    ({"nic": {"rawPerQueue": 1}}, "nic.rawPerQueue"),
+    ({"nic": {"raw": ["*"]}}, "nic.raw"),
 ])
 def test_bad_values_name_their_field(raw, where):
     with pytest.raises(UsageError) as e:

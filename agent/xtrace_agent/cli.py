@@ -81,6 +81,8 @@ def parser() -> argparse.ArgumentParser:
                    help="exit after N reports (every sink flushed first)")
     p.add_argument("--output", choices=config_mod.OUTPUTS, default=None, help="stdout format: text (default), json, or none")
     p.add_argument("--sysfs", default=None, metavar="PATH", help="sysfs root for rdma/nccl (default /sys)")
+    p.add_argument("--ethtool-dir", default=None, metavar="DIR",
+                   help="rdma/nccl: read NIC statistics from DIR/<netdev>.txt (`ethtool -S` dumps), not the live NICs")
     p.add_argument("--remote-write-url", action="append", default=None, metavar="URL",
                    help="Prometheus remote-write URL (VictoriaMetrics /api/v1/write); repeatable")
     p.add_argument("--config", default=None, metavar="FILE", help="agent YAML config (as the operator renders it)")
@@ -131,7 +133,7 @@ def build_config(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
         changes["interfaces"] = ("eth0",)  # the old tool's default, for the command line
     if args.device:
         changes["devices"] = _split(args.device)
-    for flag in ("interval", "count", "output", "sysfs"):
+    for flag in ("interval", "count", "output", "sysfs", "ethtool_dir"):
         if getattr(args, flag) is not None:
             changes[flag] = getattr(args, flag)
     if args.http_listen is not None:
@@ -179,6 +181,8 @@ def build_config(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
     if not MODES[cfg.mode].interfaces and not args.list and not os.path.isdir(cfg.sysfs):
         where = "--sysfs" if args.sysfs is not None else "sysfs"
         raise UsageError(f"{where} {cfg.sysfs}: the path does not exist")
+    if cfg.ethtool_dir is not None and not os.path.isdir(cfg.ethtool_dir):
+        raise UsageError(f"--ethtool-dir {cfg.ethtool_dir}: not a directory (one `ethtool -S` dump per netdev)")
     return cfg
 
 
@@ -193,6 +197,9 @@ def listing(cfg: AgentConfig) -> list[str]:
         list_devices = None
     rdma = list_devices(cfg.sysfs) if list_devices else []
     lines += [f"  {line}" for line in rdma] or ["  (none)"]
+    from xtrace_agent.nic.source import listing as nic_listing
+    lines.append("NIC statistics (rdma/nccl):")
+    lines += [f"  {line}" for line in nic_listing(cfg.sysfs, cfg.ethtool_dir, cfg.nic.interfaces)] or ["  (none)"]
     if cfg.rdma.pod_attribution:
         from xtrace_agent.owners import table
 

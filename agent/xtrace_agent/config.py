@@ -17,7 +17,7 @@ import yaml
 
 from xtrace_agent import environ
 from xtrace_agent.errors import UsageError
-from xtrace_agent.fields import Field, FieldError, http_url, label_names
+from xtrace_agent.fields import IFACE_PATTERN, Field, FieldError, http_url, label_names
 from xtrace_agent.owners.podresources import DEFAULT_SOCKET as DEFAULT_POD_RESOURCES_SOCKET
 
 MODES = ("xdp", "rdma", "nccl")
@@ -25,6 +25,11 @@ ATTACH_MODES = ("auto", "native", "generic")
 DIRECTIONS = ("ingress", "egress")  # what interfaces receive (XDP), what they send (TC egress)
 OUTPUTS = ("text", "json", "none")  # none: nothing on stdout (a DaemonSet's log stays small)
 HTTP_AUTH_MODES = ("none", "kubernetes")  # the metrics port: plain HTTP, or TLS + Kubernetes token review
+# A driver statistic's name or an fnmatch pattern of names (nic.rawInclude, nic.rawExclude): printable
+# ASCII, no leading blank, at most 64 characters (ethtool's ETH_GSTRING_LEN is 32).
+STAT_PATTERN = r"^[\x21-\x7e][\x20-\x7e]{0,63}$"
+MAX_STAT_PATTERNS = 256  # per list (nic.rawInclude, nic.rawExclude)
+MAX_NIC_INTERFACES = 64  # nic.interfaces, as spec.interfaces
 
 # Defaults, with the reasoning that picked them (see README "Sizing").
 DEFAULT_INTERVAL = 5.0
@@ -72,6 +77,16 @@ class XdpConfig:
     # ingress: what the interfaces receive (XDP); egress adds what they send (TC, tcx or clsact),
     # and a `direction` label on every flow and interface series (README "Both directions")
     directions: tuple[str, ...] = ("ingress",)
+
+
+@dataclass(frozen=True)
+class NicConfig:
+    """NIC statistics (rdma and nccl modes; docs/nic-metrics.md): netdevs read beside the RDMA ports'
+    own, and the raw table's selection (fnmatch patterns; nothing by default, per-queue only on request)."""
+    interfaces: tuple[str, ...] = ()
+    raw_include: tuple[str, ...] = ()
+    raw_exclude: tuple[str, ...] = ()
+    raw_per_queue: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,6 +138,8 @@ class AgentConfig:
     count: int | None = None
     output: str = "text"
     sysfs: str = "/sys"
+    ethtool_dir: str | None = None  # captured `ethtool -S` dumps (DIR/<netdev>.txt) instead of the live NICs
+    nic: NicConfig = field(default_factory=NicConfig)
     node: str = ""
     monitor: str = ""
     namespace: str = ""
@@ -198,6 +215,29 @@ def parse_directions(v: Any) -> tuple[str, ...]:
     """--direction and xdp.directions: the canonical order (ingress first); ValueError if refused."""
     return XDP["directions"].parse(v)
 
+
+_N = NicConfig()
+
+
+def _stat_patterns(description: str, attr: str) -> Field:
+    return Field("array", description, max_items=MAX_STAT_PATTERNS, attr=attr,
+                 items=Field("string", pattern=STAT_PATTERN, what="a statistic name or pattern"))
+
+
+NIC: dict[str, Field] = {
+    "interfaces": Field("array", "Network interfaces (names or shell globs) whose NIC statistics are read beside "
+                        "the RDMA ports' own netdevs (which are always read).",
+                        max_items=MAX_NIC_INTERFACES, unique=True, attr="interfaces",
+                        items=Field("string", pattern=IFACE_PATTERN, what="an interface name or glob")),
+    "rawInclude": _stat_patterns("Driver statistics (ethtool -S names or shell patterns such as \"rx_*_phy\") "
+                                 "exported raw as xtrace_nic_stat{stat=...}. Empty: none (the named NIC metrics "
+                                 "are always exported).", "raw_include"),
+    "rawExclude": _stat_patterns("Statistics (names or patterns) left out of the raw table even when rawInclude "
+                                 "selects them.", "raw_exclude"),
+    "rawPerQueue": Field("boolean", "Let rawInclude select per-queue statistics (rx12_packets, ch3_...); mlx5 "
+                         "reports hundreds per port, so they are never raw by default.", default=_N.raw_per_queue,
+                         attr="raw_per_queue"),
+}
 
 _S = SpoolConfig()
 SPOOL: dict[str, Field] = {
@@ -280,6 +320,10 @@ SCHEMA: dict[str, Field] = {
                     "(one document per report) or none (keeps busy nodes' logs small; data still goes to "
                     "VictoriaMetrics and /metrics).", default=_A.output, enum=OUTPUTS, attr="output"),
     "sysfs": Field("string", attr="sysfs"),
+    "ethtoolDir": Field("string", attr="ethtool_dir"),
+    "nic": Field("object", "NIC statistics (ethtool -S and pause statistics) of the RDMA ports' netdevs and of "
+                 "the interfaces named here. rdma and nccl modes only.", properties=NIC,
+                 refine=_section(NicConfig, NIC, "nic."), attr="nic"),
     "node": Field("string", attr="node"),
     "monitor": Field("string", attr="monitor"),
     "namespace": Field("string", attr="namespace"),
@@ -327,7 +371,8 @@ def to_dict(cfg: AgentConfig) -> dict[str, Any]:
                 continue
             if dataclasses.is_dataclass(value):
                 sub = {"xdp": (XDP, XdpConfig()), "rdma": (RDMA, RdmaConfig()),
-                       "spool": (SPOOL, SpoolConfig()), "httpAuth": (HTTP_AUTH, HttpAuth())}[key]
+                       "spool": (SPOOL, SpoolConfig()), "nic": (NIC, NicConfig()),
+                       "httpAuth": (HTTP_AUTH, HttpAuth())}[key]
                 value = emit(value, *sub)
             elif key == "remoteWrite":
                 value = [_target_dict(t) for t in value]

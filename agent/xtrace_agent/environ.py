@@ -59,6 +59,9 @@ VM_ENABLED = Knob("VICTORIAMETRICS_ENABLED", "", "XTrace-Catch compatible: true 
                   "VICTORIAMETRICS_REMOTE_WRITE (as --remote-write-url does).")
 VM_REMOTE_WRITE = Knob("VICTORIAMETRICS_REMOTE_WRITE", "", "XTrace-Catch compatible: the remote-write URL "
                        "used when VICTORIAMETRICS_ENABLED is true.")
+# --- the on-call command (xtrace fabric|top) ------------------------------------------------
+URL = Knob("XTRACE_URL", "http://127.0.0.1:8428", "The VictoriaMetrics (or vmselect tenant) URL `xtrace "
+           "fabric` and `xtrace top` query when --url is not given.", who="xtrace")
 # --- set for the agent's pod (downward API, Kubernetes) -------------------------------------
 NODE_NAME = Knob("NODE_NAME", "", "The node label of every series (default: the hostname).", who="Kubernetes")
 POD_NAME = Knob("POD_NAME", "", "The agent's pod: readiness is written to its status; with POD_NAMESPACE, "

@@ -55,8 +55,10 @@ def _rdma_source(cfg: AgentConfig, health: Health) -> Source:
 
 
 def _rdma_accounting(cfg: AgentConfig, health: Health) -> Accounting:
+    from xtrace_agent.nic.names import RawSelection
     from xtrace_agent.ports import PortAccounting
-    return PortAccounting(health)
+    nic = cfg.nic
+    return PortAccounting(health, RawSelection(nic.raw_include, nic.raw_exclude, nic.raw_per_queue))
 
 
 def _rdma_text(cfg: AgentConfig):

@@ -14,6 +14,8 @@ import time
 from xtrace_agent import datametrics as dm
 from xtrace_agent import selfmetrics as sm
 from xtrace_agent.health import Health
+from xtrace_agent.nic.accounting import NicAccounting
+from xtrace_agent.nic.names import NO_RAW, RawSelection
 from xtrace_agent.rdma import sysfs
 from xtrace_agent.rdma.counters import WORD_BYTES, CounterTracker, width
 from xtrace_agent.samples import Report, Sample
@@ -36,9 +38,10 @@ WIDE = {name: f"{name}_64" for name in DERIVED}
 class PortAccounting:
     """stages.Accounting for rdma and nccl: raw port readings -> monotonic totals and samples."""
 
-    def __init__(self, health: Health):
+    def __init__(self, health: Health, nic_raw: RawSelection = NO_RAW):
         self.health = health
         self.tracker = CounterTracker()
+        self.nic = NicAccounting(nic_raw)
         self._labels = {"collector": COLLECTOR}
         # pod attribution: a held device's counters count from its owner's first report (_count)
         self._owner_of: dict[str, tuple] = {}
@@ -49,6 +52,7 @@ class PortAccounting:
         for port in seen.ports:
             owner = self._owner(port.device, seen.owners.get(port.device))
             self._export(port, seen.netdevs.get((port.device, port.port), ""), owner, report.samples)
+        self.nic.samples(seen.nic, report.samples)
         self.health.set(sm.RDMA_WRAPS, self.tracker.wraps)
         self.health.set(sm.RDMA_RESETS, self.tracker.resets)
         self.health.set(sm.COLLECTOR_DURATION, time.perf_counter() - seen.began, self._labels)

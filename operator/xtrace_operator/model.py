@@ -94,6 +94,7 @@ class Monitor:
     output: str = "text"
     port: int = DEFAULT_PORT
     xdp: agent_config.XdpConfig = field(default_factory=agent_config.XdpConfig)  # the agent's own type
+    nic: agent_config.NicConfig = field(default_factory=agent_config.NicConfig)  # the agent's own type
     rdma: agent_config.RdmaConfig = field(default_factory=agent_config.RdmaConfig)  # the agent's own type
     victoria_metrics: VictoriaMetrics | None = None
     scrape: Scrape | None = None
@@ -178,6 +179,15 @@ def _rdma(r: _Reader) -> agent_config.RdmaConfig:
 def _xdp(r: _Reader) -> agent_config.XdpConfig:
     """spec.xdp is the agent's own xdp section: the same descriptors, the agent's own type."""
     out = agent_config.XdpConfig(**{f.attr: r.value(key) for key, f in agent_config.XDP.items()})
+    r.done()
+    return out
+
+
+def _nic(r: _Reader) -> agent_config.NicConfig:
+    """spec.nic is the agent's own nic section (the same descriptors, the agent's own type); unset
+    fields keep the agent's defaults."""
+    values = {f.attr: r.value(key) for key, f in agent_config.NIC.items()}
+    out = agent_config.NicConfig(**{k: v for k, v in values.items() if v is not None})
     r.done()
     return out
 
@@ -352,6 +362,8 @@ def _modes(r: _Reader) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
         raise InvalidSpec(f"spec.interfaces: {mode} mode reads RDMA devices, not interfaces; use spec.devices")
     if mode != "xdp" and r.has("xdp"):
         raise InvalidSpec(f"spec.xdp: only valid in xdp mode, not {mode}")
+    if mode == "xdp" and r.has("nic"):
+        raise InvalidSpec("spec.nic: only valid in rdma and nccl modes")
     if mode == "xdp" and r.has("rdma"):
         raise InvalidSpec("spec.rdma: only valid in rdma and nccl modes")
     return mode, interfaces, devices
@@ -370,6 +382,7 @@ def parse(name: str, namespace: str, spec: Any, uid: str = "", created: str = ""
         node_selector=node_selector, tolerations=_tolerations(r),
         interval=float(r.value("interval")), output=r.value("output"), port=r.value("port"),
         xdp=_xdp(r.sub("xdp")),
+        nic=_nic(r.sub("nic")),
         rdma=_rdma(r.sub("rdma")),
         victoria_metrics=_victoria_metrics(r.sub("victoriaMetrics")) if r.has("victoriaMetrics") else None,
         scrape=_scrape(r.sub("scrape")) if r.has("scrape") else None,

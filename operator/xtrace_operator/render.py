@@ -100,6 +100,7 @@ def agent_config_of(monitor: Monitor) -> agent_config.AgentConfig:
         sysfs=HOST_SYS, monitor=monitor.name, namespace=monitor.namespace,
         labels=dict(vm.extra_labels) if vm else {},
         xdp=monitor.xdp,
+        nic=monitor.nic,
         rdma=monitor.rdma,
         remote_write=tuple(targets),
         queue_samples=vm.queue_samples if vm else agent_config.DEFAULT_QUEUE_SAMPLES,

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from xtrace_agent import config as agent
-from xtrace_agent.fields import LABEL_NAME_PATTERN, URL_PATTERN, Field, FieldError, label_names
+from xtrace_agent.fields import IFACE_PATTERN, LABEL_NAME_PATTERN, URL_PATTERN, Field, FieldError, label_names
 
 DEFAULT_IMAGE = "ghcr.io/xtrace-io/xtrace-agent:0.1.0"
 DEFAULT_PORT = 9435
@@ -26,7 +26,7 @@ DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {
 # Child names are "xtrace-<monitor>" and the monitor name is a label value: 63 - len("xtrace-").
 MAX_NAME = 56
 
-IFACE = r"^[A-Za-z0-9_.:@*?!\[\]-]{1,64}$"
+IFACE = IFACE_PATTERN
 TENANT = r"^[0-9]{1,10}(:[0-9]{1,10})?$"
 K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
@@ -168,6 +168,7 @@ SPEC = Field("object", "What to monitor, where, and where to send the metrics.",
     ("self.mode != 'xdp' || !has(self.devices) || self.devices.size() == 0",
      "spec.devices: only rdma and nccl modes read RDMA devices"),
     ("self.mode == 'xdp' || !has(self.xdp)", "spec.xdp: only valid in xdp mode"),
+    ("self.mode != 'xdp' || !has(self.nic)", "spec.nic: only valid in rdma and nccl modes"),
     ("self.mode != 'xdp' || !has(self.rdma)", "spec.rdma: only valid in rdma and nccl modes"),
 ), properties={
     "mode": agent.SCHEMA["mode"],
@@ -184,6 +185,7 @@ SPEC = Field("object", "What to monitor, where, and where to send the metrics.",
     "port": Field("integer", "Host port of the agent's /metrics, /healthz and /readyz (host network; unique per "
                   "node).", bounds=(1024, 65535), default=DEFAULT_PORT),
     "xdp": agent.SCHEMA["xdp"],
+    "nic": agent.SCHEMA["nic"],
     # the agent's rdma section without its socket path: the operator mounts the kubelet's directory
     # where the agent looks by default
     "rdma": Field("object", "RDMA device options. rdma and nccl modes only.",
