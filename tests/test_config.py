@@ -8,6 +8,7 @@ from xtrace_agent import config
 from xtrace_agent.config import (
     AgentConfig,
     BasicAuth,
+    HttpAuth,
     NicConfig,
     RdmaConfig,
     RemoteWriteTarget,
@@ -33,6 +34,7 @@ FULL = AgentConfig(
                   RemoteWriteTarget(url="http://vm2/api/v1/write", bearer_token_file="/s/t")),
     queue_samples=5000, spool=SpoolConfig(path="/var/lib/xtrace/spool", max_bytes=1 << 20),
     http_listen="127.0.0.1:9500", max_push_age=30,
+    http_auth=HttpAuth(mode="kubernetes", cert_file="/tls/tls.crt", key_file="/tls/tls.key"),
 )
 
 
@@ -85,6 +87,9 @@ def test_defaults_are_left_out_of_the_rendered_form():
     ({"labels": {"__name__": "x"}}, "labels"),
     ({"httpListen": "9435"}, "httpListen"),
     ({"spool": {"maxBytes": -1}}, "spool.maxBytes"),
+    ({"httpAuth": {"mode": "tls"}}, "httpAuth.mode"),
+    ({"httpAuth": {"certFile": ""}}, "httpAuth.certFile"),
+    ({"httpAuth": {"mode": "kubernetes", "certFile": "/tls.crt"}}, "httpAuth: certFile and keyFile go together"),
     ({"nic": {"rawInclude": "rx_*"}}, "nic.rawInclude"),
     ({"nic": {"rawInclude": ["rx\tbad"]}}, "nic.rawInclude[0]"),
     ({"nic": {"interfaces": ["eth 0"]}}, "nic.interfaces[0]"),

@@ -326,7 +326,22 @@ def _pod_panels() -> list:
                rate(data.RDMA_HW_COUNTER, "namespace, pod, counter", "{{namespace}}/{{pod}} {{counter}}",
                     CONGESTION),
                description="RoCE DCQCN counters of the pods' devices: which job pushes the fabric into congestion."),
+        pod_verdicts(),
     ]
+
+
+def pod_verdicts() -> statetimeline.Panel:
+    """The worst port verdict of each pod's devices (verdicts.pod_rank, over the panel's rate window)."""
+    mapping = dm.ValueMap({str(verdicts.rank(v)): dm.ValueMappingResult(text=v, color=VERDICT_COLORS[v])
+                           for v in verdicts.VERDICTS})
+    return (statetimeline.Panel().title("Worst port verdict of each pod").datasource(DS).height(8).span(24)
+            .with_target(q(verdicts.pod_rank(RATE, matchers=f"{C}, {N}").replace("max by (cluster, namespace, pod)",
+                                                                              "max by (namespace, pod)", 1),
+                           "{{namespace}}/{{pod}}").ref_id("A"))
+            .mappings([mapping]).show_value(cm.VisibilityMode.NEVER)
+            .description("Per pod, the worst verdict of the RDMA ports its devices carry (docs/verdicts.md: "
+                         "link_degraded > pcie_stall > host_backpressure > fabric_congestion > pfc_blocking > "
+                         "lossy_transport > healthy). `xtrace fabric` prints each port's numbers."))
 
 
 # --- XTrace health ------------------------------------------------------------------------------

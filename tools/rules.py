@@ -219,7 +219,16 @@ def verdict_rules(t: Timing) -> list[dict]:
     rules.append({"record": "node_port:xtrace_verdict:rank", "expr": verdicts.verdict_rank(r)})
     rules += [{"record": "node_port:xtrace_verdict:active", "expr": verdicts.verdict(name, r),
                "labels": {"verdict": name}} for name in verdicts.VERDICTS]
-    return rules
+    return rules + pod_verdict_rules(t)
+
+
+def pod_verdict_rules(t: Timing) -> list[dict]:
+    """The port verdicts of each pod (pod attribution): the worst one, and its ports per verdict. Inline
+    expressions, not the recorded per-port verdicts: those of this evaluation may not be searchable yet."""
+    r = t.verdict_rate
+    return [{"record": "namespace_pod:xtrace_verdict:rank", "expr": verdicts.pod_rank(r)},
+            *({"record": "namespace_pod:xtrace_verdict:ports", "expr": verdicts.pod_ports(name, r),
+               "labels": {"verdict": name}} for name in verdicts.VERDICTS)]
 
 
 def verdict_alerts(t: Timing) -> list[dict]:

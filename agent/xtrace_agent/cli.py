@@ -282,17 +282,18 @@ def run(cfg: AgentConfig, stop: threading.Event, env: dict[str, str] | None = No
     """The agent's loop: collect every interval, deliver to every sink, until --count or a signal."""
     health = Health()
     heap = _Heap()
+    mode = MODES[cfg.mode]
+    # not ready until the first report is out: compiling and attaching take a moment. Said before the
+    # server starts: building the source and the sinks takes a while, and /readyz must not say ok meanwhile
+    health.not_ready(Kind.STARTING, "agent", mode.starting())
     server = None
     if cfg.http_listen:
         from xtrace_agent.sinks.http import MetricsServer
         server = MetricsServer(cfg, health)
         server.start()  # first, so /healthz answers while the program compiles
-    mode = MODES[cfg.mode]
     source = mode.source(cfg, health)
     accounting = mode.accounting(cfg, health)
     sinks = build_sinks(cfg, health, env) + ([server] if server else [])
-    # not ready until the first report is out: compiling and attaching take a moment
-    health.not_ready(Kind.STARTING, "agent", mode.starting())
     health.set(sm.REPORTS, 0)
     for sink in sinks:  # every self-metric exists from the first report, at 0
         health.inc(sm.SINK_ERRORS, 0, {"sink": type(sink).__name__})

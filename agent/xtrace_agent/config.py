@@ -24,6 +24,7 @@ MODES = ("xdp", "rdma", "nccl")
 ATTACH_MODES = ("auto", "native", "generic")
 DIRECTIONS = ("ingress", "egress")  # what interfaces receive (XDP), what they send (TC egress)
 OUTPUTS = ("text", "json", "none")  # none: nothing on stdout (a DaemonSet's log stays small)
+HTTP_AUTH_MODES = ("none", "kubernetes")  # the metrics port: plain HTTP, or TLS + Kubernetes token review
 # A driver statistic's name or an fnmatch pattern of names (nic.rawInclude, nic.rawExclude): printable
 # ASCII, no leading blank, at most 64 characters (ethtool's ETH_GSTRING_LEN is 32).
 STAT_PATTERN = r"^[\x21-\x7e][\x20-\x7e]{0,63}$"
@@ -120,6 +121,15 @@ class SpoolConfig:
 
 
 @dataclass(frozen=True)
+class HttpAuth:
+    """The metrics port's protection (sinks/guard.py): none, or TLS with Kubernetes token review."""
+
+    mode: str = "none"
+    cert_file: str | None = None  # with key_file: a mounted Secret's pair; without: made at start
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     mode: str = "xdp"
     interfaces: tuple[str, ...] = ()
@@ -140,6 +150,7 @@ class AgentConfig:
     queue_samples: int = DEFAULT_QUEUE_SAMPLES
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     http_listen: str = DEFAULT_HTTP_LISTEN  # "" disables the HTTP server
+    http_auth: HttpAuth = field(default_factory=HttpAuth)
     max_push_age: float = DEFAULT_MAX_PUSH_AGE
     # True when started from --config (the operator's way): a missing interface is "not ready"
     # and waited for; on the bare command line it is a usage error, as in the old tool.
@@ -235,6 +246,18 @@ SPOOL: dict[str, Field] = {
                       bounds=BOUNDS["spool.maxBytes"], attr="max_bytes"),
 }
 
+_H = HttpAuth()
+HTTP_AUTH: dict[str, Field] = {
+    "mode": Field("string", "Who may read /metrics. none: the port serves plain HTTP to anyone who reaches it. "
+                  "kubernetes: TLS only, and /metrics only for a bearer token the API server authenticates "
+                  "(TokenReview) and allows get on the non-resource URL /metrics (SubjectAccessReview); "
+                  "/healthz and /readyz stay open and say only ok or not ready.",
+                  default=_H.mode, enum=HTTP_AUTH_MODES, attr="mode"),
+    "certFile": Field("string", "The serving certificate (PEM), reloaded when it changes; with keyFile. Absent: a "
+                      "self-signed pair made in memory at start.", nonempty=True, attr="cert_file"),
+    "keyFile": Field("string", "The certificate's private key (PEM); with certFile.", nonempty=True, attr="key_file"),
+}
+
 _R = RdmaConfig()
 RDMA: dict[str, Field] = {
     "podAttribution": Field("boolean", "Label each device a pod holds (an SR-IOV VF, a whole HCA) with its namespace, "
@@ -314,6 +337,8 @@ SCHEMA: dict[str, Field] = {
                           "counted).", default=_A.queue_samples, bounds=BOUNDS["queueSamples"], attr="queue_samples"),
     "spool": Field("object", properties=SPOOL, refine=_section(SpoolConfig, SPOOL, "spool."), attr="spool"),
     "httpListen": Field("string", attr="http_listen"),
+    "httpAuth": Field("object", "The metrics port's protection (docs/security.md).", properties=HTTP_AUTH,
+                      refine=_section(HttpAuth, HTTP_AUTH, "httpAuth."), attr="http_auth"),
     "maxPushAge": Field("number", "Seconds after which unsent samples are dropped (and counted).",
                         default=_A.max_push_age, bounds=BOUNDS["maxPushAge"], attr="max_push_age"),
 }
@@ -330,6 +355,8 @@ def from_dict(raw: Any) -> AgentConfig:
         raise UsageError("config: rdma.podAttribution: labels RDMA devices, so it needs mode rdma or nccl")
     if cfg.http_listen:
         parse_listen(cfg.http_listen)
+    if bool(cfg.http_auth.cert_file) != bool(cfg.http_auth.key_file):
+        raise UsageError("config: httpAuth: certFile and keyFile go together")
     return cfg
 
 
@@ -344,7 +371,8 @@ def to_dict(cfg: AgentConfig) -> dict[str, Any]:
                 continue
             if dataclasses.is_dataclass(value):
                 sub = {"xdp": (XDP, XdpConfig()), "rdma": (RDMA, RdmaConfig()),
-                       "spool": (SPOOL, SpoolConfig()), "nic": (NIC, NicConfig())}[key]
+                       "spool": (SPOOL, SpoolConfig()), "nic": (NIC, NicConfig()),
+                       "httpAuth": (HTTP_AUTH, HttpAuth())}[key]
                 value = emit(value, *sub)
             elif key == "remoteWrite":
                 value = [_target_dict(t) for t in value]

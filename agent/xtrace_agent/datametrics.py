@@ -125,12 +125,14 @@ RDMA_RX_PACKETS = counter("xtrace_rdma_port_receive_packets_total", "packets",
 # --- rdma and nccl modes: NIC statistics of the netdevs (nic/; docs/nic-metrics.md) -------------------
 # Every series has `netdev`, and the RDMA `device` and `port` it carries where known (not on the
 # config's extra interfaces). They exist only where the driver has the statistic: none at start.
+# A netdev of a device a pod holds (the GID table's netdevs of its RDMA device, a held function's
+# net/ entries) carries the owner's labels (OWNER), as the device's RDMA series do.
 NETDEV = ("netdev",)
 CARRIES = ("device", "port")
 
 
 def _nic(kind, name: str, unit: str, help_text: str, labels: tuple[str, ...] = (), optional=()) -> DataMetric:
-    return kind(name, unit, help_text, NETDEV + labels, "nic", CARRIES + optional, at_start=False)
+    return kind(name, unit, help_text, NETDEV + labels, "nic", CARRIES + optional + OWNER, at_start=False)
 
 
 NIC_PAUSE_FRAMES = _nic(counter, "xtrace_nic_pause_frames_total", "packets", "Pause frames received (rx: the peer "

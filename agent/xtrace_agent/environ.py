@@ -67,8 +67,10 @@ NODE_NAME = Knob("NODE_NAME", "", "The node label of every series (default: the 
 POD_NAME = Knob("POD_NAME", "", "The agent's pod: readiness is written to its status; with POD_NAMESPACE, "
                 "identifies the pod's XDP attachments.", who="Kubernetes")
 POD_NAMESPACE = Knob("POD_NAMESPACE", "", "The agent pod's namespace.", who="Kubernetes")
-SERVICE_HOST = Knob("KUBERNETES_SERVICE_HOST", "", "The API server, for the pod status (with the service "
-                    "account token).", who="Kubernetes")
+POD_IP = Knob("POD_IP", "", "The pod's (with hostNetwork, the node's) address: named in the self-signed "
+              "certificate of a metrics port with httpAuth and no certificate files.", who="Kubernetes")
+SERVICE_HOST = Knob("KUBERNETES_SERVICE_HOST", "", "The API server, for the pod status and httpAuth's token "
+                    "reviews (with the service account token).", who="Kubernetes")
 SERVICE_PORT = Knob("KUBERNETES_SERVICE_PORT", "443", "The API server's port.", who="Kubernetes")
 # --- the operator ---------------------------------------------------------------------------
 STATUS_FLUSH_SECONDS = Knob("XTRACE_STATUS_FLUSH_SECONDS", "3", "Seconds between two status checks of each "

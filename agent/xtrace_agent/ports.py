@@ -52,7 +52,7 @@ class PortAccounting:
         for port in seen.ports:
             owner = self._owner(port.device, seen.owners.get(port.device))
             self._export(port, seen.netdevs.get((port.device, port.port), ""), owner, report.samples)
-        self.nic.samples(seen.nic, report.samples)
+        self.nic.samples(seen.nic, report.samples, seen.owners, seen.netdev_owners)
         self.health.set(sm.RDMA_WRAPS, self.tracker.wraps)
         self.health.set(sm.RDMA_RESETS, self.tracker.resets)
         self.health.set(sm.COLLECTOR_DURATION, time.perf_counter() - seen.began, self._labels)

@@ -148,3 +148,6 @@ class PortsObserved(NamedTuple):
     # pod attribution: device -> its owner's labels (namespace, pod, container, resource); a device
     # no pod holds is absent
     owners: dict[str, dict[str, str]] = {}
+    # and netdev -> its owner's labels, for the net devices of held functions (a VF's net/ entries):
+    # a NIC reading without an RDMA device, or of an unheld one, takes its owner from here
+    netdev_owners: dict[str, dict[str, str]] = {}

@@ -147,3 +147,26 @@ def verdict(name: str, window: str, t: Thresholds = THRESHOLDS) -> str:
     if not higher:
         return f"{this} * 0 + 1"
     return f"{this} * 0 + 1\nunless on ({PORT}) (\n  " + "\n  or ".join(f"({c[h]})" for h in higher) + "\n)"
+
+
+# --- per pod (pod attribution, docs/pod-attribution.md) ---------------------------------------------
+POD = "cluster, namespace, pod"
+
+
+def owners(window: str, matchers: str = "") -> str:
+    """One series (value 1) per held port and its owner: the ports whose info series carried a pod in
+    the window (a port handed over within it counts for both pods until the window passes)."""
+    sel = f'xtrace_rdma_port_info{{pod!=""{", " + matchers if matchers else ""}}}'
+    return f"max by ({PORT}, namespace, pod) (last_over_time({sel}[{window}]))"
+
+
+def pod_rank(window: str, t: Thresholds = THRESHOLDS, matchers: str = "") -> str:
+    """Per pod: the worst verdict of its ports (the highest rank, by the precedence above)."""
+    return (f"max by ({POD}) (\n{owners(window, matchers)}\n"
+            f"* on ({PORT}) group_left ()\n({verdict_rank(window, t)})\n)")
+
+
+def pod_ports(name: str, window: str, t: Thresholds = THRESHOLDS) -> str:
+    """Per pod: how many of its ports have the verdict `name` (no series where none has)."""
+    return (f"count by ({POD}) (\n{owners(window)}\n"
+            f"* on ({PORT}) group_left ()\n({verdict(name, window, t)})\n)")

@@ -70,6 +70,18 @@ class Scrape:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    """spec.metrics: who may read the agents' /metrics (what it renders: metricsauth.py)."""
+
+    auth: str = "none"  # or "kubernetes": TLS, and a token the API server reviews
+    tls_secret: str | None = None  # the certificate's Secret; None: each agent makes its own
+
+    @property
+    def secure(self) -> bool:
+        return self.auth == "kubernetes"
+
+
+@dataclass(frozen=True)
 class Monitor:
     name: str
     namespace: str
@@ -86,6 +98,7 @@ class Monitor:
     rdma: agent_config.RdmaConfig = field(default_factory=agent_config.RdmaConfig)  # the agent's own type
     victoria_metrics: VictoriaMetrics | None = None
     scrape: Scrape | None = None
+    metrics: Metrics = field(default_factory=Metrics)
     image: str = DEFAULT_IMAGE
     image_pull_policy: str = "IfNotPresent"
     image_pull_secrets: tuple[str, ...] = ()
@@ -183,6 +196,17 @@ def _scrape(r: _Reader) -> Scrape:
     out = Scrape(kind=r.required("kind"), interval=r.value("interval"))
     r.done()
     return out
+
+
+def _metrics(r: _Reader) -> Metrics:
+    auth = r.value("auth")
+    secret = r.sub("tlsSecret")
+    name = secret.required("name") if r.has("tlsSecret") else None
+    secret.done()
+    if name is not None and auth != "kubernetes":
+        raise InvalidSpec(S.TLS_SECRET_NEEDS_AUTH)
+    r.done()
+    return Metrics(auth=auth, tls_secret=name)
 
 
 def _endpoint(url: Any, where: str, tenant: str | None) -> str:
@@ -362,6 +386,7 @@ def parse(name: str, namespace: str, spec: Any, uid: str = "", created: str = ""
         rdma=_rdma(r.sub("rdma")),
         victoria_metrics=_victoria_metrics(r.sub("victoriaMetrics")) if r.has("victoriaMetrics") else None,
         scrape=_scrape(r.sub("scrape")) if r.has("scrape") else None,
+        metrics=_metrics(r.sub("metrics")),
         image=r.value("image"), image_pull_policy=r.value("imagePullPolicy"), image_pull_secrets=pull_secrets,
         resources=_resources(r), privileged=r.value("privileged"),
         priority_class_name=r.value("priorityClassName"), host_kernel_headers=r.value("hostKernelHeaders"),

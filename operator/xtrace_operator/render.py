@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from xtrace_agent import config as agent_config
+from xtrace_operator import metricsauth
 from xtrace_operator.model import Monitor
 
 CONFIG_PATH = "/etc/xtrace"
@@ -106,6 +107,7 @@ def agent_config_of(monitor: Monitor) -> agent_config.AgentConfig:
         spool=agent_config.SpoolConfig(path=SPOOL_MOUNT if spool else None,
                                        max_bytes=vm.spool_max_bytes if vm else agent_config.DEFAULT_SPOOL_BYTES),
         http_listen=f"0.0.0.0:{monitor.port}",
+        http_auth=agent_config.HttpAuth(**metricsauth.agent_settings(monitor.metrics)),
         max_push_age=float(vm.max_push_age) if vm else agent_config.DEFAULT_MAX_PUSH_AGE,
     )
 
@@ -149,7 +151,7 @@ def rolebinding(monitor: Monitor) -> dict[str, Any]:
 def config_hash(monitor: Monitor) -> str:
     """What rolls the agents: the config file plus everything mounted beside it (secret refs)."""
     vm = monitor.victoria_metrics
-    mounts = _secret_volumes(monitor) if vm else []
+    mounts = (_secret_volumes(monitor) if vm else []) + metricsauth.volumes(monitor.metrics)[0]
     blob = json.dumps({"config": agent_yaml(monitor), "secrets": mounts}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -185,6 +187,7 @@ def _storage(monitor: Monitor) -> tuple[list[dict[str, Any]], list[dict[str, Any
         # The root filesystem is read-only; BCC and Python still need a scratch directory.
         {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
         *_secret_volumes(monitor),
+        *metricsauth.volumes(monitor.metrics)[0],
     ]
     mounts = [
         {"name": "config", "mountPath": CONFIG_PATH, "readOnly": True},
@@ -193,6 +196,7 @@ def _storage(monitor: Monitor) -> tuple[list[dict[str, Any]], list[dict[str, Any
         {"name": "tmp", "mountPath": "/tmp"},
         *({"name": v["name"], "mountPath": _secret_dir(v["name"].removeprefix("secret-")), "readOnly": True}
           for v in _secret_volumes(monitor)),
+        *metricsauth.volumes(monitor.metrics)[1],
     ]
     if monitor.host_kernel_headers:
         # The image carries kernel headers of its own; these are for hosts whose headers match the
@@ -225,8 +229,11 @@ def _security(monitor: Monitor) -> dict[str, Any]:
 
 
 def _container(monitor: Monitor, mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    # with metrics.auth the port speaks TLS only; the kubelet does not verify a probe's certificate
+    scheme = "HTTPS" if monitor.metrics.secure else "HTTP"
+
     def probe(path: str, period: int, failures: int) -> dict[str, Any]:
-        return {"httpGet": {"path": path, "port": monitor.port, "scheme": "HTTP"},
+        return {"httpGet": {"path": path, "port": monitor.port, "scheme": scheme},
                 "periodSeconds": period, "timeoutSeconds": 3, "failureThreshold": failures}
 
     return {
@@ -240,6 +247,9 @@ def _container(monitor: Monitor, mounts: list[dict[str, Any]]) -> dict[str, Any]
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
+            # the generated certificate names the pod's (the node's) address
+            *([{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+              if monitor.metrics.secure and not monitor.metrics.tls_secret else []),
         ],
         "ports": [{"name": "metrics", "containerPort": monitor.port, "protocol": "TCP"}],
         "resources": monitor.resources,
@@ -317,7 +327,9 @@ def scrape(monitor: Monitor) -> dict[str, Any]:
     endpoint = {"port": "metrics", "path": "/metrics", "interval": monitor.scrape.interval,
                 # the agents' self-metrics carry no node label of their own: the pod's node is the one
                 "relabelings" if monitor.scrape.kind == "ServiceMonitor" else "relabelConfigs": [
-                    {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}]}
+                    {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}],
+                # metrics.auth: https, the scraper's own token, the certificate's trust
+                **metricsauth.scrape_endpoint(monitor.metrics, child_name(monitor), monitor.namespace)}
     return {"apiVersion": SCRAPE_API[monitor.scrape.kind], "kind": monitor.scrape.kind, "metadata": _metadata(monitor),
             "spec": {"selector": {"matchLabels": selector_labels(monitor)}, "endpoints": [endpoint]}}
 

@@ -40,6 +40,7 @@ SCRAPE_KINDS = ("Service", "VMServiceScrape", "ServiceMonitor")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 TOLERATION_OPERATORS = ("Exists", "Equal")
 TOLERATION_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
+TLS_SECRET_NEEDS_AUTH = "spec.metrics.tlsSecret: only with auth: kubernetes (a plain port serves no TLS)"
 
 
 def matching(pattern: str, what: str):
@@ -139,6 +140,22 @@ SCRAPE = Field(
     })
 
 
+METRICS = Field(
+    "object", "Who may read the agents' /metrics (docs/security.md). auth none (the default): the port serves "
+    "plain HTTP to anyone who reaches it. auth kubernetes: TLS, and /metrics only for a bearer token the API "
+    "server authenticates (TokenReview) and allows get on the non-resource URL /metrics (SubjectAccessReview); "
+    "/healthz and /readyz stay open and say only ok or not ready.",
+    rules=(("!has(self.tlsSecret) || self.auth == 'kubernetes'", TLS_SECRET_NEEDS_AUTH),),
+    properties={
+        "auth": Field("string", enum=agent.HTTP_AUTH_MODES, default="none"),
+        "tlsSecret": Field("object", "A Secret with tls.crt and tls.key (cert-manager's shape; ca.crt for the "
+                           "scrapers), mounted and reloaded when it changes. Absent: each agent makes a self-signed "
+                           "certificate at start.", required=("name",), properties={
+                               "name": _string(max_length=253, pattern=K8S_NAME, what="a Secret name"),
+                           }),
+    })
+
+
 def _names(description: str, what: str) -> Field:
     return Field("array", description, max_items=64, unique=True, items=_string(pattern=IFACE, what=what))
 
@@ -192,4 +209,5 @@ SPEC = Field("object", "What to monitor, where, and where to send the metrics.",
     "terminationGracePeriodSeconds": Field("integer", "Time the agent gets to detach XDP and flush its queue on "
                                            "shutdown.", bounds=(10, 3600), default=DEFAULT_GRACE),
     "scrape": SCRAPE,
+    "metrics": METRICS,
 })

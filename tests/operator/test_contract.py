@@ -35,7 +35,7 @@ EVERYTHING = [
     {"mode": "nccl", "victoriaMetrics": {"url": "https://vm", "auth": {"bearer": {"secretName": "t"}}},
      "nic": {"interfaces": ["eth*"], "rawInclude": ["rx_*_phy"], "rawExclude": ["rx_64_bytes_phy"],
              "rawPerQueue": True},
-     "rdma": {"podAttribution": True}},
+     "rdma": {"podAttribution": True}, "metrics": {"auth": "kubernetes", "tlsSecret": {"name": "agent-tls"}}},
 ]
 
 
@@ -52,7 +52,8 @@ def _paths(doc, prefix=""):
 
 
 def _schema_paths():
-    nested = {"xdp": agent_config.XDP, "rdma": agent_config.RDMA, "spool": agent_config.SPOOL, "nic": agent_config.NIC}
+    nested = {"xdp": agent_config.XDP, "rdma": agent_config.RDMA, "spool": agent_config.SPOOL, "nic": agent_config.NIC,
+              "httpAuth": agent_config.HTTP_AUTH}
     for key in agent_config.SCHEMA:
         yield key
         for sub in nested.get(key, {}):

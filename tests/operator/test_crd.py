@@ -93,6 +93,11 @@ INVALID = [
     ({"interfaces": ["eth0"], "imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy", "spec.imagePullPolicy"),
     ({"interfaces": ["eth0"], "resources": {"limits": {"memory": "lots"}}}, "spec.resources.limits.memory",
      "is not a quantity"),
+    ({"interfaces": ["eth0"], "metrics": {"auth": "tls"}}, "spec.metrics.auth", "spec.metrics.auth: must be one of"),
+    ({"interfaces": ["eth0"], "metrics": {"tlsSecret": {"name": "agent-tls"}}}, "tlsSecret: only with auth: kubernetes",
+     "tlsSecret: only with auth: kubernetes"),
+    ({"interfaces": ["eth0"], "metrics": {"auth": "kubernetes", "tlsSecret": {"name": "Bad_Name"}}},
+     "spec.metrics.tlsSecret.name", "spec.metrics.tlsSecret.name"),
 ]
 
 

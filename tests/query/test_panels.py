@@ -248,8 +248,10 @@ class Expect:
             ("Link rate", "A"): {key(node="node-b", device=d, port=p): int(r.split()[0]) * 1e9
                                  for (d, p), (_, r, _, _) in info.items()},
             ("Saturated counters", "A"): {},
-            # node-b's devices are nobody's: no series has pod labels (tests/query/test_pods.py has pods)
-            **{(title, ref): {} for title, ref, _ in panels("rdma") if " per pod" in title or " per namespace" in title},
+            # node-b's devices are nobody's: no series has pod labels (tests/query/test_pods.py has pods,
+            # tests/query/test_pod_verdicts.py the verdicts per pod)
+            **{(title, ref): {} for title, ref, _ in panels("rdma")
+               if " per pod" in title or " per namespace" in title or title.endswith(" of each pod")},
         }
 
     def health(self) -> dict[tuple[str, str], dict]:

@@ -103,7 +103,8 @@ class RdmaCollector:
         self._failing = failing
         netdevs = {(p.device, p.port): self._netdev(p.device, p.port, now)[0] for p in ports}
         owners = {} if self.owners is None else {d: o for d in selected if (o := self.owners.labels(d))}
-        return PortsObserved(ports, netdevs, began, self._nic(ports, now), owners)
+        netdev_owners = {} if self.owners is None else self.owners.netdev_labels()
+        return PortsObserved(ports, netdevs, began, self._nic(ports, now), owners, netdev_owners)
 
     def _nic(self, ports: list[sysfs.Port], now: float) -> list:
         targets: list[Target] = []

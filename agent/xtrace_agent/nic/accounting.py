@@ -5,6 +5,12 @@ The table's names are mapped once per string set (nic.names.plan). Every counter
 counters' CounterTracker, so what is pushed never goes backwards across a driver reload (a drop is a
 reset) and mlx5's 32-bit firmware counters are wrap-corrected; a level (PCIe stalled share) is pushed
 as read, and so is the raw table.
+
+Pod attribution (docs/pod-attribution.md): a netdev of a device a pod holds (the netdevs of its RDMA
+device, or a held function's own net devices) carries the owner's labels on every series, and its
+counters count from that owner's first report, exactly as the device's RDMA series do
+(ports.PortAccounting): a new owner starts new series at 0, a pod's end returns the netdev to its
+unlabelled series with the hardware's total.
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ class NicAccounting:
         self.raw = raw
         self.tracker = CounterTracker()
         self._plans: dict[tuple[str, ...], names.Plan] = {}
+        # pod attribution: netdev -> its owner's label values; a held netdev's counts since its owner's first report
+        self._owner_of: dict[str, tuple] = {}
+        self._held: set[str] = set()
+        self._since: dict[tuple[str, str], int] = {}
 
     def _plan(self, table: dump.Table) -> names.Plan:
         plan = self._plans.get(table.names)
@@ -30,11 +40,33 @@ class NicAccounting:
         return plan
 
     def _counter(self, netdev: str, stat: str, raw: int, width=names.W64) -> int | None:
-        return self.tracker.update((netdev, stat), raw, width).value
+        value = self.tracker.update((netdev, stat), raw, width).value
+        if value is None or netdev not in self._held:
+            return value
+        return value - self._since.setdefault((netdev, stat), value)
 
-    def samples(self, readings: list[NicReading], out: list[Sample]) -> None:
+    def _owner(self, netdev: str, labels: dict[str, str] | None) -> dict[str, str]:
+        """The netdev's owner labels ({} when no pod holds it); a new owner restarts its counts."""
+        key = tuple(labels.values()) if labels else ()
+        if self._owner_of.get(netdev, ()) != key:
+            self._owner_of[netdev] = key
+            self._since = {k: v for k, v in self._since.items() if k[0] != netdev}
+        if key:
+            self._held.add(netdev)
+        else:
+            self._held.discard(netdev)
+        return labels or {}
+
+    def samples(self, readings: list[NicReading], out: list[Sample],
+                owners: dict[str, dict[str, str]] | None = None,
+                netdev_owners: dict[str, dict[str, str]] | None = None) -> None:
+        """`owners`: RDMA device -> owner labels; `netdev_owners`: netdev -> owner labels (a held
+        function's net devices). A netdev takes its RDMA device's owner, else its own."""
+        owners, netdev_owners = owners or {}, netdev_owners or {}
         for r in readings:
-            netdev, ts, base = r.target.netdev, r.timestamp, r.target.labels()
+            netdev, ts = r.target.netdev, r.timestamp
+            owner = self._owner(netdev, owners.get(r.target.device) or netdev_owners.get(netdev))
+            base = {**r.target.labels(), **owner}
             if r.table is not None:
                 plan, values = self._plan(r.table), r.table.values
                 for entry in plan.named:

@@ -130,6 +130,10 @@ class OwnerTable:
         owner = self.by_rdma.get(rdma_device)
         return owner.labels() if owner else None
 
+    def netdev_labels(self) -> dict[str, dict[str, str]]:
+        """netdev -> owner labels for the net devices of held functions the host sees."""
+        return {name: owner.labels() for name, owner in self.by_netdev.items()}
+
     # -- per period ----------------------------------------------------------------------------
     def refresh(self) -> None:
         self.refreshes += 1
