@@ -180,10 +180,11 @@ class EventsProgram:
 
     @classmethod
     def load(cls, features: tuple[str, ...], drop_table_size: int = 16384, tcp_table_size: int = 16384,
-             btf_path=VMLINUX) -> EventsProgram:
-        """Resolve the kernel's layout, compile and load (Unavailable / AgentFailure, one line)."""
+             btf_path=VMLINUX, offsets: dict[str, int] | None = None) -> EventsProgram:
+        """Resolve the kernel's layout, compile and load (Unavailable / AgentFailure, one line).
+        `offsets` replaces some of the BTF's (tests: what headers of another kernel would give)."""
         kl = kernel_layout(features, path=btf_path)
-        extra = {**layout.defines(), **kl.defines, "XT_DROP_TABLE_SIZE": drop_table_size,
+        extra = {**layout.defines(), **kl.defines, **(offsets or {}), "XT_DROP_TABLE_SIZE": drop_table_size,
                  "XT_TCP_TABLE_SIZE": tcp_table_size, "XT_RTT_SLOTS": RTT_SLOTS}
         for f in features:
             extra[f"XT_{f.upper()}"] = 1
