@@ -1,0 +1,78 @@
+"""The drop and TCP accounting stages on drains built here: conservation per (interface,
+direction) and reason with flows over the budget, table-full drops and untracked ones; reason
+names as given (an unknown value is its number); the RTT histogram's buckets sum whole slots."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xtrace_agent import drops, tcp
+from xtrace_agent.xdp import layout
+from xtrace_agent.xdp.events import RTT_SLOTS, DropsDrained, TcpDrained
+from xtrace_agent.xdp.program import FlowKey
+
+REASONS = {3: "NO_SOCKET", 6: "SOCKET_RCVBUFF"}
+
+
+def group_of(raw):
+    i, direction = layout.split_ifindex(raw)
+    return (f"eth{i}", direction)
+
+
+def fk(sport, ifindex=1, dport=53):
+    return FlowKey(ifindex, "10.0.0.1", "10.0.0.2", sport, dport, 17, "ethernet", 0, 0)
+
+
+def totals(samples):
+    flows, ifaces = {}, {}
+    for s in samples:
+        where = (s.labels.get("interface"), s.labels.get("direction"), s.labels.get("reason"))
+        if s.name == drops.PACKETS:
+            flows[where] = flows.get(where, 0) + s.value
+        elif s.name == drops.IFACE_PACKETS:
+            ifaces[where] = s.value
+    return flows, ifaces
+
+
+def test_conservation_with_budget_full_table_and_untracked():
+    acct = drops.DropAccounting(max_flows=2, idle_timeout=60, directed=True)
+    name = lambda v: REASONS.get(v, str(v))  # noqa: E731
+    drained = DropsDrained(
+        flows={(fk(1), 3): (5, 500), (fk(2), 3): (1, 100), (fk(3), 3): (2, 200), (fk(4, 1 | layout.EGRESS), 99): (1, 9)},
+        untracked={(1, "non_ip", 3): (4, 40)}, full={(1, 6): (7, 70)}, lost=(2, 20))
+    samples = acct.report(drops.observe(drained, group_of, name), 100.0)
+    flows, ifaces = totals(samples)
+    assert flows == ifaces
+    assert ifaces[("eth1", "ingress", "NO_SOCKET")] == 5 + 1 + 2 + 4
+    assert ifaces[("eth1", "ingress", "SOCKET_RCVBUFF")] == 7
+    assert ifaces[("eth1", "egress", "99")] == 1  # a value the kernel's enum does not name: its number
+    by_name = {s.name: s.value for s in samples if not s.labels}
+    assert by_name[drops.LOST_PACKETS] == 2
+    # the next interval adds, never goes back
+    samples = acct.report(drops.observe(DropsDrained({(fk(1), 3): (1, 100)}, {}, {}, (2, 20)), group_of, name), 110.0)
+    flows2, ifaces2 = totals(samples)
+    assert flows2 == ifaces2 and ifaces2[("eth1", "ingress", "NO_SOCKET")] == 13
+
+
+def vec(retrans=0, rtts=()):
+    v = np.zeros(3 + RTT_SLOTS, dtype=np.uint64)
+    v[0] = retrans
+    for us in rtts:
+        v[1] += 1
+        v[2] += us
+        v[3 + max(0, int(us - 1).bit_length())] += 1
+    return v
+
+
+def test_tcp_retransmits_and_histogram():
+    acct = tcp.TcpAccounting(max_flows=1, idle_timeout=60, directed=False)
+    drained = TcpDrained({fk(1): vec(3, (10, 16, 17)), fk(2): vec(2, (5000,))}, {1: vec(1, (300,))}, 0)
+    samples = acct.report(tcp.observe(drained, group_of, (("eth1", "ingress"),)), 100.0)
+    s = {(x.name, *sorted(x.labels.items())): x.value for x in samples}
+    g = (("interface", "eth1"),)
+    assert s[(tcp.IFACE_RETRANS, *g)] == 6
+    assert sum(x.value for x in samples if x.name == tcp.RETRANS) == 6  # one flow, the rest in `other`
+    le = {x.labels["le"]: x.value for x in samples if x.name == tcp.RTT + "_bucket"}
+    assert le["0.000016"] == 2 and le["0.000064"] == 3 and le["0.001024"] == 4 and le["0.016384"] == 5
+    assert le["+Inf"] == s[(tcp.RTT + "_count", *g)] == 5
+    assert abs(s[(tcp.RTT + "_sum", *g)] - (10 + 16 + 17 + 5000 + 300) / 1e6) < 1e-12
