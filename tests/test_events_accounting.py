@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from xtrace_agent import drops, tcp
+from xtrace_agent.stages import FlowKey
 from xtrace_agent.xdp import layout
 from xtrace_agent.xdp.events import RTT_SLOTS, DropsDrained, TcpDrained
-from xtrace_agent.xdp.program import FlowKey
 
 REASONS = {3: "NO_SOCKET", 6: "SOCKET_RCVBUFF"}
 

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from xtrace_agent.accumulator import Accumulator, Totals
-from xtrace_agent.flows import NO_BTH, Group, flow_labels, group_labels, other_of
+from xtrace_agent.flows import flow_labels, group_labels, other_of
 from xtrace_agent.samples import Sample
+from xtrace_agent.stages import NO_BTH, Group
 from xtrace_agent.xdp.events import DropsDrained
 
 PACKETS = "xtrace_drop_packets_total"

@@ -23,8 +23,9 @@ from typing import NamedTuple
 import numpy as np
 
 from xtrace_agent.accumulator import Accumulator, Totals
-from xtrace_agent.flows import Group, flow_labels, group_labels, other_of
+from xtrace_agent.flows import flow_labels, group_labels, other_of
 from xtrace_agent.samples import Sample
+from xtrace_agent.stages import Group
 from xtrace_agent.xdp.events import RTT_SLOTS, TcpDrained
 
 RETRANS = "xtrace_tcp_retransmits_total"

@@ -19,10 +19,11 @@ from typing import NamedTuple
 import numpy as np
 
 from xtrace_agent.errors import AgentFailure
+from xtrace_agent.stages import FlowKey
 from xtrace_agent.xdp import compiler, layout, libbpf
 from xtrace_agent.xdp.addresses import ip_text
 from xtrace_agent.xdp.btf import VMLINUX, Btf, BtfError
-from xtrace_agent.xdp.program import FlowKey, _Table
+from xtrace_agent.xdp.program import _Table
 
 log = logging.getLogger("xtrace.xdp")
 

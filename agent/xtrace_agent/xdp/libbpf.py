@@ -97,7 +97,8 @@ def lib() -> ctypes.CDLL:
     except OSError as e:
         raise OSError(errno.ENOENT, f"libbpf.so.1 not found (install libbpf1): {e}") from None
     u32p = POINTER(c_uint32)
-    so.bpf_map_lookup_and_delete_batch.argtypes = [c_int, c_void_p, c_void_p, c_void_p, c_void_p, u32p, c_void_p]
+    for name in ("bpf_map_lookup_and_delete_batch", "bpf_map_lookup_batch"):
+        getattr(so, name).argtypes = [c_int, c_void_p, c_void_p, c_void_p, c_void_p, u32p, c_void_p]
     so.bpf_map_update_batch.argtypes = [c_int, c_void_p, c_void_p, u32p, c_void_p]
     so.bpf_map_lookup_elem.argtypes = [c_int, c_void_p, c_void_p]
     so.bpf_map_delete_elem.argtypes = [c_int, c_void_p]
@@ -151,6 +152,12 @@ def lookup_and_delete_batch(fd: int, in_token, out_token, keys, values, count: i
     """
     return _batch_step(lib().bpf_map_lookup_and_delete_batch, "bpf_map_lookup_and_delete_batch", fd,
                        in_token, out_token, keys, values, count)
+
+
+def lookup_batch(fd: int, in_token, out_token, keys, values, count: int) -> tuple[int, bool]:
+    """As lookup_and_delete_batch, without deleting (the drop program's cumulative drops_full)."""
+    return _batch_step(lib().bpf_map_lookup_batch, "bpf_map_lookup_batch", fd, in_token, out_token, keys, values,
+                       count)
 
 
 def update_batch(fd: int, keys, values, count: int) -> int:
