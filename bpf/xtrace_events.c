@@ -13,7 +13,7 @@
  * Attribution: a drop belongs to the interface it was received on (skb_iif) or, for a packet
  * this host sends, the device it is leaving through (skb->dev), in that device's network
  * namespace; a socket to the device its route goes through (sk_dst_cache->dev). Only an
- * (netns, ifindex | direction) the agent put in `watched` counts. Keys are the traffic
+ * ifindex | direction the agent put in `watched`, in the namespace it put there, counts. Keys are the traffic
  * program's struct flow_key (xtrace.h), so the labels are the traffic flows' labels.
  *
  * Counting follows the traffic program's discipline: two tables per kind, swapped by the agent
@@ -73,10 +73,8 @@ struct tcp_stats {
     __u64 rtt_slots[XT_RTT_SLOTS];
 };
 
-struct watch_key {
-    __u32 netns;           /* inode number of the network namespace */
-    __u32 ifindex;         /* with XT_EGRESS for the send side */
-};
+
+#define KEY_WORD(key, off) (*(__u32 *)((__u8 *)(key) + (off)))
 
 #define XT_LOST_DROPS 0
 #define XT_LOST_TCP   1
@@ -92,7 +90,9 @@ BPF_TABLE("percpu_hash", struct flow_key, struct tcp_stats, tcp_a, XT_TCP_TABLE_
 BPF_TABLE("percpu_hash", struct flow_key, struct tcp_stats, tcp_b, XT_TCP_TABLE_SIZE);
 BPF_ARRAY_OF_MAPS(tcp_tables, "tcp_a", 1);
 #endif
-BPF_HASH(watched, struct watch_key, __u32, 4096);
+/* ifindex | direction -> inode number of the network namespace it is watched in: looked up
+ * by ifindex first, so a drop elsewhere costs one read and one lookup before the program leaves */
+BPF_HASH(watched, __u32, __u32, 4096);
 BPF_PERCPU_ARRAY(lost, struct counters, 2);
 
 /* ---- reading the kernel's structs ---- */
@@ -125,14 +125,17 @@ static __always_inline __u32 netns_of_net(__u64 net)
     return net ? rd32(AT(net, XT_OFF_NET_INUM)) : 0;
 }
 
-/* The flow key's ifindex word for this (netns, ifindex, direction) if the agent watches it, else 0. */
-static __always_inline __u32 watched_as(__u32 netns, __u32 ifindex, __u32 egress)
+/* The namespace `place` (ifindex | direction) is watched in, or 0 when it is not watched. */
+static __always_inline __u32 watched_netns(__u32 place)
 {
-    struct watch_key w = {.netns = netns, .ifindex = ifindex | egress};
-    if (!ifindex || !watched.lookup(&w))
-        return 0;
-    return w.ifindex;
+    __u32 *netns = watched.lookup(&place);
+    return netns ? *netns : 0;
 }
+
+/* Fields close together in one struct are read with one bpf_probe_read_kernel of the span the
+ * agent computed from the BTF (XT_<S>_SPAN_START/LEN, 8-aligned), then picked out by offset. */
+#define SPAN_FIELD(span, prefix, off, type) \
+    (*(type *)((__u8 *)(span) + (off) - prefix##_SPAN_START))
 
 static __always_inline void count_lost(__u32 which, __u64 bytes)
 {
@@ -222,11 +225,18 @@ static __always_inline int key_of_ipv6(const void *nh, struct flow_key *k)
     return 0;
 }
 
+/* len, protocol, network_header, mac_header, head, data of an skb: one read (XT_SKB_SPAN_*) */
+struct skb_span {
+    __u64 w[XT_SKB_SPAN_LEN / 8];
+};
+#define SKB(span, name, type) SPAN_FIELD(span, XT_SKB, XT_OFF_SKB_##name, type)
+
 /* Fills k's address and port words from the packet's network header; 0, or the untracked reason. */
-static __always_inline int key_of_skb(const void *skb, __u64 head, struct flow_key *k)
+static __always_inline int key_of_skb(const struct skb_span *sp, struct flow_key *k)
 {
-    __u16 nh = rd16(AT(skb, XT_OFF_SKB_NETWORK_HEADER));
-    __u16 proto = rd16(AT(skb, XT_OFF_SKB_PROTOCOL));
+    __u16 nh = SKB(sp, NETWORK_HEADER, __u16);
+    __u16 proto = SKB(sp, PROTOCOL, __u16);
+    __u64 head = SKB(sp, HEAD, __u64);
     if (proto != bpf_htons(ETH_P_IP) && proto != bpf_htons(ETH_P_IPV6))
         return XT_UNTRACKED_NON_IP;
     if (!head || nh == XT_NO_HEADER)
@@ -240,35 +250,47 @@ static __always_inline int key_of_skb(const void *skb, __u64 head, struct flow_k
 #ifdef XT_DROPS
 /* The packet's length from its link-layer header when it has one (as the traffic program
  * counts frames), else from its network header. */
-static __always_inline __u64 frame_bytes(const void *skb, __u64 head)
+static __always_inline __u64 frame_bytes(const struct skb_span *sp)
 {
-    __u64 len = rd32(AT(skb, XT_OFF_SKB_LEN));
-    __u64 data = rd_ptr(AT(skb, XT_OFF_SKB_DATA));
-    __u16 mac = rd16(AT(skb, XT_OFF_SKB_MAC_HEADER));
+    __u64 len = SKB(sp, LEN, __u32);
+    __u64 data = SKB(sp, DATA, __u64);
+    __u64 head = SKB(sp, HEAD, __u64);
+    __u16 mac = SKB(sp, MAC_HEADER, __u16);
     if (mac != XT_NO_HEADER && head + mac < data && data - (head + mac) < 256)
         len += data - (head + mac);
     return len;
 }
 
-/* The watched (ifindex | direction) a dropped packet belongs to, or 0. */
+/* The watched (ifindex | direction) a dropped packet belongs to, or 0: received on skb_iif, or
+ * sent through skb->dev; in the namespace of that device (or of the socket, once the stack has
+ * let go of the device). */
 static __always_inline __u32 drop_place(const void *skb, __u64 rx_sk)
 {
     __u32 iif = rd32(AT(skb, XT_OFF_SKB_IIF));
-    __u64 dev = rd_ptr(AT(skb, XT_OFF_SKB_DEV));
+    __u64 dev = 0;
+    __u32 place = iif;
+    if (!iif) {
+        dev = rd_ptr(AT(skb, XT_OFF_SKB_DEV));
+        if (!dev)
+            return 0;
+        place = rd32(AT(dev, XT_OFF_DEV_IFINDEX)) | XT_EGRESS;
+    }
+    __u32 want = watched_netns(place);
+    if (!want)
+        return 0;   /* the common case: a drop on an interface nobody watches */
+    if (iif)
+        dev = rd_ptr(AT(skb, XT_OFF_SKB_DEV));
     __u64 net = 0;
-    if (dev)
+    if (dev) {
         net = rd_ptr(AT(dev, XT_OFF_DEV_ND_NET));
-    else {   /* a socket's drop after the stack let go of the device: the socket's namespace */
+    } else {
         __u64 sk = rd_ptr(AT(skb, XT_OFF_SKB_SK));
         if (!sk)
             sk = rx_sk;
         if (sk)
             net = rd_ptr(AT(sk, XT_OFF_SK_NET));
     }
-    __u32 netns = netns_of_net(net);
-    if (iif)
-        return watched_as(netns, iif, 0);
-    return dev ? watched_as(netns, rd32(AT(dev, XT_OFF_DEV_IFINDEX)), XT_EGRESS) : 0;
+    return netns_of_net(net) == want ? place : 0;
 }
 
 int xtrace_drop(struct bpf_raw_tracepoint_args *ctx)
@@ -280,13 +302,15 @@ int xtrace_drop(struct bpf_raw_tracepoint_args *ctx)
     __u32 place = drop_place(skb, XT_KFREE_SKB_HAS_RX_SK ? ctx->args[3] : 0);
     if (!place)
         return 0;
-    __u64 head = rd_ptr(AT(skb, XT_OFF_SKB_HEAD));
-    __u64 bytes = frame_bytes(skb, head);
+    struct skb_span sp;
+    if (bpf_probe_read_kernel(&sp, sizeof(sp), AT(skb, XT_SKB_SPAN_START)))
+        __builtin_memset(&sp, 0, sizeof(sp));
+    __u64 bytes = frame_bytes(&sp);
     struct drop_key key;
     __builtin_memset(&key, 0, sizeof(key));
     key.flow.ifindex = place;
     key.reason = reason;
-    int untracked = key_of_skb(skb, head, &key.flow);
+    int untracked = key_of_skb(&sp, &key.flow);
     if (untracked) {   /* an untracked entry: ip_version 0, the reason in protocol (xtrace.h) */
         __builtin_memset(&key.flow, 0, sizeof(key.flow));
         key.flow.ifindex = place;
@@ -313,9 +337,17 @@ int xtrace_drop(struct bpf_raw_tracepoint_args *ctx)
 #ifdef XT_TCP
 /* The socket's flow as the traffic flows name it: (local -> remote) on the send side of its
  * route's device when that is watched, else (remote -> local) on the receive side; 0 if neither. */
+/* family, addresses, ports, bound device and namespace of a socket: one read (XT_SK_SPAN_*) */
+struct sk_span {
+    __u64 w[XT_SK_SPAN_LEN / 8];
+};
+#define SK(span, name, type) SPAN_FIELD(span, XT_SK, XT_OFF_SK_##name, type)
+
 static __always_inline int key_of_sock(const void *sk, __u32 fallback_ifindex, struct flow_key *k)
 {
-    __u32 netns = netns_of_net(rd_ptr(AT(sk, XT_OFF_SK_NET)));
+    struct sk_span sp;
+    if (bpf_probe_read_kernel(&sp, sizeof(sp), AT(sk, XT_SK_SPAN_START)))
+        return -1;
     __u32 ifindex = 0;
     __u64 dst = rd_ptr(AT(sk, XT_OFF_SK_DST_CACHE));
     if (dst) {
@@ -324,39 +356,46 @@ static __always_inline int key_of_sock(const void *sk, __u32 fallback_ifindex, s
             ifindex = rd32(AT(dev, XT_OFF_DEV_IFINDEX));
     }
     if (!ifindex)
-        ifindex = rd32(AT(sk, XT_OFF_SK_BOUND_DEV_IF));
+        ifindex = SK(&sp, BOUND_DEV_IF, __u32);
     if (!ifindex)
         ifindex = fallback_ifindex;
-    __u32 place = watched_as(netns, ifindex, XT_EGRESS);
-    int outgoing = place != 0;
-    if (!place)
-        place = watched_as(netns, ifindex, 0);
-    if (!place)
+    if (!ifindex)
         return -1;
-    /* which of the socket's addresses is the key's source: picked as kernel addresses (plain
-     * numbers to the verifier), then read straight into the key */
-    __u16 family = rd16(AT(sk, XT_OFF_SK_FAMILY));
-    __u64 base = (__u64)sk;
-    __u64 from = base + (outgoing ? XT_OFF_SK_V6_RCV_SADDR : XT_OFF_SK_V6_DADDR);
-    __u64 to = base + (outgoing ? XT_OFF_SK_V6_DADDR : XT_OFF_SK_V6_RCV_SADDR);
+    __u32 place = ifindex | XT_EGRESS;
+    __u32 want = watched_netns(place);
+    int outgoing = want != 0;
+    if (!want) {
+        place = ifindex;
+        want = watched_netns(place);
+        if (!want)
+            return -1;
+    }
+    if (netns_of_net(SK(&sp, NET, __u64)) != want)
+        return -1;
+    /* the key's source is the local end on the send side, the remote end on the receive side */
+    __u16 family = SK(&sp, FAMILY, __u16);
     if (family == AF_INET6_) {
-        bpf_probe_read_kernel(k->src, 16, (const void *)from);
-        bpf_probe_read_kernel(k->dst, 16, (const void *)to);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {   /* values picked, not pointers: the verifier forbids pointer tricks */
+            __u32 local = SPAN_FIELD(&sp, XT_SK, XT_OFF_SK_V6_RCV_SADDR + 4 * i, __u32);
+            __u32 remote = SPAN_FIELD(&sp, XT_SK, XT_OFF_SK_V6_DADDR + 4 * i, __u32);
+            KEY_WORD(k, offsetof(struct flow_key, src) + 4 * i) = outgoing ? local : remote;
+            KEY_WORD(k, offsetof(struct flow_key, dst) + 4 * i) = outgoing ? remote : local;
+        }
         /* an IPv6 socket speaking IPv4 holds ::ffff:a.b.c.d, which is how the key stores IPv4 */
         __u32 *w = (__u32 *)k->src;
         k->ip_version = (w[0] || w[1] || w[2] != bpf_htonl(0xffff)) ? 6 : 4;
     } else if (family == AF_INET_) {
-        from = base + (outgoing ? XT_OFF_SK_RCV_SADDR : XT_OFF_SK_DADDR);
-        to = base + (outgoing ? XT_OFF_SK_DADDR : XT_OFF_SK_RCV_SADDR);
+        __u32 local = SK(&sp, RCV_SADDR, __u32), remote = SK(&sp, DADDR, __u32);
         k->src[10] = k->src[11] = k->dst[10] = k->dst[11] = 0xff;
-        bpf_probe_read_kernel(&k->src[12], 4, (const void *)from);
-        bpf_probe_read_kernel(&k->dst[12], 4, (const void *)to);
+        KEY_WORD(k, offsetof(struct flow_key, src) + 12) = outgoing ? local : remote;
+        KEY_WORD(k, offsetof(struct flow_key, dst) + 12) = outgoing ? remote : local;
         k->ip_version = 4;
     } else {
         return -1;
     }
-    __u16 lport = rd16(AT(sk, XT_OFF_SK_NUM));                   /* host order */
-    __u16 rport = bpf_ntohs(rd16(AT(sk, XT_OFF_SK_DPORT)));      /* network order */
+    __u16 lport = SK(&sp, NUM, __u16);                    /* host order */
+    __u16 rport = bpf_ntohs(SK(&sp, DPORT, __u16));       /* network order */
     k->ifindex = place;
     k->protocol = IPPROTO_TCP;
     k->traffic_type = XT_TRAFFIC_ETHERNET;

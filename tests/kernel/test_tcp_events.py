@@ -100,7 +100,7 @@ def test_retransmits_and_rtt_match_the_kernel(events, veth):
         subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True)
         server.close()
         for place in (ifindex, ifindex | layout.EGRESS):
-            events.unwatch(place, netns=netns)
+            events.unwatch(place)
 
     def group_of(raw):
         i, direction = layout.split_ifindex(raw)

@@ -121,9 +121,34 @@ def kernel_layout(features: tuple[str, ...], btf: Btf | None = None, path=VMLINU
                     defines["XT_TCP_RETRANS_HAS_ERR"] = int(len(args) > 2 and args[2] == "int")
     except BtfError as e:
         raise Unavailable(f"{what}: {e}") from None
+    defines.update(spans(defines))
     defines.setdefault("XT_KFREE_SKB_HAS_RX_SK", 0)
     defines.setdefault("XT_TCP_RETRANS_HAS_ERR", 0)
     return KernelLayout(defines, {v: n.removeprefix(REASON_PREFIX) for v, n in enum.items()})
+
+
+# fields read together with one bpf_probe_read_kernel: -D prefix -> the fields of that span
+SPANS = {
+    "XT_SKB": ("XT_OFF_SKB_LEN", "XT_OFF_SKB_PROTOCOL", "XT_OFF_SKB_NETWORK_HEADER", "XT_OFF_SKB_MAC_HEADER",
+               "XT_OFF_SKB_HEAD", "XT_OFF_SKB_DATA"),
+    "XT_SK": ("XT_OFF_SK_FAMILY", "XT_OFF_SK_DADDR", "XT_OFF_SK_RCV_SADDR", "XT_OFF_SK_DPORT", "XT_OFF_SK_NUM",
+              "XT_OFF_SK_V6_DADDR", "XT_OFF_SK_V6_RCV_SADDR", "XT_OFF_SK_BOUND_DEV_IF", "XT_OFF_SK_NET"),
+}
+SPAN_MAX = 192  # bytes of stack a span may take
+
+
+def spans(offsets: dict[str, int]) -> dict[str, int]:
+    """XT_<S>_SPAN_START/LEN: 8-aligned ranges holding each span's fields (Unavailable if too wide)."""
+    out = {}
+    for prefix, fields in SPANS.items():
+        start = min(offsets[f] for f in fields) // 8 * 8
+        end = max(offsets[f] + SIZES[f] for f in fields)
+        length = (end - start + 7) // 8 * 8
+        if length > SPAN_MAX:
+            raise Unavailable(f"the kernel's fields {', '.join(FIELDS[f][1] for f in fields)} lie {length} bytes "
+                              f"apart (more than the {SPAN_MAX} the programs read at once)")
+        out[f"{prefix}_SPAN_START"], out[f"{prefix}_SPAN_LEN"] = start, length
+    return out
 
 
 def _check_args(event: str, args: tuple[str, ...]) -> None:
@@ -185,7 +210,8 @@ class EventsProgram:
         """Resolve the kernel's layout, compile and load (Unavailable / AgentFailure, one line).
         `offsets` replaces some of the BTF's (tests: what headers of another kernel would give)."""
         kl = kernel_layout(features, path=btf_path)
-        extra = {**layout.defines(), **kl.defines, **(offsets or {}), "XT_DROP_TABLE_SIZE": drop_table_size,
+        given = {**kl.defines, **(offsets or {})}
+        extra = {**layout.defines(), **given, **spans(given), "XT_DROP_TABLE_SIZE": drop_table_size,
                  "XT_TCP_TABLE_SIZE": tcp_table_size, "XT_RTT_SLOTS": RTT_SLOTS}
         for f in features:
             extra[f"XT_{f.upper()}"] = 1
@@ -230,18 +256,18 @@ class EventsProgram:
         return sorted(EVENT_NAMES[e] for e in self._links)
 
     def watch(self, place: int, netns: int | None = None) -> None:
-        """Count events of (this netns, ifindex | direction); TCP's untracked entries made first."""
+        """Count events of ifindex | direction in network namespace `netns` (default: ours; one
+        namespace per place); TCP's untracked entries are made first."""
         if "tcp" in self.features:
             for table in self._tables["tcp"]:
                 table.insert_zero(self._tcp_untracked_key(table, place))
         self._places.add(place)
-        key = (ctypes.c_uint32 * 2)(self.netns if netns is None else netns, place)
-        libbpf.update_elem(self._watched.fd, key, ctypes.byref(ctypes.c_uint32(1)))
+        value = ctypes.c_uint32(self.netns if netns is None else netns)
+        libbpf.update_elem(self._watched.fd, ctypes.byref(ctypes.c_uint32(place)), ctypes.byref(value))
 
-    def unwatch(self, place: int, netns: int | None = None) -> None:
+    def unwatch(self, place: int) -> None:
         self._places.discard(place)
-        key = (ctypes.c_uint32 * 2)(self.netns if netns is None else netns, place)
-        libbpf.delete_elem(self._watched.fd, key)
+        libbpf.delete_elem(self._watched.fd, ctypes.byref(ctypes.c_uint32(place)))
 
     @staticmethod
     def _tcp_untracked_key(table: _Table, place: int) -> np.ndarray:
