@@ -14,7 +14,10 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-VMLINUX = Path("/sys/kernel/btf/vmlinux")
+from xtrace_agent import environ
+
+# the running kernel's BTF; environ.BTF names another file (tests: a kernel without it)
+VMLINUX = Path(environ.BTF.get())
 MAGIC = 0xEB9F
 
 # BTF_KIND_*

@@ -161,6 +161,24 @@ def _check_args(event: str, args: tuple[str, ...]) -> None:
                           f"not ({', '.join(want)}, ...)")
 
 
+def support(path=VMLINUX) -> list[str]:
+    """One line per feature: what it would attach to on this kernel, or why it cannot (`-l`)."""
+    try:
+        btf = Btf.load(path)
+    except BtfError as e:
+        return [f"unavailable: no BTF ({e})"]
+    out = []
+    for feature, programs in TRACEPOINTS.items():
+        try:
+            kl = kernel_layout((feature,), btf)
+            events = ", ".join(EVENT_NAMES[e] for _, e in programs)
+            reasons = f", {len(kl.reasons)} drop reasons" if feature == "drops" else ""
+            out.append(f"xdp.{feature}: {events} (BTF {path}{reasons})")
+        except Unavailable as e:
+            out.append(f"xdp.{feature}: unavailable: {e}")
+    return out
+
+
 def netns_inode(pid: int | str = "self") -> int:
     return os.stat(f"/proc/{pid}/ns/net").st_ino
 
