@@ -76,3 +76,18 @@ def test_tcp_retransmits_and_histogram():
     assert le["0.000016"] == 2 and le["0.000064"] == 3 and le["0.001024"] == 4 and le["0.016384"] == 5
     assert le["+Inf"] == s[(tcp.RTT + "_count", *g)] == 5
     assert abs(s[(tcp.RTT + "_sum", *g)] - (10 + 16 + 17 + 5000 + 300) / 1e6) < 1e-12
+
+
+def test_text_output_lists_drops_after_the_flows():
+    from xtrace_agent.samples import Report, Sample
+    from xtrace_agent.sinks.text import FlowText
+
+    acct = drops.DropAccounting(max_flows=10, idle_timeout=60, directed=False)
+    samples = acct.report(drops.observe(DropsDrained({(fk(7), 3): (2, 120)}, {}, {}, (0, 0)), group_of,
+                                        REASONS.get), 1.0)
+    flow = {"interface": "eth1", "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "src_port": "7", "dst_port": "53",
+            "protocol": "17", "traffic_type": "ethernet"}
+    samples += [Sample("xtrace_network_packets_total", flow, 5, 1.0), Sample("xtrace_network_bytes_total", flow, 300, 1.0)]
+    lines = FlowText(with_interface=False).lines(Report(1.0, samples))
+    assert lines == ["10.0.0.1:7 -> 10.0.0.2:53 proto=17 packets=5 bytes=300",
+                     "drop 10.0.0.1:7 -> 10.0.0.2:53 proto=17 packets=2 bytes=120 reason=NO_SOCKET"]

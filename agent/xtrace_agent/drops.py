@@ -16,19 +16,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+from xtrace_agent import datametrics as dm
 from xtrace_agent.accumulator import Accumulator, Totals
 from xtrace_agent.flows import flow_labels, group_labels, other_of
 from xtrace_agent.samples import Sample
 from xtrace_agent.stages import NO_BTH, Group
 from xtrace_agent.xdp.events import DropsDrained
 
-PACKETS = "xtrace_drop_packets_total"
-BYTES = "xtrace_drop_bytes_total"
-IFACE_PACKETS = "xtrace_interface_drop_packets_total"
-IFACE_BYTES = "xtrace_interface_drop_bytes_total"
-LOST_PACKETS = "xtrace_drop_lost_packets_total"
-LOST_BYTES = "xtrace_drop_lost_bytes_total"
-METRICS = (PACKETS, BYTES, IFACE_PACKETS, IFACE_BYTES, LOST_PACKETS, LOST_BYTES)
+PACKETS = dm.DROP_PACKETS.name
+BYTES = dm.DROP_BYTES.name
+IFACE_PACKETS = dm.IFACE_DROP_PACKETS.name
+IFACE_BYTES = dm.IFACE_DROP_BYTES.name
+LOST_PACKETS = dm.DROP_LOST_PACKETS.name
+LOST_BYTES = dm.DROP_LOST_BYTES.name
 
 DropKey = tuple  # FlowLabels + (reason,)
 
@@ -98,15 +98,3 @@ class DropAccounting:
         samples.append(Sample(LOST_PACKETS, {}, self.lost[0], now))
         samples.append(Sample(LOST_BYTES, {}, self.lost[1], now))
         return samples
-
-    def lines(self) -> list[str]:
-        """Text output: one line per flow and reason, busiest first, `other` last per interface."""
-        rows = sorted(self.flows.items(), key=lambda r: (r[0][0], r[3], -r[1]))
-        out = []
-        for key, packets, bytes_, _ in rows:
-            (iface, direction), src, dst, sport, dport, proto = key[0], *key[1:6]
-            where = f"{iface} {direction}" if self.directed else iface
-            out.append(f"drop {src}:{sport} -> {dst}:{dport} proto={proto} reason={key[9]} packets={packets} "
-                       f"bytes={bytes_} interface={where}")
-        return out
-

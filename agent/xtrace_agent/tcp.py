@@ -22,19 +22,18 @@ from typing import NamedTuple
 
 import numpy as np
 
+from xtrace_agent import datametrics as dm
 from xtrace_agent.accumulator import Accumulator, Totals
 from xtrace_agent.flows import flow_labels, group_labels, other_of
 from xtrace_agent.samples import Sample
 from xtrace_agent.stages import Group
 from xtrace_agent.xdp.events import RTT_SLOTS, TcpDrained
 
-RETRANS = "xtrace_tcp_retransmits_total"
-IFACE_RETRANS = "xtrace_interface_tcp_retransmits_total"
-RTT = "xtrace_tcp_rtt_seconds"  # _bucket, _sum, _count
-FLOW_RTT = "xtrace_tcp_flow_rtt_seconds"  # _sum, _count
-LOST = "xtrace_tcp_lost_events_total"
-METRICS = (RETRANS, IFACE_RETRANS, RTT + "_bucket", RTT + "_sum", RTT + "_count", FLOW_RTT + "_sum",
-           FLOW_RTT + "_count", LOST)
+RETRANS = dm.TCP_RETRANS.name
+IFACE_RETRANS = dm.IFACE_TCP_RETRANS.name
+RTT = dm.TCP_RTT_COUNT.name.removesuffix("_count")  # _bucket, _sum, _count
+FLOW_RTT = dm.TCP_FLOW_RTT_COUNT.name.removesuffix("_count")  # _sum, _count
+LOST = dm.TCP_LOST.name
 # histogram bounds: slot i of the kernel holds srtt in (2^(i-1), 2^i] us; every second slot
 # bound from 16 us to 4.19 s, so a bucket is a sum of whole slots
 BUCKET_SLOTS = tuple(range(4, 23, 2))
