@@ -63,14 +63,20 @@ struct drop_full_key {
     __u32 reason;
 };
 
-/* Per flow and CPU: retransmitted segments, and srtt observations in power-of-two slots:
- * slot i holds srtt <= 2^i us (and > 2^(i-1) us), the last one everything above (srtt_us is
- * 32 bits, so 32 slots hold every value). */
+/* Per flow and CPU: retransmitted segments, and the count and sum of its srtt observations. */
 struct tcp_stats {
     __u64 retrans_segs;
     __u64 rtt_count;
     __u64 rtt_sum_us;
-    __u64 rtt_slots[XT_RTT_SLOTS];
+};
+
+/* Per watched place (ifindex | direction) and CPU, cumulative: srtt observations in power-of-two
+ * slots, slot i holding srtt <= 2^i us (and > 2^(i-1) us); srtt_us is 32 bits, so 32 slots hold
+ * every value. Per place, not per flow: the histogram is the interface's, and per-flow slots
+ * would cost 256 bytes x CPUs per entry. */
+struct rtt_hist {
+    __u64 sum_us;
+    __u64 slots[XT_RTT_SLOTS];
 };
 
 
@@ -89,6 +95,7 @@ BPF_TABLE("percpu_hash", struct drop_full_key, struct counters, drops_full, 4096
 BPF_TABLE("percpu_hash", struct flow_key, struct tcp_stats, tcp_a, XT_TCP_TABLE_SIZE);
 BPF_TABLE("percpu_hash", struct flow_key, struct tcp_stats, tcp_b, XT_TCP_TABLE_SIZE);
 BPF_ARRAY_OF_MAPS(tcp_tables, "tcp_a", 1);
+BPF_TABLE("percpu_hash", __u32, struct rtt_hist, rtt_hists, 4096);
 #endif
 /* ifindex | direction -> inode number of the network namespace it is watched in: looked up
  * by ifindex first, so a drop elsewhere costs one read and one lookup before the program leaves */
@@ -461,8 +468,10 @@ int xtrace_tcp_probe(struct bpf_raw_tracepoint_args *ctx)
     __builtin_memset(&k, 0, sizeof(k));
     if (key_of_sock(sk, skb ? rd32(AT(skb, XT_OFF_SKB_IIF)) : 0, &k))
         return 0;
+    __u32 place = k.ifindex;   /* tcp_entry() may turn k into the place's untracked key */
     struct tcp_stats *s = tcp_entry(&k);
-    if (!s) {
+    struct rtt_hist init = {}, *h = rtt_hists.lookup_or_try_init(&place, &init);
+    if (!s || !h) {
         count_lost(XT_LOST_TCP, 0);
         return 0;
     }
@@ -481,7 +490,8 @@ int xtrace_tcp_probe(struct bpf_raw_tracepoint_args *ctx)
     slot &= XT_RTT_SLOTS - 1;
     s->rtt_count += 1;
     s->rtt_sum_us += us;
-    s->rtt_slots[slot] += 1;
+    h->sum_us += us;
+    h->slots[slot] += 1;
     return 0;
 }
 #endif

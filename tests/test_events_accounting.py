@@ -55,18 +55,23 @@ def test_conservation_with_budget_full_table_and_untracked():
 
 
 def vec(retrans=0, rtts=()):
-    v = np.zeros(3 + RTT_SLOTS, dtype=np.uint64)
-    v[0] = retrans
+    """A flow's vector [retrans, rtt_count, rtt_sum_us] as the kernel table holds it."""
+    return np.array([retrans, len(rtts), sum(rtts)], dtype=np.uint64)
+
+
+def hist(rtts):
+    """An interface's histogram gain [sum_us, slots...]: slot i holds srtt <= 2^i us."""
+    h = np.zeros(1 + RTT_SLOTS, dtype=np.uint64)
     for us in rtts:
-        v[1] += 1
-        v[2] += us
-        v[3 + max(0, int(us - 1).bit_length())] += 1
-    return v
+        h[0] += us
+        h[1 + max(0, int(us - 1).bit_length())] += 1
+    return h
 
 
 def test_tcp_retransmits_and_histogram():
     acct = tcp.TcpAccounting(max_flows=1, idle_timeout=60, directed=False)
-    drained = TcpDrained({fk(1): vec(3, (10, 16, 17)), fk(2): vec(2, (5000,))}, {1: vec(1, (300,))}, 0)
+    rtts = (10, 16, 17, 5000, 300)
+    drained = TcpDrained({fk(1): vec(3, rtts[:3]), fk(2): vec(2, rtts[3:4])}, {1: vec(1, rtts[4:])}, 0, {1: hist(rtts)})
     samples = acct.report(tcp.observe(drained, group_of, (("eth1", "ingress"),)), 100.0)
     s = {(x.name, *sorted(x.labels.items())): x.value for x in samples}
     g = (("interface", "eth1"),)

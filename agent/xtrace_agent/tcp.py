@@ -38,7 +38,8 @@ LOST = dm.TCP_LOST.name
 # bound from 16 us to 4.19 s, so a bucket is a sum of whole slots
 BUCKET_SLOTS = tuple(range(4, 23, 2))
 BUCKETS = tuple((1 << i) / 1e6 for i in BUCKET_SLOTS)
-RETRANS_I, COUNT_I, SUM_I, SLOT0 = 0, 1, 2, 3
+RETRANS_I, COUNT_I, SUM_I = 0, 1, 2  # a flow's vector
+HIST_SUM, HIST_SLOT0 = 0, 1  # a histogram's vector
 
 
 def le_text(seconds: float) -> str:
@@ -46,10 +47,11 @@ def le_text(seconds: float) -> str:
 
 
 class TcpObserved(NamedTuple):
-    flows: dict[tuple, np.ndarray]  # FlowLabels -> [retrans, rtt_count, rtt_sum_us, slots...]
+    flows: dict[tuple, np.ndarray]  # FlowId -> [retrans, rtt_count, rtt_sum_us]
     other: dict[Group, np.ndarray]  # the table had no room
     lost: int  # cumulative events with no place at all
     watched: tuple[Group, ...] = ()
+    histograms: dict[Group, np.ndarray] = {}  # [sum_us, slots...] gained in the interval
 
 
 def observe(drained: TcpDrained, group_of: Callable[[int], Group], watched: tuple[Group, ...] = ()) -> TcpObserved:
@@ -61,7 +63,11 @@ def observe(drained: TcpDrained, group_of: Callable[[int], Group], watched: tupl
     for ifindex, vec in drained.untracked.items():
         g = group_of(ifindex)
         other[g] = other[g] + vec if g in other else vec
-    return TcpObserved(flows, other, drained.lost, watched)
+    histograms: dict[Group, np.ndarray] = {}
+    for ifindex, vec in drained.histograms.items():
+        g = group_of(ifindex)
+        histograms[g] = histograms[g] + vec if g in histograms else vec
+    return TcpObserved(flows, other, drained.lost, watched, histograms)
 
 
 class TcpAccounting:
@@ -73,13 +79,15 @@ class TcpAccounting:
         self.retrans = Accumulator(max_flows, idle_timeout, other_of, describe=describe)
         self.rtt = Accumulator(max_flows, idle_timeout, other_of, describe=describe)
         self.interfaces = Totals()  # group -> [retransmits]
-        self.histograms: dict[Group, np.ndarray] = {}  # group -> [count, sum_us, slots...]
+        self.histograms: dict[Group, np.ndarray] = {}  # group -> [sum_us, slots...], cumulative
         self.lost = 0
 
     def report(self, seen: TcpObserved, now: float) -> list[Sample]:
         for group in seen.watched:
             self.interfaces.add(group, 0)
-            self.histograms.setdefault(group, np.zeros(2 + RTT_SLOTS, dtype=np.uint64))
+            self.histograms.setdefault(group, np.zeros(1 + RTT_SLOTS, dtype=np.uint64))
+        for group, vec in seen.histograms.items():
+            self.histograms[group] = self.histograms.get(group, 0) + vec
         self.retrans.add({k: (int(v[RETRANS_I]), 0) for k, v in seen.flows.items()}, now)
         self.rtt.add({k: (int(v[COUNT_I]), int(v[SUM_I])) for k, v in seen.flows.items() if v[COUNT_I]}, now)
         for key, vec in [*seen.flows.items(), *(((g,), v) for g, v in seen.other.items())]:
@@ -88,10 +96,6 @@ class TcpAccounting:
                 self.retrans.add_other(other_of(key), int(vec[RETRANS_I]), 0, now)
                 self.rtt.add_other(other_of(key), int(vec[COUNT_I]), int(vec[SUM_I]), now)
             self.interfaces.add(group, int(vec[RETRANS_I]))
-            hist = self.histograms.setdefault(group, np.zeros(2 + RTT_SLOTS, dtype=np.uint64))
-            hist[0] += vec[COUNT_I]
-            hist[1] += vec[SUM_I]
-            hist[2:] += vec[SLOT0:SLOT0 + RTT_SLOTS]
         self.retrans.expire(now)
         self.rtt.expire(now)
         self.lost = seen.lost
@@ -106,11 +110,12 @@ class TcpAccounting:
             samples.append(Sample(IFACE_RETRANS, group_labels(group, self.directed), n, now))
         for group, hist in sorted(self.histograms.items()):
             labels = group_labels(group, self.directed)
-            cumulative = np.cumsum(hist[2:])
+            cumulative = np.cumsum(hist[HIST_SLOT0:])
+            count = int(cumulative[-1])
             for i, le in zip(BUCKET_SLOTS, BUCKETS, strict=True):
                 samples.append(Sample(RTT + "_bucket", {**labels, "le": le_text(le)}, int(cumulative[i]), now))
-            samples.append(Sample(RTT + "_bucket", {**labels, "le": "+Inf"}, int(hist[0]), now))
-            samples.append(Sample(RTT + "_sum", labels, int(hist[1]) / 1e6, now))
-            samples.append(Sample(RTT + "_count", labels, int(hist[0]), now))
+            samples.append(Sample(RTT + "_bucket", {**labels, "le": "+Inf"}, count, now))
+            samples.append(Sample(RTT + "_sum", labels, int(hist[HIST_SUM]) / 1e6, now))
+            samples.append(Sample(RTT + "_count", labels, count, now))
         samples.append(Sample(LOST, {}, self.lost, now))
         return samples

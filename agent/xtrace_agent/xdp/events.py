@@ -195,9 +195,10 @@ class DropsDrained(NamedTuple):
 class TcpDrained(NamedTuple):
     """TCP events since the previous drain, per flow; ifindex-only keys are `other` (table full)."""
 
-    flows: dict[FlowKey, np.ndarray]  # [retrans_segs, rtt_count, rtt_sum_us, slot 0..RTT_SLOTS-1]
+    flows: dict[FlowKey, np.ndarray]  # [retrans_segs, rtt_count, rtt_sum_us]
     untracked: dict[int, np.ndarray]  # ifindex -> the same vector
     lost: int  # cumulative events with no place
+    histograms: dict[int, np.ndarray] = {}  # ifindex -> [sum_us, slot 0..RTT_SLOTS-1] gained since the last drain
 
 
 class EventsProgram:
@@ -216,6 +217,8 @@ class EventsProgram:
         self._lost = maps["lost"]
         self._full = maps.get("drops_full")
         self._full_seen: dict[tuple[int, int], tuple[int, int]] = {}
+        self._hists = maps.get("rtt_hists")
+        self._hists_seen: dict[int, np.ndarray] = {}
         self._places: set[int] = set()
         self._links: dict[str, int] = {}  # tracepoint -> attachment fd
         self.netns = netns_inode()
@@ -235,7 +238,7 @@ class EventsProgram:
             extra[f"XT_{f.upper()}"] = 1
         programs = tuple(p for f in features for p, _ in TRACEPOINTS[f])
         maps = tuple(m for f in features for m in TABLES[f]) + ("watched", "lost") + (
-            ("drops_full",) if "drops" in features else ())
+            ("drops_full",) if "drops" in features else ()) + (("rtt_hists",) if "tcp" in features else ())
         compiled = compiler.compile_and_load(0, 1, source=str(compiler.bpf_dir() / SOURCE), programs=programs,
                                              extra=extra, tc=(), raw_tracepoints=programs, maps=maps,
                                              what="the drop/TCP event programs")
@@ -362,7 +365,19 @@ class EventsProgram:
                 else:
                     k = flow_key(row)
                     flows[k] = flows.get(k, 0) + vec
-        return TcpDrained(flows, untracked, self._lost_total(LOST_TCP)[0])
+        return TcpDrained(flows, untracked, self._lost_total(LOST_TCP)[0], self._hist_deltas())
+
+    def _hist_deltas(self) -> dict[int, np.ndarray]:
+        """What each place's RTT histogram gained since the last drain (cumulative, never emptied)."""
+        out = {}
+        for keys, vals in _read_all(_Table(self._hists, self.ncpu)):
+            for place, vec in zip(keys["value"].tolist(), vals.sum(axis=1), strict=True):
+                seen = self._hists_seen.get(place)
+                delta = vec - seen if seen is not None else vec
+                if delta.any():
+                    out[place] = delta
+                self._hists_seen[place] = vec
+        return out
 
     def close(self) -> None:
         for fd in self._links.values():
