@@ -96,3 +96,21 @@ def test_text_output_lists_drops_after_the_flows():
     lines = FlowText(with_interface=False).lines(Report(1.0, samples))
     assert lines == ["10.0.0.1:7 -> 10.0.0.2:53 proto=17 packets=5 bytes=300",
                      "drop 10.0.0.1:7 -> 10.0.0.2:53 proto=17 packets=2 bytes=120 reason=NO_SOCKET"]
+
+
+def test_every_sample_is_a_defined_data_metric_with_its_labels():
+    from xtrace_agent import datametrics as dm
+
+    seen = set()
+    for directed in (False, True):
+        d = drops.DropAccounting(max_flows=1, idle_timeout=60, directed=directed)
+        samples = d.report(drops.observe(DropsDrained({(fk(1), 3): (1, 10), (fk(2), 3): (1, 10)},
+                                                      {(1, "non_ip", 6): (1, 1)}, {}, (0, 0)),
+                                         group_of, REASONS.get, (("eth1", "ingress"),)), 1.0)
+        t = tcp.TcpAccounting(max_flows=1, idle_timeout=60, directed=directed)
+        samples += t.report(tcp.observe(TcpDrained({fk(1): vec(1, (5,)), fk(2): vec(0, (9,))}, {}, 0, {1: hist((5, 9))}),
+                                        group_of, (("eth1", "ingress"),)), 1.0)
+        for s in samples:
+            assert dm.BY_NAME[s.name].allows(s.labels), s
+            seen.add(s.name)
+    assert seen == {m.name for m in dm.BY_NAME.values() if m.source in ("drops", "tcp")}
