@@ -168,3 +168,28 @@ def test_real_kernel_agrees_with_bpftool():
         ["bpftool", "btf", "dump", "file", str(B.VMLINUX), "format", "raw"], capture_output=True, text=True).stdout)[1])
     assert len(kl.reasons) == enum_count
     assert Path(B.VMLINUX).stat().st_size > 0
+
+
+def btf_without(tmp_path, typedef: str) -> Path:
+    """The running kernel's BTF with one tracepoint's btf_trace_ typedef renamed (same length): a
+    kernel that lacks that tracepoint, everything else real."""
+    data = B.VMLINUX.read_bytes()
+    name = typedef.encode() + b"\0"
+    assert data.count(name) == 1
+    path = tmp_path / "vmlinux"
+    path.write_bytes(data.replace(name, name[:-2] + b"X\0"))
+    return path
+
+
+@needs_vmlinux
+@pytest.mark.parametrize(("feature", "typedef", "event"), [("drops", "btf_trace_kfree_skb", "skb:kfree_skb"),
+                                                           ("tcp", "btf_trace_tcp_probe", "tcp:tcp_probe")])
+def test_a_kernel_without_the_tracepoint_is_refused_in_one_line(tmp_path, feature, typedef, event):
+    path = btf_without(tmp_path, typedef)
+    with pytest.raises(Unavailable) as e:
+        kernel_layout((feature,), path=path)
+    assert str(e.value) == f"xdp.{feature}: this kernel has no tracepoint {event}"
+    from xtrace_agent.xdp.events import support
+
+    lines = support(path)
+    assert f"xdp.{feature}: unavailable: this kernel has no tracepoint {event}" in lines

@@ -175,7 +175,7 @@ def support(path=VMLINUX) -> list[str]:
             reasons = f", {len(kl.reasons)} drop reasons" if feature == "drops" else ""
             out.append(f"xdp.{feature}: {events} (BTF {path}{reasons})")
         except Unavailable as e:
-            out.append(f"xdp.{feature}: unavailable: {e}")
+            out.append(f"xdp.{feature}: unavailable: {str(e).removeprefix(f'xdp.{feature}: ')}")
     return out
 
 
