@@ -296,3 +296,21 @@ def test_cumulative_across_reports_and_nothing_between_drains(watch, veth):
                   and ("direction", "ingress") in k}
     assert list(per_reason.values()) == [total]
     assert sport
+
+
+def test_ipv6_drop_under_its_flow(watch, veth):
+    """IPv6: a datagram to a closed port is NO_SOCKET under its IPv6 flow, its bytes the whole frame."""
+    port = closed_port()
+    s = veth.socket("a", socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        s.bind((veth.ip6_a, 0))
+        for _ in range(3):
+            s.sendto(b"v" * 12, (veth.ip6_b, port))
+        sport = s.getsockname()[1]
+    finally:
+        s.close()
+    time.sleep(0.1)
+    snap = watch.report()
+    key = flow_of(veth.dev_b, "ingress", veth.ip6_a, veth.ip6_b, sport, port, 17, "NO_SOCKET")
+    assert snap[(drops.PACKETS, *key)] == 3
+    assert snap[(drops.BYTES, *key)] == 3 * (ETH + 40 + UDP + 12)
