@@ -66,6 +66,15 @@ def ss_info(ns: str, dport: int) -> dict[str, float]:
     return info
 
 
+def lose_every_nth(veth, port: int) -> None:
+    """An nft table xt<tag> on host b dropping every LOSS_EVERY-th TCP segment to `port` from a."""
+    table = f"xt{veth.tag}"
+    subprocess.run(["nft", "add", "table", "inet", table], check=True)
+    subprocess.run(["nft", "add", "chain", "inet", table, "in", "{ type filter hook input priority 0 ; }"], check=True)
+    subprocess.run(["nft", "add", "rule", "inet", table, "in", "iifname", veth.dev_b, "tcp", "dport", str(port),
+                    "numgen", "inc", "mod", str(LOSS_EVERY), "==", "0", "drop"], check=True)
+
+
 def test_retransmits_and_rtt_match_the_kernel(events, veth):
     need(shutil.which("nft") is not None, "nft is not installed (apt-get install nftables)")
     need(shutil.which("ss") is not None, "ss (iproute2) is not installed")
@@ -74,17 +83,12 @@ def test_retransmits_and_rtt_match_the_kernel(events, veth):
     for place in (ifindex, ifindex | layout.EGRESS):
         events.watch(place, netns=netns)
     events.drain_tcp()
-    table = f"xt{veth.tag}"
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.bind((veth.ip4_b, 0))
     server.listen(1)
     port = server.getsockname()[1]
-    subprocess.run(["nft", "add", "table", "inet", table], check=True)
     try:
-        subprocess.run(["nft", "add", "chain", "inet", table, "in", "{ type filter hook input priority 0 ; }"],
-                       check=True)
-        subprocess.run(["nft", "add", "rule", "inet", table, "in", "iifname", veth.dev_b, "tcp", "dport", str(port),
-                        "numgen", "inc", "mod", str(LOSS_EVERY), "==", "0", "drop"], check=True)
+        lose_every_nth(veth, port)
         received = []
         reader = threading.Thread(target=receive_all, args=(server, received))
         reader.start()
@@ -97,7 +101,7 @@ def test_retransmits_and_rtt_match_the_kernel(events, veth):
         cport = client.getsockname()[1]
         client.close()
     finally:
-        subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True)
+        subprocess.run(["nft", "delete", "table", "inet", f"xt{veth.tag}"], capture_output=True)
         server.close()
         for place in (ifindex, ifindex | layout.EGRESS):
             events.unwatch(place)
