@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := python3-bpfcc python3-numpy python3-yaml python3-venv libbpf1 linux-headers-amd64 bpftool iproute2 victoria-metrics openssl xz-utils util-linux python3-matplotlib nftables
+APT_PACKAGES := python3-bpfcc python3-numpy python3-yaml python3-venv libbpf1 linux-headers-amd64 bpftool iproute2 victoria-metrics openssl xz-utils util-linux python3-matplotlib ethtool python3-cryptography nftables
 STAMP := $(VENV)/.xtrace-installed
 
 .PHONY: setup test bench lint demo clean
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[operator,test]'
 	@touch $(STAMP)
 
-test: setup vm vm-cluster-bin cluster-bin
+test: setup vm vm-cluster-bin cluster-bin helm-bin
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup vm vm-cluster-bin cluster-bin
@@ -61,6 +61,16 @@ cluster-down:
 cluster-bin:
 	@bash tools/cluster/build.sh >/dev/null
 
+# Helm built from its Go module (tools/helm/versions.env), cached under
+# $${XTRACE_CACHE:-/var/cache/xtrace}/helm/<version>/bin/helm; tests/helm uses it. The chart's CRD is a
+# copy of deploy/crds' (tests/helm checks it byte for byte): `make helm-crd` after changing the CRD.
+.PHONY: helm-bin helm-crd
+helm-bin:
+	@bash tools/helm/build.sh >/dev/null
+
+helm-crd:
+	cp deploy/crds/xtrace.io_xtracemonitors.yaml deploy/helm/xtrace/crds/
+
 lint: setup
 	$(VENV)/bin/ruff check agent operator tests bench tools
 
@@ -72,6 +82,12 @@ demo: setup vm
 .PHONY: crd
 crd: setup
 	$(PY) tools/crd.py
+
+# The kubelet pod-resources stubs are committed (the agent's image needs no compiler); this
+# regenerates them from agent/xtrace_agent/owners/api.proto, tests/owners/test_stubs.py checks them.
+.PHONY: podresources-stubs
+podresources-stubs: setup
+	cd agent && ../$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. xtrace_agent/owners/api.proto
 
 # deploy/dashboards/*.json and deploy/rules/ are generated: edit tools/dashboards.py or tools/rules.py, then this.
 .PHONY: dashboards
@@ -86,18 +102,41 @@ image-test: setup
 
 # The images, tagged with the project version (pyproject.toml, the one place it is written):
 # `make images` builds $(REGISTRY)/xtrace-agent:$(VERSION) and .../xtrace-operator:$(VERSION) with
-# podman, or docker where an engine runs (ENGINE=... to choose); `make push REGISTRY=...` pushes them.
-VERSION = $(shell python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+# podman, or docker where an engine runs (ENGINE=... to choose); `make push REGISTRY=...` pushes them
+# and prints each pushed digest (podman). Both carry the OCI labels source, version, revision (the
+# commit built) and licenses (pyproject.toml's `license`, NOASSERTION while it names none).
+# BUILD_FLAGS / PUSH_FLAGS pass engine flags (tools/image_test.sh: chroot isolation; a local
+# registry without TLS: PUSH_FLAGS=--tls-verify=false).
+PROJECT = python3 -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(eval(sys.argv[1]))'
+VERSION = $(shell $(PROJECT) 'p["version"]')
+SOURCE = $(shell $(PROJECT) 'p["urls"]["Source"]')
+LICENSES = $(shell $(PROJECT) 'p.get("license") or "NOASSERTION"')
+REVISION = $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 REGISTRY ?= ghcr.io/xtrace-io
 ENGINE ?= $(shell if command -v podman >/dev/null; then echo podman; elif docker info >/dev/null 2>&1; then echo docker; fi)
+BUILD_FLAGS ?=
+PUSH_FLAGS ?=
+IMAGE_ARGS = --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) --build-arg SOURCE=$(SOURCE) --build-arg LICENSES=$(LICENSES)
+.PHONY: image-args
+image-args:  # what every image build passes (tools/image_test.sh builds with it too)
+	@echo $(IMAGE_ARGS)
+
 images:
 	@test -n "$(ENGINE)" || { echo "make images: needs podman, or docker with a running engine" >&2; exit 1; }
-	$(ENGINE) build --build-arg VERSION=$(VERSION) -f Dockerfile.agent -t $(REGISTRY)/xtrace-agent:$(VERSION) .
-	$(ENGINE) build --build-arg VERSION=$(VERSION) -f Dockerfile.operator -t $(REGISTRY)/xtrace-operator:$(VERSION) .
+	$(ENGINE) build $(BUILD_FLAGS) $(IMAGE_ARGS) -f Dockerfile.agent -t $(REGISTRY)/xtrace-agent:$(VERSION) .
+	$(ENGINE) build $(BUILD_FLAGS) $(IMAGE_ARGS) -f Dockerfile.operator -t $(REGISTRY)/xtrace-operator:$(VERSION) .
 
 push: images
-	$(ENGINE) push $(REGISTRY)/xtrace-agent:$(VERSION)
-	$(ENGINE) push $(REGISTRY)/xtrace-operator:$(VERSION)
+	@mkdir -p build
+	@for image in xtrace-agent xtrace-operator; do \
+		ref=$(REGISTRY)/$$image:$(VERSION); \
+		if [ "$(ENGINE)" = podman ]; then \
+			$(ENGINE) push $(PUSH_FLAGS) --digestfile build/$$image.digest $$ref || exit 1; \
+			echo "pushed $(REGISTRY)/$$image@$$(cat build/$$image.digest)"; \
+		else \
+			$(ENGINE) push $(PUSH_FLAGS) $$ref || exit 1; \
+		fi; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -39,7 +39,7 @@ def test_definitions_are_consistent_unique_and_apart_from_the_self_metrics():
     for m in dm.BY_NAME.values():
         assert m.name.startswith("xtrace_") and m.help.endswith(".") and "XTrace metric" not in m.help
         assert (m.kind == "counter") == m.name.endswith(dm.COUNTER_SUFFIXES)  # a histogram's series are counters
-        assert m.unit in ("", "bytes", "packets", "bytes/s", "seconds"), m
+        assert m.unit in ("", "bytes", "packets", "bytes/s", "seconds", "bits"), m
         assert not set(m.labels) & set(m.optional), m
 
 

@@ -17,13 +17,15 @@ import os
 import sys
 
 from grafana_foundation_sdk.builders import dashboard as gd
-from grafana_foundation_sdk.builders import prometheus, stat, table, timeseries
+from grafana_foundation_sdk.builders import prometheus, stat, statetimeline, table, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import prometheus as pm
 
 from xtrace_agent import datametrics as data
 from xtrace_agent import selfmetrics as sm
+from xtrace_agent import verdicts
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from rules import CONGESTION, PORT_ERRORS, ROOT, TRANSPORT_ERRORS, any_of, write_or_check  # noqa: E402
@@ -228,7 +230,7 @@ def rdma() -> gd.Dashboard:
     def per_counter(title: str, fn: str, metric: str, names, description: str) -> timeseries.Panel:
         return series(title, "short", q(f"sum by ({by}, counter) ({fn}({counters(metric, names)}[{RATE}]))",
                                         "{{node}} {{device}}/{{port}} {{counter}}"), description=description)
-    rows = [
+    rows = [verdict_row(port, by), nic_row(port, by),
         ("Throughput", [
             series("Bytes per second per port", "Bps",
                    q(f"sum by ({by}) (rate({data.RDMA_TX_BYTES}{port}[{RATE}]))", "{{node}} {{device}}/{{port}} tx"),
@@ -255,6 +257,7 @@ def rdma() -> gd.Dashboard:
                      "{{node}} {{device}}/{{port}}"),
                    description="Ticks with data to send but no credits; a tick's length is hardware-specific."),
         ]),
+        ("Per pod (pod attribution)", _pod_panels()),
         ("Links", [
             tab("Link state and rate", f"max by ({by}, state, phys_state, link_layer, rate) ({data.RDMA_PORT_INFO}{port})"),
             series("Link rate", "bps",
@@ -269,6 +272,103 @@ def rdma() -> gd.Dashboard:
                  var("port", "Port", f'label_values({data.RDMA_PORT_INFO}{{cluster=~"$cluster", node=~"$node", device=~"$device"}}, port)')]
     return board("xtrace-rdma", "XTrace / RDMA fabric", "RDMA port and mlx5 hardware counters (rdma and nccl modes).",
                  variables, rows)
+
+
+VERDICT_COLORS = {"healthy": "green", "lossy_transport": "yellow", "pfc_blocking": "orange",
+                  "fabric_congestion": "purple", "host_backpressure": "blue", "pcie_stall": "dark-blue",
+                  "link_degraded": "red"}
+
+
+def verdict_row(port: str, by: str):
+    """A state timeline per port (xtrace_agent/verdicts.py, the rules' own expressions over the panel's
+    rate window, so it needs no recording rule) and the evidence beside it."""
+    chosen = f"max by ({verdicts.PORT}) (xtrace_rdma_port_info{port})"
+    rank = f"max by ({by}) (\n({verdicts.verdict_rank(RATE)})\nand on ({verdicts.PORT}) {chosen})"
+    mapping = dm.ValueMap({str(verdicts.rank(v)): dm.ValueMappingResult(text=v, color=VERDICT_COLORS[v])
+                           for v in verdicts.VERDICTS})
+    timeline = (statetimeline.Panel().title("Verdict per port").datasource(DS).height(8).span(24)
+                .with_target(q(rank, "{{node}} {{device}}/{{port}}").ref_id("A")).mappings([mapping])
+                .show_value(cm.VisibilityMode.NEVER)
+                .description("One condition per port, first that holds: link_degraded > pcie_stall > "
+                             "host_backpressure > fabric_congestion > pfc_blocking > lossy_transport > healthy "
+                             "(docs/verdicts.md). `xtrace fabric` prints the same with its numbers."))
+    return ("Verdict", [timeline])
+
+
+def nic_row(port: str, by: str):
+    """The NIC statistics behind the verdicts (nccl mode: the ethtool statistics of each port's netdevs)."""
+    def nic(metric: data.DataMetric, *matchers: str) -> str:
+        return metric.name + port[:-1] + "".join(f", {m}" for m in matchers) + "}"
+    label = "{{node}} {{device}}/{{port}}"
+    rx_pause = nic(data.NIC_PAUSE_DURATION, 'direction="rx"')
+    return ("NIC evidence", [
+        series("Receive pause share per priority", "percentunit",
+               q(f"max by ({by}, priority) (rate({rx_pause}[{RATE}]))",
+                 label + " prio {{priority}}"),
+               description="Seconds per second the peer held this port with PFC (rx_prioN_pause_duration): "
+                           "pfc_blocking above 5% without ECN marks."),
+        series("Pause frames per second", "short",
+               q(f"sum by ({by}, direction) (rate({nic(data.NIC_PAUSE_FRAMES)}[{RATE}]))",
+                 label + " {{direction}}"),
+               description="rx: the fabric pushes back; tx: this host cannot drain its receive buffer."),
+        series("NIC discards per second by cause", "short",
+               q(f"sum by ({by}, cause) (rate({nic(data.NIC_DISCARDS)}[{RATE}]))", label + " {{cause}}"),
+               description="rx_discards_phy (port_buffer), rx_out_of_buffer, per-priority and PCIe buffer drops."),
+        series("Link errors (per interval)", "short",
+               q(f"sum by ({by}) (increase({nic(data.NIC_SYMBOL_ERRORS)}[{RATE}]))", label + " symbol errors"),
+               q(f"sum by ({by}) (increase({nic(data.NIC_LINK_DOWN)}[{RATE}]))", label + " link downs"),
+               q(f"sum by ({by}) (increase({nic(data.NIC_CARRIER_CHANGES)}[{RATE}]))", label + " carrier changes"),
+               q(f"sum by ({by}) (rate({nic(data.NIC_FEC_CORRECTED_BITS)}[{RATE}]))", label + " FEC-corrected bits/s"),
+               width=12),
+        series("PCIe outbound stalls (share of time)", "percentunit",
+               q(f"max by ({by}, kind) ({nic(data.NIC_PCIE_STALLED)})", label + " {{kind}}"),
+               description="outbound_pci_stalled_rd/wr: the NIC had PCIe requests it could not issue (no credits)."),
+    ])
+def _pod_panels() -> list:
+    """Devices held by pods (docs/pod-attribution.md): summed per owner, never per device or QP."""
+    def held(counters=()) -> str:
+        return sel(C, N, 'pod!=""', *([f'counter=~"{any_of(counters)}"'] if counters else []))
+
+    def rate(metric: data.DataMetric, by: str, legend: str, counters=()) -> prometheus.Dataquery:
+        return q(f"sum by ({by}) (rate({metric}{held(counters)}[{RATE}]))", legend)
+
+    def increase(metric: data.DataMetric, counters) -> prometheus.Dataquery:
+        return q(f"sum by (namespace, pod, counter) (increase({metric}{held(counters)}[{RATE}]))",
+                 "{{namespace}}/{{pod}} {{counter}}")
+
+    return [
+        series("RDMA bytes per second per pod", "Bps",
+               rate(data.RDMA_TX_BYTES, "namespace, pod", "{{namespace}}/{{pod}} tx"),
+               rate(data.RDMA_RX_BYTES, "namespace, pod", "{{namespace}}/{{pod}} rx"),
+               description="Series of devices a pod holds (a VF or a whole HCA, from the kubelet's "
+                           "pod-resources API), summed per pod. Needs rdma.podAttribution."),
+        series("RDMA bytes per second per namespace", "Bps",
+               rate(data.RDMA_TX_BYTES, "namespace", "{{namespace}} tx"),
+               rate(data.RDMA_RX_BYTES, "namespace", "{{namespace}} rx")),
+        series("Errors and retransmissions per pod (per interval)", "short",
+               increase(data.RDMA_PORT_COUNTER, PORT_ERRORS),
+               increase(data.RDMA_HW_COUNTER, TRANSPORT_ERRORS),
+               description="PMA port errors and mlx5 transport errors (nccl mode) of the pods' devices."),
+        series("Congestion notifications per second per pod", "short",
+               rate(data.RDMA_HW_COUNTER, "namespace, pod, counter", "{{namespace}}/{{pod}} {{counter}}",
+                    CONGESTION),
+               description="RoCE DCQCN counters of the pods' devices: which job pushes the fabric into congestion."),
+        pod_verdicts(),
+    ]
+
+
+def pod_verdicts() -> statetimeline.Panel:
+    """The worst port verdict of each pod's devices (verdicts.pod_rank, over the panel's rate window)."""
+    mapping = dm.ValueMap({str(verdicts.rank(v)): dm.ValueMappingResult(text=v, color=VERDICT_COLORS[v])
+                           for v in verdicts.VERDICTS})
+    return (statetimeline.Panel().title("Worst port verdict of each pod").datasource(DS).height(8).span(24)
+            .with_target(q(verdicts.pod_rank(RATE, matchers=f"{C}, {N}").replace("max by (cluster, namespace, pod)",
+                                                                              "max by (namespace, pod)", 1),
+                           "{{namespace}}/{{pod}}").ref_id("A"))
+            .mappings([mapping]).show_value(cm.VisibilityMode.NEVER)
+            .description("Per pod, the worst verdict of the RDMA ports its devices carry (docs/verdicts.md: "
+                         "link_degraded > pcie_stall > host_backpressure > fabric_congestion > pfc_blocking > "
+                         "lossy_transport > healthy). `xtrace fabric` prints each port's numbers."))
 
 
 # --- XTrace health ------------------------------------------------------------------------------

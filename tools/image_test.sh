@@ -32,7 +32,7 @@ START=$(date +%s)
 install_tools() {
     # crun fails on this host's hybrid cgroups: runc is the runtime (podman accepts either)
     local missing="" p
-    for p in podman runc debootstrap; do
+    for p in podman runc debootstrap docker-registry; do
         dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
     done
     if [ -n "$missing" ]; then
@@ -121,7 +121,13 @@ pip_trust() {
         printf '[global]\ncert = /root/.config/pip/host-ca.crt\n' >"$dir/pip.conf"
     fi
     BUILD_MOUNTS=(-v "$dir:/root/.config/pip:ro")
+    export XTRACE_BUILD_MOUNTS="-v $dir:/root/.config/pip:ro"
 }
+
+# the build arguments `make images` passes (the OCI labels' values): one place, the Makefile
+read -r -a IMAGE_ARGS <<<"$(make -s --no-print-directory -C "$ROOT" image-args)"
+# the flags this host's builds need, for `make push` in tests/image/test_registry.py too
+export XTRACE_BUILD_FLAGS="--isolation chroot --network host --pull=never --layers"
 
 build() {  # build FILE IMAGE
     say "podman build -f $1 -t $2"
@@ -130,8 +136,8 @@ build() {  # build FILE IMAGE
     # would take them (and the next run's cache) otherwise
     : >"$log"
     for target in build ""; do
-        podman build --isolation chroot --network host --pull=never --layers "${BUILD_MOUNTS[@]}" \
-            --build-arg VERSION="$VERSION" -f "$ROOT/$1" ${target:+--target "$target"} \
+        podman build $XTRACE_BUILD_FLAGS "${BUILD_MOUNTS[@]}" \
+            "${IMAGE_ARGS[@]}" -f "$ROOT/$1" ${target:+--target "$target"} \
             -t "${2%:*}${target:+-$target}:${2##*:}" "$ROOT" >>"$log" 2>&1 \
             || { tail -n 30 "$log" >&2; die "building $1 failed (log: $log)"; }
     done

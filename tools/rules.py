@@ -25,12 +25,17 @@ import yaml
 
 from xtrace_agent import datametrics as dm
 from xtrace_agent import selfmetrics as sm
+from xtrace_agent import verdicts
 from xtrace_agent.rdma import counters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "deploy", "rules")
 
-PORT = "cluster, node, device, port"  # an RDMA port's identity once pushed
+PORT = verdicts.PORT  # an RDMA port's identity once pushed
+# Pod attribution (docs/pod-attribution.md): a held device's series carry namespace and pod; the
+# others carry the monitor's namespace and no pod, so every per-pod selection needs pod!="".
+POD = "cluster, namespace, pod"
+HELD = 'pod!=""'
 # PMA error counters (counters/): each increase is a real fault on the link or the port.
 PORT_ERRORS = tuple(counters.PORT_ERRORS)
 # mlx5 transport counters (hw_counters/, nccl mode): retransmissions, sequence errors, receiver drops.
@@ -57,12 +62,15 @@ class Timing:
     cnp_per_second: int = 1000
     drops_per_second: int = 10     # a watched interface dropping more, for any one reason
     retransmit_ratio: float = 0.02  # TCP segments retransmitted per packet of an interface
+    verdict_for: str = "10m"   # a port's verdict must hold this long before it pages
+    verdict_rate: str = "1m"   # the verdicts' rate window
 
 
 TIMINGS = {"production": Timing(),
-           # windows of several intervals (0.5 s in the tests), so that a loaded machine's late samples still land in them
+           # windows of several intervals (0.5 s in the tests), so that a loaded machine's late samples still land in them;
+           # a verdict must outlast its window (8 s > 5 s): one counter jump (the alert tests' faults) never pages
            "fast": Timing(rate="2s", interval="1s", push_age=8, history="1h", window="5s", flap_window="6s",
-                          long_for="0s", cnp_per_second=100)}
+                          long_for="0s", cnp_per_second=100, verdict_for="8s", verdict_rate="5s")}
 
 
 def recording_rules(t: Timing) -> list[dict]:
@@ -89,7 +97,23 @@ def recording_rules(t: Timing) -> list[dict]:
          "expr": f'sum by ({PORT}, counter) (rate({dm.RDMA_HW_COUNTER}{{counter=~"{any_of(CONGESTION)}"}}[{r}]))'},
         {"record": "node_port:xtrace_rdma_errors:rate" + r,
          "expr": f'sum by ({PORT}, counter) (rate({dm.RDMA_PORT_COUNTER}{{counter=~"{any_of(PORT_ERRORS)}"}}[{r}]))'},
+        *pod_rules(r),
     ]
+
+
+def pod_rules(r: str) -> list[dict]:
+    """Per pod and per namespace (pod attribution): throughput, errors, retransmissions, congestion."""
+    out = []
+    for by, name in ((POD, "namespace_pod"), ("cluster, namespace", "namespace")):
+        for direction, metric in (("transmit", dm.RDMA_TX_BYTES), ("receive", dm.RDMA_RX_BYTES)):
+            out.append({"record": f"{name}:xtrace_rdma_{direction}_bytes:rate{r}",
+                        "expr": f"sum by ({by}) (rate({metric}{{{HELD}}}[{r}]))"})
+    for name, metric, names in (("errors", dm.RDMA_PORT_COUNTER, PORT_ERRORS),
+                                ("transport_errors", dm.RDMA_HW_COUNTER, TRANSPORT_ERRORS),
+                                ("congestion", dm.RDMA_HW_COUNTER, CONGESTION)):
+        out.append({"record": f"namespace_pod:xtrace_rdma_{name}:rate{r}",
+                    "expr": f'sum by ({POD}, counter) (rate({metric}{{{HELD}, counter=~"{any_of(names)}"}}[{r}]))'})
+    return out
 
 
 # The newest xtrace_rdma_port_info of a port says "not ACTIVE". The state is a label, so a port that
@@ -196,9 +220,61 @@ def alerting_rules(t: Timing) -> list[dict]:
     ]
 
 
+VERDICT_SUMMARY = {
+    "link_degraded": "the physical link is erring (FEC-corrected bits, symbol errors, link downs)",
+    "pcie_stall": "the NIC is stalled on PCIe toward the host",
+    "host_backpressure": "this host cannot keep up (it sends pause frames or drops on receive)",
+    "fabric_congestion": "the fabric is congested (ECN marks and CNPs)",
+    "pfc_blocking": "the port is held by received PFC pause without ECN (head-of-line blocking)",
+    "lossy_transport": "RDMA transport losses (sequence errors, ACK timeouts) with a clean link",
+}
+
+
+def verdict_rules(t: Timing) -> list[dict]:
+    """One verdict per RDMA port (xtrace_agent/verdicts.py: conditions, thresholds, precedence), the
+    conditions that hold, and the evidence behind them, for the state timeline and `xtrace fabric`."""
+    r = t.verdict_rate
+    rules = [{"record": f"node_port:xtrace_{name}:{r}", "expr": expr}
+             for name, expr in verdicts.evidence(r).items()]
+    for name, expr in verdicts.conditions(r).items():
+        expr = verdicts.pfc_priorities(r) if name == "pfc_blocking" else expr
+        rules.append({"record": "node_port:xtrace_condition:active", "expr": f"({expr}) * 0 + 1",
+                      "labels": {"condition": name}})
+    rules.append({"record": "node_port:xtrace_verdict:rank", "expr": verdicts.verdict_rank(r)})
+    rules += [{"record": "node_port:xtrace_verdict:active", "expr": verdicts.verdict(name, r),
+               "labels": {"verdict": name}} for name in verdicts.VERDICTS]
+    return rules + pod_verdict_rules(t)
+
+
+def pod_verdict_rules(t: Timing) -> list[dict]:
+    """The port verdicts of each pod (pod attribution): the worst one, and its ports per verdict. Inline
+    expressions, not the recorded per-port verdicts: those of this evaluation may not be searchable yet."""
+    r = t.verdict_rate
+    return [{"record": "namespace_pod:xtrace_verdict:rank", "expr": verdicts.pod_rank(r)},
+            *({"record": "namespace_pod:xtrace_verdict:ports", "expr": verdicts.pod_ports(name, r),
+               "labels": {"verdict": name}} for name in verdicts.VERDICTS)]
+
+
+def verdict_alerts(t: Timing) -> list[dict]:
+    """A sustained verdict other than healthy pages (inline expressions: the recorded verdict of an
+    evaluation may not be in the database yet when the alert group runs)."""
+    out = []
+    for name in verdicts.ORDER:
+        camel = "".join(part.capitalize() for part in name.split("_"))
+        out.append({
+            "alert": f"XTraceRdmaPort{camel}", "expr": verdicts.verdict(name, t.verdict_rate), "for": t.verdict_for,
+            "labels": {"severity": "critical" if name == "link_degraded" else "warning", "verdict": name},
+            "annotations": {
+                "summary": f"{{{{ $labels.node }}}} {{{{ $labels.device }}}}/{{{{ $labels.port }}}}: {VERDICT_SUMMARY[name]}",
+                "description": f"Verdict {name} for {t.verdict_for}. `xtrace fabric --node {{{{ $labels.node }}}}` "
+                               f"prints the numbers; docs/verdicts.md#{name.replace('_', '-')} says what to check next."}})
+    return out
+
+
 def groups(t: Timing) -> list[dict]:
     return [{"name": "xtrace.records", "interval": t.interval, "rules": recording_rules(t)},
-            {"name": "xtrace.alerts", "interval": t.interval, "rules": alerting_rules(t)}]
+            {"name": "xtrace.alerts", "interval": t.interval, "rules": alerting_rules(t) + verdict_alerts(t)},
+            {"name": "xtrace.verdicts", "interval": t.interval, "rules": verdict_rules(t)}]
 
 
 class _Dumper(yaml.SafeDumper):

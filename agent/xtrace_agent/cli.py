@@ -81,6 +81,8 @@ def parser() -> argparse.ArgumentParser:
                    help="exit after N reports (every sink flushed first)")
     p.add_argument("--output", choices=config_mod.OUTPUTS, default=None, help="stdout format: text (default), json, or none")
     p.add_argument("--sysfs", default=None, metavar="PATH", help="sysfs root for rdma/nccl (default /sys)")
+    p.add_argument("--ethtool-dir", default=None, metavar="DIR",
+                   help="rdma/nccl: read NIC statistics from DIR/<netdev>.txt (`ethtool -S` dumps), not the live NICs")
     p.add_argument("--remote-write-url", action="append", default=None, metavar="URL",
                    help="Prometheus remote-write URL (VictoriaMetrics /api/v1/write); repeatable")
     p.add_argument("--config", default=None, metavar="FILE", help="agent YAML config (as the operator renders it)")
@@ -97,6 +99,10 @@ def parser() -> argparse.ArgumentParser:
                    help="xdp: count dropped packets per flow with the kernel's reason (needs the kernel's BTF)")
     p.add_argument("--tcp", action="store_true",
                    help="xdp: TCP retransmits per flow and the sockets' RTT (needs the kernel's BTF)")
+    p.add_argument("--pod-attribution", action="store_true",
+                   help="rdma/nccl: label each device a pod holds with that pod, from the kubelet's pod-resources API")
+    p.add_argument("--pod-resources-socket", default=None, metavar="PATH",
+                   help=f"the kubelet's pod-resources socket (default {config_mod.DEFAULT_POD_RESOURCES_SOCKET})")
     p.add_argument("--spool-dir", default=None, metavar="DIR", help="remote-write spool directory (survives restarts)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
@@ -131,7 +137,7 @@ def build_config(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
         changes["interfaces"] = ("eth0",)  # the old tool's default, for the command line
     if args.device:
         changes["devices"] = _split(args.device)
-    for flag in ("interval", "count", "output", "sysfs"):
+    for flag in ("interval", "count", "output", "sysfs", "ethtool_dir"):
         if getattr(args, flag) is not None:
             changes[flag] = getattr(args, flag)
     if args.http_listen is not None:
@@ -171,10 +177,19 @@ def build_config(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
             raise UsageError(f"--direction: {e}") from None
     if xdp:
         changes["xdp"] = dataclasses.replace(cfg.xdp, **xdp)
+    rdma = {"pod_attribution": True} if args.pod_attribution else {}
+    if args.pod_resources_socket is not None:
+        rdma["pod_resources_socket"] = args.pod_resources_socket
+    if rdma:
+        changes["rdma"] = dataclasses.replace(cfg.rdma, **rdma)
     cfg = dataclasses.replace(cfg, **changes)
+    if cfg.rdma.pod_attribution and MODES[cfg.mode].interfaces and not args.list:
+        raise UsageError(f"pod attribution labels RDMA devices: it needs -m rdma or -m nccl, not {cfg.mode}")
     if not MODES[cfg.mode].interfaces and not args.list and not os.path.isdir(cfg.sysfs):
         where = "--sysfs" if args.sysfs is not None else "sysfs"
         raise UsageError(f"{where} {cfg.sysfs}: the path does not exist")
+    if cfg.ethtool_dir is not None and not os.path.isdir(cfg.ethtool_dir):
+        raise UsageError(f"--ethtool-dir {cfg.ethtool_dir}: not a directory (one `ethtool -S` dump per netdev)")
     return cfg
 
 
@@ -189,6 +204,16 @@ def listing(cfg: AgentConfig) -> list[str]:
         list_devices = None
     rdma = list_devices(cfg.sysfs) if list_devices else []
     lines += [f"  {line}" for line in rdma] or ["  (none)"]
+    from xtrace_agent.nic.source import listing as nic_listing
+    lines.append("NIC statistics (rdma/nccl):")
+    lines += [f"  {line}" for line in nic_listing(cfg.sysfs, cfg.ethtool_dir, cfg.nic.interfaces)] or ["  (none)"]
+    if cfg.rdma.pod_attribution:
+        from xtrace_agent.owners import table
+
+        owners = table.from_config(cfg)
+        owners.refresh()
+        lines.append(f"RDMA device owners (kubelet pod-resources, {cfg.rdma.pod_resources_socket}):")
+        lines += [f"  {line}" for line in owners.listing()]
     from xtrace_agent.xdp import headers
     lines += ["Kernel headers (XDP compile):", f"  {headers.summary()}"]
     from xtrace_agent.xdp import events
@@ -239,17 +264,18 @@ def gc_paused():
 def run(cfg: AgentConfig, stop: threading.Event, env: dict[str, str] | None = None) -> int:
     """The agent's loop: collect every interval, deliver to every sink, until --count or a signal."""
     health = Health()
+    mode = MODES[cfg.mode]
+    # not ready until the first report is out: compiling and attaching take a moment. Said before the
+    # server starts: building the source and the sinks takes a while, and /readyz must not say ok meanwhile
+    health.not_ready(Kind.STARTING, "agent", mode.starting())
     server = None
     if cfg.http_listen:
         from xtrace_agent.sinks.http import MetricsServer
         server = MetricsServer(cfg, health)
         server.start()  # first, so /healthz answers while the program compiles
-    mode = MODES[cfg.mode]
     source = mode.source(cfg, health)
     accounting = mode.accounting(cfg, health)
     sinks = build_sinks(cfg, health, env) + ([server] if server else [])
-    # not ready until the first report is out: compiling and attaching take a moment
-    health.not_ready(Kind.STARTING, "agent", mode.starting())
     health.set(sm.REPORTS, 0)
     for sink in sinks:  # every self-metric exists from the first report, at 0
         health.inc(sm.SINK_ERRORS, 0, {"sink": type(sink).__name__})

@@ -17,12 +17,19 @@ import yaml
 
 from xtrace_agent import environ
 from xtrace_agent.errors import UsageError
-from xtrace_agent.fields import Field, FieldError, http_url, label_names
+from xtrace_agent.fields import IFACE_PATTERN, Field, FieldError, http_url, label_names
+from xtrace_agent.owners.podresources import DEFAULT_SOCKET as DEFAULT_POD_RESOURCES_SOCKET
 
 MODES = ("xdp", "rdma", "nccl")
 ATTACH_MODES = ("auto", "native", "generic")
 DIRECTIONS = ("ingress", "egress")  # what interfaces receive (XDP), what they send (TC egress)
 OUTPUTS = ("text", "json", "none")  # none: nothing on stdout (a DaemonSet's log stays small)
+HTTP_AUTH_MODES = ("none", "kubernetes")  # the metrics port: plain HTTP, or TLS + Kubernetes token review
+# A driver statistic's name or an fnmatch pattern of names (nic.rawInclude, nic.rawExclude): printable
+# ASCII, no leading blank, at most 64 characters (ethtool's ETH_GSTRING_LEN is 32).
+STAT_PATTERN = r"^[\x21-\x7e][\x20-\x7e]{0,63}$"
+MAX_STAT_PATTERNS = 256  # per list (nic.rawInclude, nic.rawExclude)
+MAX_NIC_INTERFACES = 64  # nic.interfaces, as spec.interfaces
 
 # Defaults, with the reasoning that picked them (see README "Sizing").
 DEFAULT_INTERVAL = 5.0
@@ -96,6 +103,23 @@ class XdpConfig:
 
 
 @dataclass(frozen=True)
+class NicConfig:
+    """NIC statistics (rdma and nccl modes; docs/nic-metrics.md): netdevs read beside the RDMA ports'
+    own, and the raw table's selection (fnmatch patterns; nothing by default, per-queue only on request)."""
+    interfaces: tuple[str, ...] = ()
+    raw_include: tuple[str, ...] = ()
+    raw_exclude: tuple[str, ...] = ()
+    raw_per_queue: bool = False
+
+
+@dataclass(frozen=True)
+class RdmaConfig:
+    # label each held device's series with its pod, asked of the kubelet (docs/pod-attribution.md)
+    pod_attribution: bool = False
+    pod_resources_socket: str = DEFAULT_POD_RESOURCES_SOCKET
+
+
+@dataclass(frozen=True)
 class BasicAuth:
     username: str = ""
     username_file: str | None = None
@@ -120,6 +144,15 @@ class SpoolConfig:
 
 
 @dataclass(frozen=True)
+class HttpAuth:
+    """The metrics port's protection (sinks/guard.py): none, or TLS with Kubernetes token review."""
+
+    mode: str = "none"
+    cert_file: str | None = None  # with key_file: a mounted Secret's pair; without: made at start
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     mode: str = "xdp"
     interfaces: tuple[str, ...] = ()
@@ -128,15 +161,19 @@ class AgentConfig:
     count: int | None = None
     output: str = "text"
     sysfs: str = "/sys"
+    ethtool_dir: str | None = None  # captured `ethtool -S` dumps (DIR/<netdev>.txt) instead of the live NICs
+    nic: NicConfig = field(default_factory=NicConfig)
     node: str = ""
     monitor: str = ""
     namespace: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     xdp: XdpConfig = field(default_factory=XdpConfig)
+    rdma: RdmaConfig = field(default_factory=RdmaConfig)
     remote_write: tuple[RemoteWriteTarget, ...] = ()
     queue_samples: int = DEFAULT_QUEUE_SAMPLES
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     http_listen: str = DEFAULT_HTTP_LISTEN  # "" disables the HTTP server
+    http_auth: HttpAuth = field(default_factory=HttpAuth)
     max_push_age: float = DEFAULT_MAX_PUSH_AGE
     # True when started from --config (the operator's way): a missing interface is "not ready"
     # and waited for; on the bare command line it is a usage error, as in the old tool.
@@ -218,11 +255,56 @@ def parse_directions(v: Any) -> tuple[str, ...]:
     return XDP["directions"].parse(v)
 
 
+_N = NicConfig()
+
+
+def _stat_patterns(description: str, attr: str) -> Field:
+    return Field("array", description, max_items=MAX_STAT_PATTERNS, attr=attr,
+                 items=Field("string", pattern=STAT_PATTERN, what="a statistic name or pattern"))
+
+
+NIC: dict[str, Field] = {
+    "interfaces": Field("array", "Network interfaces (names or shell globs) whose NIC statistics are read beside "
+                        "the RDMA ports' own netdevs (which are always read).",
+                        max_items=MAX_NIC_INTERFACES, unique=True, attr="interfaces",
+                        items=Field("string", pattern=IFACE_PATTERN, what="an interface name or glob")),
+    "rawInclude": _stat_patterns("Driver statistics (ethtool -S names or shell patterns such as \"rx_*_phy\") "
+                                 "exported raw as xtrace_nic_stat{stat=...}. Empty: none (the named NIC metrics "
+                                 "are always exported).", "raw_include"),
+    "rawExclude": _stat_patterns("Statistics (names or patterns) left out of the raw table even when rawInclude "
+                                 "selects them.", "raw_exclude"),
+    "rawPerQueue": Field("boolean", "Let rawInclude select per-queue statistics (rx12_packets, ch3_...); mlx5 "
+                         "reports hundreds per port, so they are never raw by default.", default=_N.raw_per_queue,
+                         attr="raw_per_queue"),
+}
+
 _S = SpoolConfig()
 SPOOL: dict[str, Field] = {
     "path": Field("string", attr="path"),
     "maxBytes": Field("integer", "Spool size bound; 0 disables the spool.", default=_S.max_bytes,
                       bounds=BOUNDS["spool.maxBytes"], attr="max_bytes"),
+}
+
+_H = HttpAuth()
+HTTP_AUTH: dict[str, Field] = {
+    "mode": Field("string", "Who may read /metrics. none: the port serves plain HTTP to anyone who reaches it. "
+                  "kubernetes: TLS only, and /metrics only for a bearer token the API server authenticates "
+                  "(TokenReview) and allows get on the non-resource URL /metrics (SubjectAccessReview); "
+                  "/healthz and /readyz stay open and say only ok or not ready.",
+                  default=_H.mode, enum=HTTP_AUTH_MODES, attr="mode"),
+    "certFile": Field("string", "The serving certificate (PEM), reloaded when it changes; with keyFile. Absent: a "
+                      "self-signed pair made in memory at start.", nonempty=True, attr="cert_file"),
+    "keyFile": Field("string", "The certificate's private key (PEM); with certFile.", nonempty=True, attr="key_file"),
+}
+
+_R = RdmaConfig()
+RDMA: dict[str, Field] = {
+    "podAttribution": Field("boolean", "Label each device a pod holds (an SR-IOV VF, a whole HCA) with its namespace, "
+                            "pod, container and resource, from the kubelet's pod-resources API. rdma and nccl "
+                            "modes only; the operator mounts the node's /var/lib/kubelet/pod-resources read-only "
+                            "for it.", default=_R.pod_attribution, attr="pod_attribution"),
+    "podResourcesSocket": Field("string", "The kubelet's pod-resources socket.", default=_R.pod_resources_socket,
+                                nonempty=True, attr="pod_resources_socket"),
 }
 
 BASIC_AUTH: dict[str, Field] = {
@@ -277,17 +359,25 @@ SCHEMA: dict[str, Field] = {
                     "(one document per report) or none (keeps busy nodes' logs small; data still goes to "
                     "VictoriaMetrics and /metrics).", default=_A.output, enum=OUTPUTS, attr="output"),
     "sysfs": Field("string", attr="sysfs"),
+    "ethtoolDir": Field("string", attr="ethtool_dir"),
+    "nic": Field("object", "NIC statistics (ethtool -S and pause statistics) of the RDMA ports' netdevs and of "
+                 "the interfaces named here. rdma and nccl modes only.", properties=NIC,
+                 refine=_section(NicConfig, NIC, "nic."), attr="nic"),
     "node": Field("string", attr="node"),
     "monitor": Field("string", attr="monitor"),
     "namespace": Field("string", attr="namespace"),
     "labels": Field("object", values=Field("string"), refine=label_names, attr="labels"),
     "xdp": Field("object", "XDP flow counting. xdp mode only.", properties=XDP,
                  refine=_section(XdpConfig, XDP, "xdp."), attr="xdp"),
+    "rdma": Field("object", "RDMA device options. rdma and nccl modes only.", properties=RDMA,
+                  refine=_section(RdmaConfig, RDMA, "rdma."), attr="rdma"),
     "remoteWrite": Field("array", refine=_targets, attr="remote_write", message="must be a list of targets"),
     "queueSamples": Field("integer", "In-memory queue bound in samples; beyond it the oldest are dropped (and "
                           "counted).", default=_A.queue_samples, bounds=BOUNDS["queueSamples"], attr="queue_samples"),
     "spool": Field("object", properties=SPOOL, refine=_section(SpoolConfig, SPOOL, "spool."), attr="spool"),
     "httpListen": Field("string", attr="http_listen"),
+    "httpAuth": Field("object", "The metrics port's protection (docs/security.md).", properties=HTTP_AUTH,
+                      refine=_section(HttpAuth, HTTP_AUTH, "httpAuth."), attr="http_auth"),
     "maxPushAge": Field("number", "Seconds after which unsent samples are dropped (and counted).",
                         default=_A.max_push_age, bounds=BOUNDS["maxPushAge"], attr="max_push_age"),
 }
@@ -300,8 +390,12 @@ def from_dict(raw: Any) -> AgentConfig:
     if not isinstance(raw, dict):
         raise UsageError(f"config: the document must be a map, got {type(raw).__name__}")
     cfg = AgentConfig(**_fields(raw, SCHEMA, ""), from_file=True)
+    if cfg.rdma.pod_attribution and cfg.mode == "xdp":
+        raise UsageError("config: rdma.podAttribution: labels RDMA devices, so it needs mode rdma or nccl")
     if cfg.http_listen:
         parse_listen(cfg.http_listen)
+    if bool(cfg.http_auth.cert_file) != bool(cfg.http_auth.key_file):
+        raise UsageError("config: httpAuth: certFile and keyFile go together")
     return cfg
 
 
@@ -315,7 +409,9 @@ def to_dict(cfg: AgentConfig) -> dict[str, Any]:
             if value == getattr(default, attr) and key != "mode":
                 continue
             if dataclasses.is_dataclass(value):
-                sub = {"xdp": (XDP, XdpConfig()), "spool": (SPOOL, SpoolConfig())}[key]
+                sub = {"xdp": (XDP, XdpConfig()), "rdma": (RDMA, RdmaConfig()),
+                       "spool": (SPOOL, SpoolConfig()), "nic": (NIC, NicConfig()),
+                       "httpAuth": (HTTP_AUTH, HttpAuth())}[key]
                 value = emit(value, *sub)
             elif key == "remoteWrite":
                 value = [_target_dict(t) for t in value]

@@ -25,10 +25,10 @@ from xtrace_agent.rdma.counters import WORD_BYTES
 class DataMetric(NamedTuple):
     name: str
     kind: str  # counter | gauge
-    unit: str  # bytes, packets, bytes/s; "" when it has none (a flag, an info metric, a raw counter)
+    unit: str  # bytes, packets, bytes/s, seconds, bits; "" when it has none (a flag, an info metric, a raw counter)
     help: str
     labels: tuple[str, ...]
-    source: str  # the mode(s) that export it: xdp | rdma (rdma and nccl)
+    source: str  # what exports it: xdp | rdma (rdma and nccl: the ports) | nic (rdma and nccl: the netdevs)
     optional: tuple[str, ...] = ()
     at_start: bool = True  # exists from the first report (at 0 before any traffic); False: only once it moved
 
@@ -43,7 +43,7 @@ class DataMetric(NamedTuple):
 
 BY_NAME: dict[str, DataMetric] = {}
 # xdp mode's flows and interfaces; rdma and nccl modes; xdp mode's opt-in drops and TCP events
-SOURCES = ("xdp", "rdma", "drops", "tcp")
+SOURCES = ("xdp", "rdma", "nic", "drops", "tcp")
 COUNTER_SUFFIXES = ("_total", "_bucket", "_sum", "_count")
 
 
@@ -59,8 +59,8 @@ def _define(name: str, kind: str, unit: str, help_text: str, labels: tuple[str, 
 
 
 def counter(name: str, unit: str, help_text: str, labels: tuple[str, ...], source: str,
-            optional: tuple[str, ...] = ()) -> DataMetric:
-    return _define(name, "counter", unit, help_text, labels, source, optional)
+            optional: tuple[str, ...] = (), at_start: bool = True) -> DataMetric:
+    return _define(name, "counter", unit, help_text, labels, source, optional, at_start)
 
 
 def gauge(name: str, unit: str, help_text: str, labels: tuple[str, ...], source: str,
@@ -138,23 +138,70 @@ TCP_LOST = counter("xtrace_tcp_lost_events_total", "", "TCP events on a watched 
 
 # --- rdma and nccl modes: RDMA ports -----------------------------------------------------------------
 PORT = ("device", "port")
+# pod attribution (owners/, rdma.podAttribution): on every series of a device a pod holds
+OWNER = ("namespace", "pod", "container", "resource")
 
 RDMA_PORT_INFO = gauge("xtrace_rdma_port_info", "", "RDMA port metadata, always 1.",
-                       PORT + ("link_layer", "state", "phys_state", "rate", "netdev"), "rdma")
+                       PORT + ("link_layer", "state", "phys_state", "rate", "netdev"), "rdma", OWNER)
 RDMA_PORT_RATE = gauge("xtrace_rdma_port_rate_bytes_per_second", "bytes/s",
-                       "The port's link rate (sysfs `rate`, Gb/s x 10^9 / 8).", PORT, "rdma")
+                       "The port's link rate (sysfs `rate`, Gb/s x 10^9 / 8).", PORT, "rdma", OWNER)
 RDMA_PORT_COUNTER = counter("xtrace_rdma_port_counter_total", "", "Every PMA port counter (counters/ and "
                             "counters_ext/), raw, in the file's own unit, made monotonic.", PORT + ("counter",),
-                            "rdma")
+                            "rdma", OWNER)
 RDMA_HW_COUNTER = counter("xtrace_rdma_hw_counter_total", "", "Every driver counter in hw_counters/ (nccl mode), "
-                          "raw, in the file's own unit, made monotonic.", PORT + ("counter",), "rdma")
+                          "raw, in the file's own unit, made monotonic.", PORT + ("counter",), "rdma", OWNER)
 RDMA_COUNTER_SATURATED = gauge("xtrace_rdma_counter_saturated", "", "1 while a counter that stops at its maximum "
-                               "sits there (it is not pushed then), else 0.", PORT + ("counter",), "rdma")
+                               "sits there (it is not pushed then), else 0.", PORT + ("counter",), "rdma", OWNER)
 RDMA_TX_BYTES = counter("xtrace_rdma_port_transmit_bytes_total", "bytes", "Bytes the port sent: counters/"
-                        f"port_xmit_data (in {WORD_BYTES}-octet words) x {WORD_BYTES}.", PORT, "rdma")
+                        f"port_xmit_data (in {WORD_BYTES}-octet words) x {WORD_BYTES}.", PORT, "rdma", OWNER)
 RDMA_RX_BYTES = counter("xtrace_rdma_port_receive_bytes_total", "bytes", "Bytes the port received: counters/"
-                        f"port_rcv_data (in {WORD_BYTES}-octet words) x {WORD_BYTES}.", PORT, "rdma")
+                        f"port_rcv_data (in {WORD_BYTES}-octet words) x {WORD_BYTES}.", PORT, "rdma", OWNER)
 RDMA_TX_PACKETS = counter("xtrace_rdma_port_transmit_packets_total", "packets",
-                          "Packets the port sent: counters/port_xmit_packets.", PORT, "rdma")
+                          "Packets the port sent: counters/port_xmit_packets.", PORT, "rdma", OWNER)
 RDMA_RX_PACKETS = counter("xtrace_rdma_port_receive_packets_total", "packets",
-                          "Packets the port received: counters/port_rcv_packets.", PORT, "rdma")
+                          "Packets the port received: counters/port_rcv_packets.", PORT, "rdma", OWNER)
+
+# --- rdma and nccl modes: NIC statistics of the netdevs (nic/; docs/nic-metrics.md) -------------------
+# Every series has `netdev`, and the RDMA `device` and `port` it carries where known (not on the
+# config's extra interfaces). They exist only where the driver has the statistic: none at start.
+# A netdev of a device a pod holds (the GID table's netdevs of its RDMA device, a held function's
+# net/ entries) carries the owner's labels (OWNER), as the device's RDMA series do.
+NETDEV = ("netdev",)
+CARRIES = ("device", "port")
+
+
+def _nic(kind, name: str, unit: str, help_text: str, labels: tuple[str, ...] = (), optional=()) -> DataMetric:
+    return kind(name, unit, help_text, NETDEV + labels, "nic", CARRIES + optional + OWNER, at_start=False)
+
+
+NIC_PAUSE_FRAMES = _nic(counter, "xtrace_nic_pause_frames_total", "packets", "Pause frames received (rx: the peer "
+                        "held this port) or sent (tx: this host could not drain), per PFC priority or `global` "
+                        "(802.3x).", ("direction", "priority"))
+NIC_PAUSE_DURATION = _nic(counter, "xtrace_nic_pause_duration_seconds_total", "seconds", "Time paused by PFC or "
+                          "802.3x pause, per direction and priority (the drivers count microseconds).",
+                          ("direction", "priority"))
+NIC_PAUSE_TRANSITIONS = _nic(counter, "xtrace_nic_pause_transitions_total", "", "Transitions into the paused "
+                             "state, per direction and priority.", ("direction", "priority"))
+NIC_PAUSE_STORMS = _nic(counter, "xtrace_nic_pause_storm_events_total", "", "Pause storm events: the device "
+                        "stalled beyond its warning watermark, or so long that it stopped sending pause (error).",
+                        ("level",))
+NIC_DISCARDS = _nic(counter, "xtrace_nic_discards_total", "packets", "Packets the NIC discarded, by direction and "
+                    "cause (port_buffer, priority_buffer, shared_buffer, congestion, out_of_buffer, pci_buffer).",
+                    ("direction", "cause"), ("priority",))
+NIC_PCIE_STALLED = _nic(gauge, "xtrace_nic_pcie_stalled_ratio", "", "Share of the last second (0-1) the NIC had "
+                        "outbound PCIe reads or writes it could not issue (no credits).", ("kind",))
+NIC_PCIE_STALLED_SECONDS = _nic(counter, "xtrace_nic_pcie_stalled_seconds_total", "seconds", "Seconds in which "
+                                "outbound PCIe reads or writes were stalled more than 30% of the time.", ("kind",))
+NIC_FEC_CORRECTED_BITS = _nic(counter, "xtrace_nic_fec_corrected_bits_total", "bits",
+                              "Bits the physical layer's FEC corrected.")
+NIC_FEC_BLOCKS = _nic(counter, "xtrace_nic_fec_blocks_total", "", "FEC blocks corrected or uncorrectable.",
+                      ("result",))
+NIC_SYMBOL_ERRORS = _nic(counter, "xtrace_nic_symbol_errors_total", "", "Symbol errors of the physical or PCS layer.",
+                         ("layer",))
+NIC_LINK_DOWN = _nic(counter, "xtrace_nic_link_down_events_total", "", "Times the physical link went down.")
+NIC_CARRIER_CHANGES = _nic(counter, "xtrace_nic_carrier_changes_total", "",
+                           "Carrier changes of the netdev (sysfs carrier_changes).")
+NIC_STANDARD_PAUSE = _nic(counter, "xtrace_nic_standard_pause_frames_total", "packets", "The driver's standard "
+                          "802.3 pause frame counters (ethtool netlink pause statistics).", ("direction",))
+NIC_STAT = _nic(gauge, "xtrace_nic_stat", "", "Any other driver statistic, raw as `ethtool -S` reports it, only as "
+                "selected by nic.rawInclude / nic.rawExclude.", ("stat",))

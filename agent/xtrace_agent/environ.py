@@ -56,17 +56,24 @@ KERNEL_SOURCE = Knob("BCC_KERNEL_SOURCE", "", "BCC's own: a kernel header tree t
 BTF = Knob("XTRACE_BTF", "/sys/kernel/btf/vmlinux", "The running kernel's BTF, read for xdp.drops and xdp.tcp "
            "(struct offsets, drop reason names, tracepoint signatures); tests name another file to make a kernel "
            "without it.")
+GRPC_VERBOSITY = Knob("GRPC_VERBOSITY", "ERROR", "gRPC's own: its core's logging to stderr. The agent sets ERROR "
+                      "unless given (pod attribution logs each pod-resources problem once itself).")
 VM_ENABLED = Knob("VICTORIAMETRICS_ENABLED", "", "XTrace-Catch compatible: true pushes to "
                   "VICTORIAMETRICS_REMOTE_WRITE (as --remote-write-url does).")
 VM_REMOTE_WRITE = Knob("VICTORIAMETRICS_REMOTE_WRITE", "", "XTrace-Catch compatible: the remote-write URL "
                        "used when VICTORIAMETRICS_ENABLED is true.")
+# --- the on-call command (xtrace fabric|top) ------------------------------------------------
+URL = Knob("XTRACE_URL", "http://127.0.0.1:8428", "The VictoriaMetrics (or vmselect tenant) URL `xtrace "
+           "fabric` and `xtrace top` query when --url is not given.", who="xtrace")
 # --- set for the agent's pod (downward API, Kubernetes) -------------------------------------
 NODE_NAME = Knob("NODE_NAME", "", "The node label of every series (default: the hostname).", who="Kubernetes")
 POD_NAME = Knob("POD_NAME", "", "The agent's pod: readiness is written to its status; with POD_NAMESPACE, "
                 "identifies the pod's XDP attachments.", who="Kubernetes")
 POD_NAMESPACE = Knob("POD_NAMESPACE", "", "The agent pod's namespace.", who="Kubernetes")
-SERVICE_HOST = Knob("KUBERNETES_SERVICE_HOST", "", "The API server, for the pod status (with the service "
-                    "account token).", who="Kubernetes")
+POD_IP = Knob("POD_IP", "", "The pod's (with hostNetwork, the node's) address: named in the self-signed "
+              "certificate of a metrics port with httpAuth and no certificate files.", who="Kubernetes")
+SERVICE_HOST = Knob("KUBERNETES_SERVICE_HOST", "", "The API server, for the pod status and httpAuth's token "
+                    "reviews (with the service account token).", who="Kubernetes")
 SERVICE_PORT = Knob("KUBERNETES_SERVICE_PORT", "443", "The API server's port.", who="Kubernetes")
 # --- the operator ---------------------------------------------------------------------------
 STATUS_FLUSH_SECONDS = Knob("XTRACE_STATUS_FLUSH_SECONDS", "3", "Seconds between two status checks of each "

@@ -21,6 +21,8 @@ from typing import Any
 URL_PATTERN = r"^https?://[^/\s]+.*$"
 # Prometheus label names; names starting with "__" are reserved for the server.
 LABEL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+# A network interface's name or a shell glob of names (spec.interfaces, nic.interfaces).
+IFACE_PATTERN = r"^[A-Za-z0-9_.:@*?!\[\]-]{1,64}$"
 
 
 class FieldError(ValueError):

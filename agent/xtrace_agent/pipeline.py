@@ -50,12 +50,15 @@ def _xdp_starting() -> str:
 
 def _rdma_source(cfg: AgentConfig, health: Health) -> Source:
     from xtrace_agent.collectors.rdma import RdmaCollector
-    return RdmaCollector(cfg, health)
+    from xtrace_agent.owners import table
+    return RdmaCollector(cfg, health, owners=table.from_config(cfg))
 
 
 def _rdma_accounting(cfg: AgentConfig, health: Health) -> Accounting:
+    from xtrace_agent.nic.names import RawSelection
     from xtrace_agent.ports import PortAccounting
-    return PortAccounting(health)
+    nic = cfg.nic
+    return PortAccounting(health, RawSelection(nic.raw_include, nic.raw_exclude, nic.raw_per_queue))
 
 
 def _rdma_text(cfg: AgentConfig):

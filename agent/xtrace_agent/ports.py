@@ -14,6 +14,8 @@ import time
 from xtrace_agent import datametrics as dm
 from xtrace_agent import selfmetrics as sm
 from xtrace_agent.health import Health
+from xtrace_agent.nic.accounting import NicAccounting
+from xtrace_agent.nic.names import NO_RAW, RawSelection
 from xtrace_agent.rdma import sysfs
 from xtrace_agent.rdma.counters import WORD_BYTES, CounterTracker, width
 from xtrace_agent.samples import Report, Sample
@@ -36,23 +38,46 @@ WIDE = {name: f"{name}_64" for name in DERIVED}
 class PortAccounting:
     """stages.Accounting for rdma and nccl: raw port readings -> monotonic totals and samples."""
 
-    def __init__(self, health: Health):
+    def __init__(self, health: Health, nic_raw: RawSelection = NO_RAW):
         self.health = health
         self.tracker = CounterTracker()
+        self.nic = NicAccounting(nic_raw)
         self._labels = {"collector": COLLECTOR}
+        # pod attribution: a held device's counters count from its owner's first report (_count)
+        self._owner_of: dict[str, tuple] = {}
+        self._since: dict[tuple, int] = {}
 
     def report(self, seen: PortsObserved, now: float) -> Report:
         report = Report(timestamp=now)
         for port in seen.ports:
-            self._export(port, seen.netdevs.get((port.device, port.port), ""), report.samples)
+            owner = self._owner(port.device, seen.owners.get(port.device))
+            self._export(port, seen.netdevs.get((port.device, port.port), ""), owner, report.samples)
+        self.nic.samples(seen.nic, report.samples, seen.owners, seen.netdev_owners)
         self.health.set(sm.RDMA_WRAPS, self.tracker.wraps)
         self.health.set(sm.RDMA_RESETS, self.tracker.resets)
         self.health.set(sm.COLLECTOR_DURATION, time.perf_counter() - seen.began, self._labels)
         return report
 
-    def _export(self, port: sysfs.Port, netdev: str, out: list[Sample]) -> None:
+    def _owner(self, device: str, labels: dict[str, str] | None) -> dict[str, str]:
+        """The pod labels of a device ({} when no pod holds it); a new owner restarts its counts."""
+        key = tuple(labels.values()) if labels else ()
+        if self._owner_of.get(device, ()) != key:
+            self._owner_of[device] = key
+            self._since = {k: v for k, v in self._since.items() if k[0] != device}
+        return labels or {}
+
+    def _count(self, key: tuple, total: int, owned: bool) -> int:
+        """What a series pushes: the hardware's total, or for a held device what moved since its
+        owner's first report. The owner's series starts at 0 and holds only its own traffic, so
+        increase() per pod is right even though the hardware counts the previous owners' too."""
+        if not owned:
+            return total
+        return total - self._since.setdefault(key, total)
+
+    def _export(self, port: sysfs.Port, netdev: str, owner: dict[str, str], out: list[Sample]) -> None:
         ts = port.timestamp
-        base = {"device": port.device, "port": str(port.port)}
+        owned = bool(owner)
+        base = {"device": port.device, "port": str(port.port), **owner}
         out.append(Sample(dm.RDMA_PORT_INFO.name, {
             **base, "link_layer": port.link_layer or "unknown", "state": port.state or "unknown",
             "phys_state": port.phys_state or "unknown", "rate": port.rate or "unknown", "netdev": netdev,
@@ -69,19 +94,22 @@ class PortAccounting:
                 if raw is None:
                     continue  # absent: no sample rather than a wrong one
                 w = width(group, name)
-                reading = self.tracker.update((port.device, port.port, group, name), raw, w)
+                key = (port.device, port.port, group, name)
+                reading = self.tracker.update(key, raw, w)
                 if w.saturates:
                     out.append(Sample(dm.RDMA_COUNTER_SATURATED.name, {**base, "counter": name},
                                       1 if reading.saturated else 0, ts))
                 if reading.value is None:
                     continue
-                out.append(Sample(metric, {**base, "counter": name}, reading.value, ts))
+                value = self._count(key, reading.value, owned)
+                out.append(Sample(metric, {**base, "counter": name}, value, ts))
                 if group == "counters" and name in DERIVED:
-                    derived[name] = reading.value
+                    derived[name] = value
         for name, wide in WIDE.items():
             raw_wide, raw_narrow = port.counters.get(wide), port.counters.get(name)
             if raw_wide is not None and (raw_narrow is None or raw_wide >= raw_narrow):
-                derived[name] = self.tracker.total((port.device, port.port, "counters", wide))
+                key = (port.device, port.port, "counters", wide)
+                derived[name] = self._count(key, self.tracker.total(key), owned)
         for name, (metric, factor) in DERIVED.items():
             if derived[name] is not None:
                 out.append(Sample(metric, dict(base), derived[name] * factor, ts))

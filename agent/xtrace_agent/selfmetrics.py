@@ -98,6 +98,12 @@ RDMA_WRAPS = counter("xtrace_rdma_counter_wraps_total", "32-bit RDMA counter wra
 RDMA_RESETS = counter("xtrace_rdma_counter_resets_total",
                       "RDMA counters that went backwards (device re-probed or counters cleared).",
                       source="rdma")
+# pod attribution (rdma.podAttribution): from the first report when it is on, absent when it is off
+RDMA_ATTRIBUTED = gauge("xtrace_rdma_devices_attributed",
+                        "RDMA devices a pod holds, as the kubelet's pod-resources API said at the last refresh.",
+                        source="rdma", at_start=False)
+POD_RESOURCES_FAILURES = counter("xtrace_pod_resources_failures_total", "Asks of the kubelet's pod-resources API "
+                                 "that failed, by kind (unreachable, error).", "kind", source="rdma", at_start=False)
 
 # --- remote write ----------------------------------------------------------------------------------
 RW_QUEUE = gauge("xtrace_remote_write_queue_samples",

@@ -146,3 +146,10 @@ class PortsObserved(NamedTuple):
     ports: list  # rdma.sysfs.Port
     netdevs: dict[tuple[str, int], str]  # (device, port) -> comma-separated net device names
     began: float  # time.perf_counter() when the collection started
+    nic: tuple | list = ()  # nic.source.NicReading: the NIC statistics of the ports' netdevs and the config's
+    # pod attribution: device -> its owner's labels (namespace, pod, container, resource); a device
+    # no pod holds is absent
+    owners: dict[str, dict[str, str]] = {}
+    # and netdev -> its owner's labels, for the net devices of held functions (a VF's net/ entries):
+    # a NIC reading without an RDMA device, or of an unheld one, takes its owner from here
+    netdev_owners: dict[str, dict[str, str]] = {}

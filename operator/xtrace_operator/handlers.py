@@ -19,7 +19,7 @@ from typing import Any
 import kopf
 
 from xtrace_agent import environ
-from xtrace_operator import GROUP, PLURAL, VERSION, conflict, kube, model, render
+from xtrace_operator import GROUP, PLURAL, VERSION, conflict, kube, metricsauth, model, render
 from xtrace_operator import status as status_mod
 
 MONITORS = (GROUP, VERSION, PLURAL)
@@ -30,6 +30,7 @@ PODS = ("v1", "pods")
 FLUSH_SECONDS = environ.STATUS_FLUSH_SECONDS.get()
 OWNED_FILTER = dict(render.OWNED)
 APPLIED = "applied"  # the key in each monitor's kopf memo: what our last apply produced, {kind: version}
+BINDING = "metrics_binding"  # the key in the operator's memo (shared by every monitor's): a _Binding
 
 
 class _QuietFlush(logging.Filter):
@@ -39,8 +40,18 @@ class _QuietFlush(logging.Filter):
         return "Timer 'flush' succeeded" not in record.getMessage()
 
 
+class _Binding:
+    """What the operator last wrote into the agents' metrics-auth binding, in this run (its memo)."""
+
+    def __init__(self) -> None:
+        self.subjects: list[tuple[str, str]] | None = None  # None: not yet written since start
+        self.errors: set[str] = set()  # each distinct failure logged once
+
+
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Each monitor's memo is a shallow copy of this one: they all share this one _Binding.
+    memo[BINDING] = _Binding()
     log = logging.getLogger("kopf.objects")
     if not any(isinstance(f, _QuietFlush) for f in log.filters):
         log.addFilter(_QuietFlush())
@@ -88,6 +99,40 @@ def config_versions(namespace: str, labels: Any, meta: Any, **_: Any) -> dict:
 @kopf.index(*SERVICES, labels=OWNED_FILTER)
 def agent_services(namespace: str, labels: Any, **_: Any) -> dict:
     return {(namespace, labels.get(render.INSTANCE_LABEL)): True}
+
+
+@kopf.index(*MONITORS)
+def secured(name: str, namespace: str, spec: Any, **_: Any) -> dict:
+    """The agents' ServiceAccount of every valid monitor with metrics.auth: kubernetes."""
+    try:
+        monitor = model.parse(name, namespace, dict(spec))
+    except model.InvalidSpec:
+        return {}
+    return {None: (namespace, render.child_name(monitor))} if monitor.metrics.secure else {}
+
+
+@kopf.on.event(*MONITORS)
+def agents_binding(secured: kopf.Index, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    """Keep xtrace-agents-metrics-auth's subjects equal to the secured monitors' agents.
+
+    On every monitor event, deletions included (an event handler needs no finalizer); the index is
+    up to date by then. One apply when the list changed since this run's last, none otherwise.
+    """
+    state: _Binding = memo[BINDING]
+    subjects = sorted(set(secured.get(None, [])))
+    if subjects == state.subjects:
+        return
+    try:
+        kube.apply(metricsauth.agents_binding(subjects))
+    except kube.ApiError as e:
+        if str(e) not in state.errors:  # once per distinct error: events come often
+            state.errors.add(str(e))
+            hint = " (installed from deploy/manifests or the chart?)" if e.status == 404 else ""
+            logger.warning(f"ClusterRoleBinding {metricsauth.AGENTS_BINDING}: {e}{hint}: agents with "
+                           "metrics.auth cannot review tokens and answer 503")
+        return
+    logger.info(f"ClusterRoleBinding {metricsauth.AGENTS_BINDING}: {len(subjects)} agent ServiceAccount(s)")
+    state.subjects = subjects
 
 
 def _version(rv: Any) -> int:
@@ -227,3 +272,19 @@ def flush(body: kopf.Body, meta: Any, status: Any, patch: kopf.Patch, logger: An
         # (tests/k8s/test_handlers.py caught observedGeneration 0 staying on a Ready monitor).
         del desired["observedGeneration"], desired["configHash"]
     _write(patch, body, desired)
+
+
+def _timers_without_finalizer(registry: kopf.OperatorRegistry) -> None:
+    """kopf puts its finalizer on every object a timer watches, only to stop the timer before the object
+    goes. `flush` needs no such grace (it reads indexes and writes status; a write to a monitor already
+    gone fails harmlessly), and the finalizer blocks deletion whenever the operator is not there to
+    remove it: `helm uninstall` deletes the monitors, the operator's binding and its Deployment at once,
+    which left the monitors Terminating for good (tests/helm/test_install.py), as did deleting a
+    namespace while the operator was down. Without it kopf stops the timer when the object is gone, and
+    removes the finalizer an older operator left. kopf offers no public switch: its handler is rebuilt."""
+    import dataclasses
+    spawning = registry._spawning  # kopf 1.x: the registry of timers and daemons
+    spawning._handlers[:] = [dataclasses.replace(h, requires_finalizer=False) for h in spawning._handlers]
+
+
+_timers_without_finalizer(kopf.get_default_registry())

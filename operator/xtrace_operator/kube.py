@@ -27,6 +27,7 @@ PATHS = {
     ("operator.victoriametrics.com/v1beta1", "VMServiceScrape"):
         "/apis/operator.victoriametrics.com/v1beta1/namespaces/{ns}/vmservicescrapes",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "/apis/monitoring.coreos.com/v1/namespaces/{ns}/servicemonitors",
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
 }
 
 
@@ -81,7 +82,7 @@ def request(method: str, path: str, body: Any = None, query: list[tuple[str, str
 
 
 def _collection(obj: dict[str, Any]) -> str:
-    return PATHS[obj["apiVersion"], obj["kind"]].format(ns=obj["metadata"]["namespace"])
+    return PATHS[obj["apiVersion"], obj["kind"]].format(ns=obj["metadata"].get("namespace", ""))
 
 
 def delete(api_version: str, kind: str, namespace: str, name: str) -> None:

@@ -70,6 +70,18 @@ class Scrape:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    """spec.metrics: who may read the agents' /metrics (what it renders: metricsauth.py)."""
+
+    auth: str = "none"  # or "kubernetes": TLS, and a token the API server reviews
+    tls_secret: str | None = None  # the certificate's Secret; None: each agent makes its own
+
+    @property
+    def secure(self) -> bool:
+        return self.auth == "kubernetes"
+
+
+@dataclass(frozen=True)
 class Monitor:
     name: str
     namespace: str
@@ -82,8 +94,11 @@ class Monitor:
     output: str = "text"
     port: int = DEFAULT_PORT
     xdp: agent_config.XdpConfig = field(default_factory=agent_config.XdpConfig)  # the agent's own type
+    nic: agent_config.NicConfig = field(default_factory=agent_config.NicConfig)  # the agent's own type
+    rdma: agent_config.RdmaConfig = field(default_factory=agent_config.RdmaConfig)  # the agent's own type
     victoria_metrics: VictoriaMetrics | None = None
     scrape: Scrape | None = None
+    metrics: Metrics = field(default_factory=Metrics)
     image: str = DEFAULT_IMAGE
     image_pull_policy: str = "IfNotPresent"
     image_pull_secrets: tuple[str, ...] = ()
@@ -153,9 +168,26 @@ def _secret_key(r: _Reader, name_field: str) -> SecretKey:
     return out
 
 
+def _rdma(r: _Reader) -> agent_config.RdmaConfig:
+    """spec.rdma: the agent's own descriptors and type. The socket path stays the agent's default:
+    the operator mounts the kubelet's directory there."""
+    out = agent_config.RdmaConfig(pod_attribution=r.value("podAttribution"))
+    r.done()
+    return out
+
+
 def _xdp(r: _Reader) -> agent_config.XdpConfig:
     """spec.xdp is the agent's own xdp section: the same descriptors, the agent's own type."""
     out = agent_config.XdpConfig(**{f.attr: r.value(key) for key, f in agent_config.XDP.items()})
+    r.done()
+    return out
+
+
+def _nic(r: _Reader) -> agent_config.NicConfig:
+    """spec.nic is the agent's own nic section (the same descriptors, the agent's own type); unset
+    fields keep the agent's defaults."""
+    values = {f.attr: r.value(key) for key, f in agent_config.NIC.items()}
+    out = agent_config.NicConfig(**{k: v for k, v in values.items() if v is not None})
     r.done()
     return out
 
@@ -164,6 +196,17 @@ def _scrape(r: _Reader) -> Scrape:
     out = Scrape(kind=r.required("kind"), interval=r.value("interval"))
     r.done()
     return out
+
+
+def _metrics(r: _Reader) -> Metrics:
+    auth = r.value("auth")
+    secret = r.sub("tlsSecret")
+    name = secret.required("name") if r.has("tlsSecret") else None
+    secret.done()
+    if name is not None and auth != "kubernetes":
+        raise InvalidSpec(S.TLS_SECRET_NEEDS_AUTH)
+    r.done()
+    return Metrics(auth=auth, tls_secret=name)
 
 
 def _endpoint(url: Any, where: str, tenant: str | None) -> str:
@@ -319,6 +362,10 @@ def _modes(r: _Reader) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
         raise InvalidSpec(f"spec.interfaces: {mode} mode reads RDMA devices, not interfaces; use spec.devices")
     if mode != "xdp" and r.has("xdp"):
         raise InvalidSpec(f"spec.xdp: only valid in xdp mode, not {mode}")
+    if mode == "xdp" and r.has("nic"):
+        raise InvalidSpec("spec.nic: only valid in rdma and nccl modes")
+    if mode == "xdp" and r.has("rdma"):
+        raise InvalidSpec("spec.rdma: only valid in rdma and nccl modes")
     return mode, interfaces, devices
 
 
@@ -335,8 +382,11 @@ def parse(name: str, namespace: str, spec: Any, uid: str = "", created: str = ""
         node_selector=node_selector, tolerations=_tolerations(r),
         interval=float(r.value("interval")), output=r.value("output"), port=r.value("port"),
         xdp=_xdp(r.sub("xdp")),
+        nic=_nic(r.sub("nic")),
+        rdma=_rdma(r.sub("rdma")),
         victoria_metrics=_victoria_metrics(r.sub("victoriaMetrics")) if r.has("victoriaMetrics") else None,
         scrape=_scrape(r.sub("scrape")) if r.has("scrape") else None,
+        metrics=_metrics(r.sub("metrics")),
         image=r.value("image"), image_pull_policy=r.value("imagePullPolicy"), image_pull_secrets=pull_secrets,
         resources=_resources(r), privileged=r.value("privileged"),
         priority_class_name=r.value("priorityClassName"), host_kernel_headers=r.value("hostKernelHeaders"),

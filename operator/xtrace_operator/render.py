@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
 import yaml
 
 from xtrace_agent import config as agent_config
+from xtrace_operator import metricsauth
 from xtrace_operator.model import Monitor
 
 CONFIG_PATH = "/etc/xtrace"
@@ -22,6 +24,8 @@ CONFIG_FILE = "agent.yaml"
 SECRETS_PATH = "/etc/xtrace/secrets"
 HOST_SYS = "/host/sys"
 SPOOL_MOUNT = "/var/lib/xtrace/spool"
+# Pod attribution: the kubelet's pod-resources socket directory, mounted read-only at the same path
+POD_RESOURCES_DIR = os.path.dirname(agent_config.DEFAULT_POD_RESOURCES_SOCKET)
 HASH_ANNOTATION = "xtrace.io/config-hash"
 # NET_ADMIN attaches XDP, tcx links and clsact filters (egress); tests/kernel/test_egress.py runs
 # the agent with exactly these in its bounding set, both directions on.
@@ -96,11 +100,14 @@ def agent_config_of(monitor: Monitor) -> agent_config.AgentConfig:
         sysfs=HOST_SYS, monitor=monitor.name, namespace=monitor.namespace,
         labels=dict(vm.extra_labels) if vm else {},
         xdp=monitor.xdp,
+        nic=monitor.nic,
+        rdma=monitor.rdma,
         remote_write=tuple(targets),
         queue_samples=vm.queue_samples if vm else agent_config.DEFAULT_QUEUE_SAMPLES,
         spool=agent_config.SpoolConfig(path=SPOOL_MOUNT if spool else None,
                                        max_bytes=vm.spool_max_bytes if vm else agent_config.DEFAULT_SPOOL_BYTES),
         http_listen=f"0.0.0.0:{monitor.port}",
+        http_auth=agent_config.HttpAuth(**metricsauth.agent_settings(monitor.metrics)),
         max_push_age=float(vm.max_push_age) if vm else agent_config.DEFAULT_MAX_PUSH_AGE,
     )
 
@@ -144,7 +151,7 @@ def rolebinding(monitor: Monitor) -> dict[str, Any]:
 def config_hash(monitor: Monitor) -> str:
     """What rolls the agents: the config file plus everything mounted beside it (secret refs)."""
     vm = monitor.victoria_metrics
-    mounts = _secret_volumes(monitor) if vm else []
+    mounts = (_secret_volumes(monitor) if vm else []) + metricsauth.volumes(monitor.metrics)[0]
     blob = json.dumps({"config": agent_yaml(monitor), "secrets": mounts}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -180,6 +187,7 @@ def _storage(monitor: Monitor) -> tuple[list[dict[str, Any]], list[dict[str, Any
         # The root filesystem is read-only; BCC and Python still need a scratch directory.
         {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
         *_secret_volumes(monitor),
+        *metricsauth.volumes(monitor.metrics)[0],
     ]
     mounts = [
         {"name": "config", "mountPath": CONFIG_PATH, "readOnly": True},
@@ -188,6 +196,7 @@ def _storage(monitor: Monitor) -> tuple[list[dict[str, Any]], list[dict[str, Any
         {"name": "tmp", "mountPath": "/tmp"},
         *({"name": v["name"], "mountPath": _secret_dir(v["name"].removeprefix("secret-")), "readOnly": True}
           for v in _secret_volumes(monitor)),
+        *metricsauth.volumes(monitor.metrics)[1],
     ]
     if monitor.host_kernel_headers:
         # The image carries kernel headers of its own; these are for hosts whose headers match the
@@ -197,6 +206,11 @@ def _storage(monitor: Monitor) -> tuple[list[dict[str, Any]], list[dict[str, Any
         volumes += [_host("lib-modules", "/lib/modules"), _host("usr-src", "/usr/src")]
         mounts += [{"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": True},
                    {"name": "usr-src", "mountPath": "/usr/src", "readOnly": True}]
+    if monitor.rdma.pod_attribution:
+        # The kubelet's pod-resources API: read-only, and it tells which pods hold which devices on
+        # this node (README "Pod attribution"). Type Directory: without a kubelet there, the pod waits.
+        volumes.append(_host("pod-resources", POD_RESOURCES_DIR))
+        mounts.append({"name": "pod-resources", "mountPath": POD_RESOURCES_DIR, "readOnly": True})
     spool = spool_host_path(monitor)
     if spool:
         volumes.append(_host("spool", spool, "DirectoryOrCreate"))
@@ -215,8 +229,11 @@ def _security(monitor: Monitor) -> dict[str, Any]:
 
 
 def _container(monitor: Monitor, mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    # with metrics.auth the port speaks TLS only; the kubelet does not verify a probe's certificate
+    scheme = "HTTPS" if monitor.metrics.secure else "HTTP"
+
     def probe(path: str, period: int, failures: int) -> dict[str, Any]:
-        return {"httpGet": {"path": path, "port": monitor.port, "scheme": "HTTP"},
+        return {"httpGet": {"path": path, "port": monitor.port, "scheme": scheme},
                 "periodSeconds": period, "timeoutSeconds": 3, "failureThreshold": failures}
 
     return {
@@ -230,6 +247,9 @@ def _container(monitor: Monitor, mounts: list[dict[str, Any]]) -> dict[str, Any]
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
+            # the generated certificate names the pod's (the node's) address
+            *([{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+              if monitor.metrics.secure and not monitor.metrics.tls_secret else []),
         ],
         "ports": [{"name": "metrics", "containerPort": monitor.port, "protocol": "TCP"}],
         "resources": monitor.resources,
@@ -307,7 +327,9 @@ def scrape(monitor: Monitor) -> dict[str, Any]:
     endpoint = {"port": "metrics", "path": "/metrics", "interval": monitor.scrape.interval,
                 # the agents' self-metrics carry no node label of their own: the pod's node is the one
                 "relabelings" if monitor.scrape.kind == "ServiceMonitor" else "relabelConfigs": [
-                    {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}]}
+                    {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}],
+                # metrics.auth: https, the scraper's own token, the certificate's trust
+                **metricsauth.scrape_endpoint(monitor.metrics, child_name(monitor), monitor.namespace)}
     return {"apiVersion": SCRAPE_API[monitor.scrape.kind], "kind": monitor.scrape.kind, "metadata": _metadata(monitor),
             "spec": {"selector": {"matchLabels": selector_labels(monitor)}, "endpoints": [endpoint]}}
 

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from xtrace_agent import config as agent
-from xtrace_agent.fields import LABEL_NAME_PATTERN, URL_PATTERN, Field, FieldError, label_names
+from xtrace_agent.fields import IFACE_PATTERN, LABEL_NAME_PATTERN, URL_PATTERN, Field, FieldError, label_names
 
 DEFAULT_IMAGE = "ghcr.io/xtrace-io/xtrace-agent:0.1.0"
 DEFAULT_PORT = 9435
@@ -26,7 +26,7 @@ DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {
 # Child names are "xtrace-<monitor>" and the monitor name is a label value: 63 - len("xtrace-").
 MAX_NAME = 56
 
-IFACE = r"^[A-Za-z0-9_.:@*?!\[\]-]{1,64}$"
+IFACE = IFACE_PATTERN
 TENANT = r"^[0-9]{1,10}(:[0-9]{1,10})?$"
 K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
@@ -40,6 +40,7 @@ SCRAPE_KINDS = ("Service", "VMServiceScrape", "ServiceMonitor")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 TOLERATION_OPERATORS = ("Exists", "Equal")
 TOLERATION_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
+TLS_SECRET_NEEDS_AUTH = "spec.metrics.tlsSecret: only with auth: kubernetes (a plain port serves no TLS)"
 
 
 def matching(pattern: str, what: str):
@@ -139,6 +140,22 @@ SCRAPE = Field(
     })
 
 
+METRICS = Field(
+    "object", "Who may read the agents' /metrics (docs/security.md). auth none (the default): the port serves "
+    "plain HTTP to anyone who reaches it. auth kubernetes: TLS, and /metrics only for a bearer token the API "
+    "server authenticates (TokenReview) and allows get on the non-resource URL /metrics (SubjectAccessReview); "
+    "/healthz and /readyz stay open and say only ok or not ready.",
+    rules=(("!has(self.tlsSecret) || self.auth == 'kubernetes'", TLS_SECRET_NEEDS_AUTH),),
+    properties={
+        "auth": Field("string", enum=agent.HTTP_AUTH_MODES, default="none"),
+        "tlsSecret": Field("object", "A Secret with tls.crt and tls.key (cert-manager's shape; ca.crt for the "
+                           "scrapers), mounted and reloaded when it changes. Absent: each agent makes a self-signed "
+                           "certificate at start.", required=("name",), properties={
+                               "name": _string(max_length=253, pattern=K8S_NAME, what="a Secret name"),
+                           }),
+    })
+
+
 def _names(description: str, what: str) -> Field:
     return Field("array", description, max_items=64, unique=True, items=_string(pattern=IFACE, what=what))
 
@@ -151,6 +168,8 @@ SPEC = Field("object", "What to monitor, where, and where to send the metrics.",
     ("self.mode != 'xdp' || !has(self.devices) || self.devices.size() == 0",
      "spec.devices: only rdma and nccl modes read RDMA devices"),
     ("self.mode == 'xdp' || !has(self.xdp)", "spec.xdp: only valid in xdp mode"),
+    ("self.mode != 'xdp' || !has(self.nic)", "spec.nic: only valid in rdma and nccl modes"),
+    ("self.mode != 'xdp' || !has(self.rdma)", "spec.rdma: only valid in rdma and nccl modes"),
 ), properties={
     "mode": agent.SCHEMA["mode"],
     "interfaces": _names('Network interfaces (names or shell globs such as "ens*") to attach XDP to. xdp mode '
@@ -166,6 +185,11 @@ SPEC = Field("object", "What to monitor, where, and where to send the metrics.",
     "port": Field("integer", "Host port of the agent's /metrics, /healthz and /readyz (host network; unique per "
                   "node).", bounds=(1024, 65535), default=DEFAULT_PORT),
     "xdp": agent.SCHEMA["xdp"],
+    "nic": agent.SCHEMA["nic"],
+    # the agent's rdma section without its socket path: the operator mounts the kubelet's directory
+    # where the agent looks by default
+    "rdma": Field("object", "RDMA device options. rdma and nccl modes only.",
+                  properties={"podAttribution": agent.RDMA["podAttribution"]}),
     "victoriaMetrics": VICTORIA_METRICS,
     "image": _string("Agent image.", default=DEFAULT_IMAGE, pattern=r"^\S+$", what="an image reference"),
     "imagePullPolicy": Field("string", enum=PULL_POLICIES, default="IfNotPresent"),
@@ -185,4 +209,5 @@ SPEC = Field("object", "What to monitor, where, and where to send the metrics.",
     "terminationGracePeriodSeconds": Field("integer", "Time the agent gets to detach XDP and flush its queue on "
                                            "shutdown.", bounds=(10, 3600), default=DEFAULT_GRACE),
     "scrape": SCRAPE,
+    "metrics": METRICS,
 })

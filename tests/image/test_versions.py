@@ -44,3 +44,26 @@ def test_the_docs_and_manifests_name_the_current_images():
         named = set(re.findall(r"xtrace-(?:agent|operator):(\d[\w.\-]*)", path.read_text()))
         assert named <= {VERSION}, (path, named)
     assert f"ghcr.io/xtrace-io/xtrace-agent:{VERSION}" in (ROOT / "README.md").read_text()  # the single-host line
+
+
+def test_every_image_build_carries_the_oci_labels_and_push_prints_digests():
+    """What tests/image/test_registry.py checks on pushed images, checked on the recipe where no engine runs:
+    both builds pass the four label values, both Dockerfiles turn them into labels, push names each digest."""
+    r = subprocess.run(["make", "-s", "--no-print-directory", "-n", "push", "ENGINE=podman",
+                        "REGISTRY=127.0.0.1:5000/xtrace"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    args = {"VERSION": VERSION, "REVISION": revision, "SOURCE": project["urls"]["Source"],
+            "LICENSES": project.get("license") or "NOASSERTION"}
+    builds = [line for line in r.stdout.splitlines() if " build " in line]
+    assert len(builds) == 2, r.stdout
+    for line in builds:
+        for k, v in args.items():
+            assert f"--build-arg {k}={v}" in line, (k, line)
+    assert "--digestfile build/$image.digest" in r.stdout and "pushed 127.0.0.1:5000/xtrace/$image@" in r.stdout
+    for dockerfile in ("Dockerfile.agent", "Dockerfile.operator"):
+        text = (ROOT / dockerfile).read_text()
+        for k, label in (("VERSION", "version"), ("REVISION", "revision"), ("SOURCE", "source"),
+                         ("LICENSES", "licenses")):
+            assert f"ARG {k}" in text and f'org.opencontainers.image.{label}="${k}"' in text, (dockerfile, k)

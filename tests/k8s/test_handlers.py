@@ -131,3 +131,35 @@ def test_an_invalid_spec_is_a_condition_and_no_children(installed: Cluster, hand
                  and installed.condition(ns, "four", "InvalidSpec"), 30, "InvalidSpec")
     assert c["message"].startswith("spec.nodeSelector: bad key!='x' is not a valid label selector term")
     assert installed.get("ds", "xtrace-four", "-n", ns) is None and installed.get("cm", "xtrace-four", "-n", ns) is None
+
+
+def test_monitors_carry_no_kopf_finalizer(installed: Cluster, handlers: InProcess):
+    """The flush timer must not put kopf's finalizer on monitors (handlers._timers_without_finalizer):
+    with it, a monitor deleted while no operator runs (helm uninstall removes the operator with the
+    monitors) would stay Terminating for good (tests/helm/test_install.py shows that case end to end)."""
+    ns = handlers.ns
+    installed.monitor(ns, "five", _spec(ns, 5))
+    wait_for(lambda: installed.status(ns, "five").get("observedGeneration") == 1, 60, "the first status")
+    time.sleep(3 * sys.modules["xtrace_operator.handlers"].FLUSH_SECONDS)  # flushes ran on it
+    meta = installed.get("xtm", "five", "-n", ns)["metadata"]
+    assert not any(f.startswith("kopf.") for f in meta.get("finalizers") or []), meta.get("finalizers")
+    installed.kubectl("delete", "xtm", "five", "-n", ns, "--wait=false")
+    wait_for(lambda: installed.get("xtm", "five", "-n", ns) is None, 30, "the monitor gone")
+
+
+def test_a_secured_monitor_binds_its_agents_for_token_review(installed: Cluster, handlers: InProcess):
+    """metrics.auth: kubernetes -> the agents' ServiceAccount in xtrace-agents-metrics-auth (kept by an event
+    handler whose state is in the operator's memo); deleting the monitor takes it out again."""
+    ns = handlers.ns
+
+    def subjects() -> list[tuple[str, str]]:
+        crb = installed.get("clusterrolebinding", "xtrace-agents-metrics-auth") or {}
+        return [(s["namespace"], s["name"]) for s in crb.get("subjects") or []]
+
+    installed.monitor(ns, "six", {**_spec(ns, 6), "metrics": {"auth": "kubernetes"}})
+    wait_for(lambda: (ns, "xtrace-six") in subjects(), 30, "the agents' ServiceAccount bound")
+    assert installed.get("clusterrolebinding", "xtrace-agents-metrics-auth")["roleRef"]["name"] == \
+        "system:auth-delegator"
+    assert "ClusterRoleBinding xtrace-agents-metrics-auth: 1 agent ServiceAccount(s)" in handlers.log()
+    installed.kubectl("delete", "xtm", "six", "-n", ns)
+    wait_for(lambda: (ns, "xtrace-six") not in subjects(), 30, "the subject removed")

@@ -17,6 +17,8 @@ from xtrace_operator import model, render
 NOT_FROM_THE_CRD = {
     "count": "a DaemonSet agent must run until stopped, never exit after N reports",
     "node": "the agent reads NODE_NAME, set from the downward API",
+    "ethtoolDir": "a DaemonSet agent reads the live NICs; captured dumps are for the command line",
+    "rdma.podResourcesSocket": "the operator mounts the kubelet's directory where the agent looks by default",
 }
 
 # A spec that moves every field away from the agent's defaults, so to_dict() emits it.
@@ -31,7 +33,10 @@ EVERYTHING = [
                          "maxPushAge": 30, "spool": {"maxBytes": 1024}}},
     {"mode": "rdma", "devices": ["mlx5_0"],
      "victoriaMetrics": {"url": "https://vm", "auth": {"basic": {"secretName": "b"}}}},
-    {"mode": "nccl", "victoriaMetrics": {"url": "https://vm", "auth": {"bearer": {"secretName": "t"}}}},
+    {"mode": "nccl", "victoriaMetrics": {"url": "https://vm", "auth": {"bearer": {"secretName": "t"}}},
+     "nic": {"interfaces": ["eth*"], "rawInclude": ["rx_*_phy"], "rawExclude": ["rx_64_bytes_phy"],
+             "rawPerQueue": True},
+     "rdma": {"podAttribution": True}, "metrics": {"auth": "kubernetes", "tlsSecret": {"name": "agent-tls"}}},
 ]
 
 
@@ -48,7 +53,8 @@ def _paths(doc, prefix=""):
 
 
 def _schema_paths():
-    nested = {"xdp": agent_config.XDP, "spool": agent_config.SPOOL}
+    nested = {"xdp": agent_config.XDP, "rdma": agent_config.RDMA, "spool": agent_config.SPOOL, "nic": agent_config.NIC,
+              "httpAuth": agent_config.HTTP_AUTH}
     for key in agent_config.SCHEMA:
         yield key
         for sub in nested.get(key, {}):

@@ -57,6 +57,13 @@ INVALID = [
     ({"interfaces": ["eth0"], "devices": ["mlx5_0"]}, "only rdma and nccl modes read RDMA devices",
      "only rdma and nccl modes read RDMA devices"),
     ({"mode": "rdma", "xdp": {"sampling": 2}}, "spec.xdp: only valid in xdp mode", "spec.xdp: only valid in xdp mode"),
+    ({"mode": "xdp", "interfaces": ["eth0"], "nic": {"rawPerQueue": True}}, "spec.nic: only valid in rdma and nccl",
+     "spec.nic: only valid in rdma and nccl modes"),
+    ({"mode": "nccl", "nic": {"rawInclude": [" rx_*"]}}, "spec.nic.rawInclude[0]", "spec.nic.rawInclude[0]"),
+    ({"mode": "nccl", "nic": {"interfaces": ["eth 0"]}}, "spec.nic.interfaces[0]", "spec.nic.interfaces[0]"),
+    ({"interfaces": ["eth0"], "rdma": {"podAttribution": True}}, "spec.rdma: only valid in rdma and nccl modes",
+     "spec.rdma: only valid in rdma and nccl modes"),
+    ({"mode": "rdma", "rdma": {"podResourcesSocket": "/x"}}, "podResourcesSocket", "spec.rdma.podResourcesSocket"),
     ({"mode": "tcp"}, "spec.mode", "spec.mode: must be one of"),
     ({"interfaces": ["eth 0"]}, "spec.interfaces[0]", "spec.interfaces[0]"),
     ({"interfaces": ["eth0"], "interval": 0}, "spec.interval: Invalid value: 0: must be at least 0.05",
@@ -86,6 +93,11 @@ INVALID = [
     ({"interfaces": ["eth0"], "imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy", "spec.imagePullPolicy"),
     ({"interfaces": ["eth0"], "resources": {"limits": {"memory": "lots"}}}, "spec.resources.limits.memory",
      "is not a quantity"),
+    ({"interfaces": ["eth0"], "metrics": {"auth": "tls"}}, "spec.metrics.auth", "spec.metrics.auth: must be one of"),
+    ({"interfaces": ["eth0"], "metrics": {"tlsSecret": {"name": "agent-tls"}}}, "tlsSecret: only with auth: kubernetes",
+     "tlsSecret: only with auth: kubernetes"),
+    ({"interfaces": ["eth0"], "metrics": {"auth": "kubernetes", "tlsSecret": {"name": "Bad_Name"}}},
+     "spec.metrics.tlsSecret.name", "spec.metrics.tlsSecret.name"),
 ]
 
 

@@ -21,7 +21,9 @@ def test_kustomization_installs_everything_valid():
         for doc in yaml.safe_load_all(path.read_text()):
             kubernetes_validate.validate(doc, "1.33", strict=True)
             kinds.append(doc["kind"])
-    assert sorted(kinds) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Namespace", "ServiceAccount"]
+    # the second binding: the agents' reviews for metrics.auth (docs/security.md)
+    assert sorted(kinds) == ["ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "Deployment", "Namespace",
+                             "ServiceAccount"]
 
 
 def test_operator_rbac_is_least_privilege():

@@ -1,7 +1,8 @@
 """One lab for the query-side tests, built once: a real VictoriaMetrics filled by real agents, twice over.
 
     node-a (cluster "test"): xtrace-agent on XDP, watching a veth; a test host sends known frames.
-    node-b (cluster "test"): xtrace-agent -m nccl on a sysfs tree whose counters the test moves.
+    node-b (cluster "test"): xtrace-agent -m nccl on a sysfs tree and `ethtool -S` dumps (--ethtool-dir)
+            whose counters the test moves.
     node-c (cluster "other"): xtrace-agent -m rdma on its own tree; the alert tests kill and restart it.
     kube-state-metrics stand-in: writes kube_pod_info / kube_pod_status_phase every 0.5 s, as a
     scrape would (the agents' own data is real; only these series are written by the test).
@@ -158,6 +159,37 @@ class Sysfs:
         self.write(device, port, f"{group}/{name}", str((self.read(device, port, group, name) + delta) % modulo))
 
 
+class EthtoolDumps:
+    """node-b's NIC statistics: one mlx5 `ethtool -S` dump per RoCE netdev of the fixture tree (mlx5_1's
+    GIDs name ens1f0np0, mlx5_bond_0's bond0), every named statistic at 0, and carrier_changes in sysfs."""
+
+    NETDEVS = {"ens1f0np0": ("mlx5_1", "1"), "bond0": ("mlx5_bond_0", "1")}
+
+    def __init__(self, root: str, sysfs: str):
+        from tests.nic import dumps
+        from xtrace_agent.nic import names
+        os.makedirs(root)
+        self.root = root
+        self.render = dumps.render
+        base = dumps.mlx5("6.8", pfc=(3,), channels=1)
+        self.values = {n: {k: 0 if names.classify(k) else v for k, v in base} for n in self.NETDEVS}
+        for netdev in self.NETDEVS:
+            os.makedirs(os.path.join(sysfs, "class", "net", netdev), exist_ok=True)
+            with open(os.path.join(sysfs, "class", "net", netdev, "carrier_changes"), "w") as f:
+                f.write("2\n")
+            self.write(netdev)
+
+    def write(self, netdev: str) -> None:
+        path = os.path.join(self.root, f"{netdev}.txt")
+        with open(path + ".new", "w") as f:
+            f.write(self.render(list(self.values[netdev].items())))
+        os.replace(path + ".new", path)  # the agent never reads half a dump
+
+    def add(self, netdev: str, stat: str, delta: int) -> None:
+        self.values[netdev][stat] += delta
+        self.write(netdev)
+
+
 # Pods kube-state-metrics reports, written as kube_pod_info (+ kube_pod_status_phase). Filled in by the lab
 # with the veth's addresses: b's IPv4 is a pod's (and an old Job pod's, finished, same IP); a's IPv4 is
 # node-a's own, shared by two host-network pods; the IPv6 addresses are nobody's.
@@ -236,6 +268,7 @@ class Lab:
     raw: object = None
     dbs: dict = field(default_factory=dict)  # "single": the VictoriaMetrics, "cluster": the cluster's tenant
     backend: str = "single"  # which of them `vm` is
+    ethtool: EthtoolDumps | None = None
 
     def query(self, expr: str, at: float) -> dict[tuple, float]:
         """Instant query: {sorted label items: value}."""
@@ -314,9 +347,12 @@ def _targets(dbs: dict) -> list[dict]:
     return [{"url": db.write_url, "name": "vm" if name == "single" else name} for name, db in dbs.items()]
 
 
-def _rdma_config(node: str, cluster: str, mode: str, tree: str, dbs: dict, devices=()) -> dict:
+def _rdma_config(node: str, cluster: str, mode: str, tree: str, dbs: dict, devices=(),
+                 ethtool: str | None = None) -> dict:
     cfg = {"mode": mode, "sysfs": tree, "interval": INTERVAL, "output": "json", "node": node,
            "labels": {"cluster": cluster}, "httpListen": "", "remoteWrite": _targets(dbs)}
+    if ethtool:
+        cfg["ethtoolDir"] = ethtool
     if devices:
         cfg["devices"] = list(devices)
     return cfg
@@ -346,6 +382,15 @@ RDMA_MOVES = {
     ("mlx5_1", 1, "hw_counters", "out_of_sequence"): 5,
 }
 WIDTH32 = {"out_of_buffer", "port_xmit_wait"}
+# ... and in node-b's ethtool dumps: (netdev, statistic) -> delta. mlx5_1 is paused 0.3 s (10% of the
+# window: pfc_blocking, but its ECN marks make it fabric_congestion); bond0 drops on receive
+# (host_backpressure); mlx5_0's symbol errors make it link_degraded (docs/verdicts.md).
+NIC_MOVES = {
+    ("ens1f0np0", "rx_prio3_pause"): 40,
+    ("ens1f0np0", "rx_prio3_pause_duration"): 300_000,  # µs
+    ("ens1f0np0", "tx_pause_ctrl_phy"): 12,
+    ("bond0", "rx_discards_phy"): 9,
+}
 
 
 def _cluster_tenant(request):
@@ -379,7 +424,8 @@ def lab_base(request, tmp_path_factory):
         _quiet_baseline(tree)
         # errors from before the agent first saw the port: they must never read as new (test_alerts)
         spare_tree.write("mlx5_bond_0", 1, "counters/port_rcv_errors", "3")
-        nccl = Agent("node-b", _rdma_config("node-b", "test", "nccl", tree.root, dbs), work)
+        ethtool = EthtoolDumps(os.path.join(work, "ethtool-b"), tree.root)
+        nccl = Agent("node-b", _rdma_config("node-b", "test", "nccl", tree.root, dbs, ethtool=ethtool.root), work)
         spare = Agent("node-c", _rdma_config("node-c", "other", "rdma", spare_tree.root, dbs, ["mlx5_1"]), work)
         xdp = Agent("node-a", {
             "mode": "xdp", "interfaces": [veth.dev_b], "interval": INTERVAL, "output": "json", "node": "node-a",
@@ -396,6 +442,7 @@ def lab_base(request, tmp_path_factory):
         xdp.start()
         wait_for(lambda: xdp_prog(veth.dev_b), 60, "the XDP agent to attach")
         lab = Lab(vm, veth, xdp, nccl, spare, tree, reject, notifier, ksm, work, dbs=dbs)
+        lab.ethtool = ethtool
         lab.raw = veth.raw_socket()
         _known_window(lab)
         yield lab
@@ -436,6 +483,8 @@ def _known_window(lab: Lab) -> None:
     lab.raw.send(late)
     for (device, port, group, name), delta in RDMA_MOVES.items():
         lab.sysfs.add(device, port, group, name, delta, 1 << 32 if name in WIDTH32 else 1 << 64)
+    for (netdev, stat), delta in NIC_MOVES.items():
+        lab.ethtool.add(netdev, stat, delta)
     # a window of 6 reports (3 s): older VictoriaMetrics releases (Debian's 1.79) widen a rate() window
     # narrower than a few sample intervals, so a short one would not be the window asked for
     j_xdp, j_rdma = i_xdp + SPAN, i_rdma + SPAN

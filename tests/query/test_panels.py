@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.fixtures.make_sysfs import ERROR_COUNTERS as PORT_ERRORS  # the PMA error counters
-from tests.query.conftest import RDMA_MOVES, ROOT, Lab
+from tests.query.conftest import NIC_MOVES, RDMA_MOVES, ROOT, Lab
 
 pytestmark = [pytest.mark.kernel, pytest.mark.vm]
 
@@ -97,6 +97,50 @@ class Expect:
     def port_rate(self, group: str, name: str, factor: int = 1, ports=PORTS, **extra) -> dict:
         return {key(node="node-b", device=d, port=p, **extra): self.moved(d, p, group, name) * factor / self.port_dt[(d, p)]
                 for d, p in ports}
+
+    def nic_rate(self, metric: str, netdev: str, stat: str, **labels: str) -> float:
+        """What the window's rate() of one NIC series is: the stat's move over the time between the two
+        stored samples that bound the window (stamped at the netdev's read, not the port's)."""
+        match = metric + "{" + ",".join(['node="node-b"', f'netdev="{netdev}"',
+                                         *(f'{k}="{v}"' for k, v in labels.items())]) + "}"
+        (stamps,) = self.lab.sample_times(match).values()
+        start = self.t_rdma - self.w_rdma / 1000
+        first = max(t for t in stamps if t <= start * 1000)
+        last = max(t for t in stamps if t <= self.t_rdma * 1000)
+        scale = 1e-6 if metric == "xtrace_nic_pause_duration_seconds_total" else 1
+        return NIC_MOVES.get((netdev, stat), 0) * scale / ((last - first) / 1000)
+
+    def verdict_and_nic(self) -> dict[tuple[str, str], dict]:
+        """The verdict timeline (docs/verdicts.md, worked out by hand from the known moves) and the NIC
+        evidence panels."""
+        ranks = {("mlx5_0", "1"): 6, ("mlx5_1", "1"): 3, ("mlx5_bond_0", "1"): 4}  # link, fabric, host
+        nic = {"mlx5_1": "ens1f0np0", "mlx5_bond_0": "bond0"}
+        pause, frames, discards, zero, stalled = {}, {}, {}, {}, {}
+        for device, netdev in nic.items():
+            at = dict(node="node-b", device=device, port="1")
+            pause[key(**at, priority="3")] = self.nic_rate("xtrace_nic_pause_duration_seconds_total", netdev,
+                                                           "rx_prio3_pause_duration", direction="rx", priority="3")
+            frames[key(**at, direction="rx")] = self.nic_rate("xtrace_nic_pause_frames_total", netdev, "rx_prio3_pause",
+                                                              direction="rx", priority="3")
+            frames[key(**at, direction="tx")] = self.nic_rate("xtrace_nic_pause_frames_total", netdev, "tx_pause_ctrl_phy",
+                                                              direction="tx", priority="global")
+            for cause in ("port_buffer", "priority_buffer", "shared_buffer", "congestion", "out_of_buffer", "pci_buffer"):
+                discards[key(**at, cause=cause)] = 0.0
+            discards[key(**at, cause="port_buffer")] = self.nic_rate("xtrace_nic_discards_total", netdev, "rx_discards_phy",
+                                                                     direction="rx", cause="port_buffer")
+            zero[key(**at)] = 0.0
+            for kind in ("read", "write"):
+                stalled[key(**at, kind=kind)] = 0.0
+        return {
+            ("Verdict per port", "A"): {key(node="node-b", device=d, port=p): ranks.get((d, p), 0)
+                                        for d, p in [*PORTS, ("cxgb4_0", "1")]},
+            ("Receive pause share per priority", "A"): pause,
+            ("Pause frames per second", "A"): frames,
+            ("NIC discards per second by cause", "A"): discards,
+            ("Link errors (per interval)", "A"): zero, ("Link errors (per interval)", "B"): zero,
+            ("Link errors (per interval)", "C"): zero, ("Link errors (per interval)", "D"): zero,
+            ("PCIe outbound stalls (share of time)", "A"): stalled,
+        }
 
     def from_reports(self, name: str, by: tuple[str, ...], kind: str, at: float, window_s: float,
                      agents=None) -> dict:
@@ -215,6 +259,7 @@ class Expect:
                 ("mlx4_0", "1"): ("InfiniBand", "56 Gb/sec (4X FDR)", "ACTIVE", "LinkUp"),
                 ("mlx4_0", "2"): ("InfiniBand", "10 Gb/sec (4X SDR)", "DOWN", "Polling")}
         return {
+            **self.verdict_and_nic(),
             ("Bytes per second per port", "A"): self.port_rate("counters", "port_xmit_data", 4),
             ("Bytes per second per port", "B"): self.port_rate("counters", "port_rcv_data", 4),
             ("Packets per second per port", "A"): self.port_rate("counters", "port_xmit_packets"),
@@ -233,6 +278,10 @@ class Expect:
             ("Link rate", "A"): {key(node="node-b", device=d, port=p): int(r.split()[0]) * 1e9
                                  for (d, p), (_, r, _, _) in info.items()},
             ("Saturated counters", "A"): {},
+            # node-b's devices are nobody's: no series has pod labels (tests/query/test_pods.py has pods,
+            # tests/query/test_pod_verdicts.py the verdicts per pod)
+            **{(title, ref): {} for title, ref, _ in panels("rdma")
+               if " per pod" in title or " per namespace" in title or title.endswith(" of each pod")},
         }
 
     def health(self) -> dict[tuple[str, str], dict]:
@@ -305,9 +354,11 @@ def test_pod_names_ignore_finished_pods_and_host_network_pods(lab, expect):
 
 
 def recording_rules() -> dict[str, str]:
+    """The records of the xtrace.records group (the verdicts' group: tests/nic/test_verdicts.py)."""
     with open(os.path.join(ROOT, "deploy", "rules", "xtrace.rules.yml")) as f:
         doc = yaml.safe_load(f)
-    return {r["record"]: r["expr"] for g in doc["groups"] for r in g["rules"] if "record" in r}
+    return {r["record"]: r["expr"] for g in doc["groups"] if g["name"] == "xtrace.records"
+            for r in g["rules"] if "record" in r}
 
 
 def test_recording_rules(lab, expect):
@@ -345,6 +396,8 @@ def test_recording_rules(lab, expect):
         "node_port:xtrace_rdma_congestion:rate1m": congestion,
         "node_port:xtrace_rdma_errors:rate1m": errors,
     }
+    # no device is a pod's in this lab: the per-pod rules answer nothing (tests/query/test_pods.py has pods)
+    want_rdma.update({name: {} for name in rules if name.startswith("namespace")})
     assert set(rules) == set(want_xdp) | set(want_rdma), "every recording rule has an expectation"
     for want, at, window in ((want_xdp, expect.t_xdp, expect.w_xdp), (want_rdma, expect.t_rdma, expect.w_rdma)):
         for record, values in want.items():

@@ -2,7 +2,10 @@
 
 `rdma` reads ports/<n>/counters (the PMA port counters); `nccl` adds ports/<n>/hw_counters (mlx5
 queue and congestion counters: the ones NCCL traffic moves, such as out_of_buffer, retransmits
-and CNPs). Turning the raw reads into monotonic totals is the next stage's job (ports.PortAccounting).
+and CNPs). Both read the NIC statistics of the ports' net devices and of the interfaces the config
+names (nic.source; docs/nic-metrics.md): at about 0.2 ms per netdev they cost little beside the
+port counters (bench/bench_nic.py). Turning the raw reads into monotonic totals is the next stage's
+job (ports.PortAccounting).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from xtrace_agent import selfmetrics as sm
 from xtrace_agent.config import AgentConfig
 from xtrace_agent.errors import UsageError
 from xtrace_agent.health import Health
+from xtrace_agent.nic.source import NicSource, Target, config_targets, rdma_targets
 from xtrace_agent.ports import COLLECTOR
 from xtrace_agent.rdma import sysfs
 from xtrace_agent.rdma.counters import HW_NOT_COUNTERS
@@ -32,17 +36,24 @@ def _is_pattern(spec: str) -> bool:
 class RdmaCollector:
     """stages.Source for modes `rdma` (port counters) and `nccl` (+ hw_counters)."""
 
-    def __init__(self, cfg: AgentConfig, health: Health, clock=time.time):
+    def __init__(self, cfg: AgentConfig, health: Health, clock=time.time, owners=None):
         self.root = cfg.sysfs
         self.hw_counters = cfg.mode == "nccl"
         self.specs = tuple(cfg.devices)
         self.from_file = cfg.from_file
         self.health = health
         self.clock = clock  # stamps each port's reading; tests pass a fake one
-        self._netdevs: dict[tuple[str, int], tuple[float, str]] = {}
+        self._netdevs: dict[tuple[str, int], tuple[float, str, list[Target]]] = {}
         self._failing: set[tuple[str, int, str]] = set()
         self._labels = {"collector": COLLECTOR}
         health.inc(sm.COLLECTOR_ERRORS, 0, self._labels)  # from the first report, at 0
+        self.nic = NicSource(cfg.sysfs, cfg.ethtool_dir, clock)
+        self.nic_interfaces = cfg.nic.interfaces
+        self._nic_errors = 0
+        health.inc(sm.COLLECTOR_ERRORS, 0, {"collector": "nic"})
+        # pod attribution (owners.table.OwnerTable, or None): who holds each device, asked of the
+        # kubelet per period and on device change, looked up here every interval
+        self.owners = owners
 
     # lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -57,14 +68,21 @@ class RdmaCollector:
         self._selected(found)  # readiness for the config-file case: not ready until they appear
 
     def close(self) -> None:
-        pass
+        self.nic.close()
 
     # one interval ----------------------------------------------------------------------------
     def collect(self, now: float) -> PortsObserved:
         began = time.perf_counter()
         ports: list[sysfs.Port] = []
         failing: set[tuple[str, int, str]] = set()
-        for device in self._selected(sysfs.devices(self.root)):
+        found = sysfs.devices(self.root)
+        if self.owners is not None:
+            self.owners.update(found)
+            self.health.set(sm.RDMA_ATTRIBUTED, len(self.owners.by_rdma))
+            for kind, n in self.owners.failures_by_kind.items():
+                self.health.set(sm.POD_RESOURCES_FAILURES, n, {"kind": kind})
+        selected = self._selected(found)
+        for device in selected:
             for number in sysfs.ports(self.root, device):
                 try:
                     port = sysfs.read_port(self.root, device, number, self.hw_counters, HW_NOT_COUNTERS,
@@ -83,8 +101,21 @@ class RdmaCollector:
         if new:
             self.health.inc(sm.COLLECTOR_ERRORS, len(new), self._labels)
         self._failing = failing
-        netdevs = {(p.device, p.port): self._netdev(p.device, p.port, now) for p in ports}
-        return PortsObserved(ports, netdevs, began)
+        netdevs = {(p.device, p.port): self._netdev(p.device, p.port, now)[0] for p in ports}
+        owners = {} if self.owners is None else {d: o for d in selected if (o := self.owners.labels(d))}
+        netdev_owners = {} if self.owners is None else self.owners.netdev_labels()
+        return PortsObserved(ports, netdevs, began, self._nic(ports, now), owners, netdev_owners)
+
+    def _nic(self, ports: list[sysfs.Port], now: float) -> list:
+        targets: list[Target] = []
+        for p in ports:
+            targets += [t for t in self._netdev(p.device, p.port, now)[1] if t not in targets]
+        targets += config_targets(self.root, self.nic_interfaces, {t.netdev for t in targets})
+        readings = self.nic.read(targets)
+        if self.nic.errors > self._nic_errors:  # parts that started failing, once each
+            self.health.inc(sm.COLLECTOR_ERRORS, self.nic.errors - self._nic_errors, {"collector": "nic"})
+            self._nic_errors = self.nic.errors
+        return readings
 
     def _selected(self, found: list[str]) -> list[str]:
         if not self.specs:
@@ -109,9 +140,11 @@ class RdmaCollector:
             out.extend(d for d in matched if d not in out)
         return out
 
-    def _netdev(self, device: str, port: int, now: float) -> str:
+    def _netdev(self, device: str, port: int, now: float) -> tuple[str, list[Target]]:
+        """The port's net devices (comma-separated, for port_info) and the NIC targets they give."""
         cached = self._netdevs.get((device, port))
         if cached is None or now - cached[0] >= NETDEV_REFRESH_SECONDS or now < cached[0]:
-            cached = (now, ",".join(sysfs.netdevs(self.root, device, port)))
+            names = sysfs.netdevs(self.root, device, port)
+            cached = (now, ",".join(names), rdma_targets(self.root, device, port, names))
             self._netdevs[(device, port)] = cached
-        return cached[1]
+        return cached[1], cached[2]

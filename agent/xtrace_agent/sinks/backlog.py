@@ -28,7 +28,10 @@ Entries = Callable[[list], Iterable[tuple[bytes, float, int]]]  # samples -> (la
 
 
 class Backlog:
-    """Queued sample lists (oldest first, a bound on their total) and the rescue map."""
+    """Queued sample sequences (oldest first, a bound on their total) and the rescue map.
+
+    A queued part is a list of samples or a flow column (columns.Column: a metric's flows and
+    values, no object per sample); both are sized, sliceable and read by the encoder alike."""
 
     def __init__(self, limit: int, entries: Entries):
         self.limit = limit
@@ -43,8 +46,14 @@ class Backlog:
     # --- the queue ----------------------------------------------------------------------------
     def add(self, samples: list) -> int:
         """Queue one report's samples; past `limit`, drop the oldest (rescued). Returns points lost."""
-        self._reports.append(samples)
-        self.queued += len(samples)
+        return self.add_parts([samples])
+
+    def add_parts(self, parts: list) -> int:
+        """Queue one report as its parts (Report.batches(): flow columns, then a list of the other
+        samples; each a sized, sliceable sequence of samples), oldest first; past `limit`, drop the
+        oldest (rescued). Returns points lost."""
+        self._reports.extend(parts)
+        self.queued += sum(map(len, parts))
         return self._drop_oldest(self.queued - self.limit) if self.queued > self.limit else 0
 
     def _drop_oldest(self, excess: int) -> int:

@@ -171,13 +171,14 @@ class RemoteWriteSink:
 
     # --- the collector's side ---------------------------------------------------------------
     def write(self, report: Report) -> None:
-        samples = report.everything()
-        if not samples:
+        # flow columns as they are (columns.Column: two lists, no object per sample), then the rest
+        batches = [b for b in report.batches() if len(b)]
+        if not batches:
             return
         with self._cond:
             if self._closing:
                 return
-            lost = self.backlog.add(samples)
+            lost = self.backlog.add_parts(batches)
             if lost:
                 self.health.inc(sm.RW_DROPPED, lost, {**self._labels, "reason": "queue_full"})
             self._cond.notify()

@@ -78,7 +78,7 @@ class PortText:
     """rdma / nccl modes: one line per port; rates from the previous report's totals."""
 
     def __init__(self) -> None:
-        self._previous: dict[tuple[str, str], tuple[float, dict[str, float]]] = {}
+        self._previous: dict[tuple[str, str], tuple[float, dict[str, float], tuple | None]] = {}
 
     def lines(self, report: Report) -> list[str]:
         ports: dict[tuple[str, str], dict] = {}
@@ -96,12 +96,18 @@ class PortText:
 
     def _line(self, key: tuple[str, str], port: dict) -> str:
         info, ts, totals = port["info"], port["ts"], port["totals"]
+        # a held device counts from its owner's first report: a new owner's line starts with totals
+        held = (info.get("namespace"), info.get("pod")) if "pod" in info else None
         previous = self._previous.get(key)
-        self._previous[key] = (ts, totals)
+        if previous is not None and previous[2] != held:
+            previous = None
+        self._previous[key] = (ts, totals, held)
         rate = info["rate"] if info["rate"] != "unknown" else "?"
         parts = [f"{key[0]} port={key[1]} netdev={info['netdev'] or '-'} "
                  f"link_layer={_known(info['link_layer'])} state={_known(info['state'])} "
                  f"rate={rate.split(' (')[0].replace(' ', '')}"]
+        if held:
+            parts.append(f"pod={held[0]}/{held[1]}")
         dt = ts - previous[0] if previous else 0.0
         for field, metric in _PORT_FIELDS:
             value = totals.get(metric)
