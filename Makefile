@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := python3-bpfcc python3-numpy python3-yaml python3-venv libbpf1 linux-headers-amd64 bpftool iproute2 victoria-metrics openssl xz-utils util-linux python3-matplotlib ethtool python3-cryptography
+APT_PACKAGES := python3-bpfcc python3-numpy python3-yaml python3-venv libbpf1 linux-headers-amd64 bpftool iproute2 victoria-metrics openssl xz-utils util-linux python3-matplotlib ethtool python3-cryptography nftables
 STAMP := $(VENV)/.xtrace-installed
 
 .PHONY: setup test bench lint demo clean

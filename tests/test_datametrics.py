@@ -38,7 +38,7 @@ def test_definitions_are_consistent_unique_and_apart_from_the_self_metrics():
     assert not set(dm.BY_NAME) & set(sm.BY_NAME)
     for m in dm.BY_NAME.values():
         assert m.name.startswith("xtrace_") and m.help.endswith(".") and "XTrace metric" not in m.help
-        assert (m.kind == "counter") == m.name.endswith("_total")
+        assert (m.kind == "counter") == m.name.endswith(dm.COUNTER_SUFFIXES)  # a histogram's series are counters
         assert m.unit in ("", "bytes", "packets", "bytes/s", "seconds", "bits"), m
         assert not set(m.labels) & set(m.optional), m
 
@@ -123,7 +123,7 @@ def test_readme_xdp_table_lists_every_xdp_data_metric_with_its_labels():
         for m in metrics:
             assert required == set(m.labels), (m.name, labels_cell)
             assert extra <= set(m.optional), (m.name, labels_cell)
-    assert listed == {m.name for m in dm.BY_NAME.values() if m.source == "xdp"}
+    assert listed == {m.name for m in dm.BY_NAME.values() if m.source in ("xdp", "drops", "tcp")}
 
 
 def test_rdma_metrics_table_has_every_rdma_metric_with_its_type_and_unit():

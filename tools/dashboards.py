@@ -177,6 +177,33 @@ def traffic() -> gd.Dashboard:
                                "too small for one interval's flows; malformed and non_ip are the traffic itself.",
                    width=8),
         ]),
+        ("Drops and TCP (xdp.drops, xdp.tcp)", [
+            series("Drops per second by interface and reason", "pps",
+                   q(f"sum by (node, interface, direction, reason) "
+                     f"(rate({data.IFACE_DROP_PACKETS}{iface}[{RATE}]))",
+                     "{{node}} {{interface}} {{direction}} {{reason}}"),
+                   description="Packets the kernel freed as dropped on the interface (skb:kfree_skb), by the "
+                               "kernel's own reason (enum skb_drop_reason). Drops inside the NIC are not here: "
+                               "those are the ethtool discards.", width=12),
+            series("Top dropping flows", "pps",
+                   q(f"topk(10, sum by (node, interface, src_ip, dst_ip, dst_port, protocol, reason) "
+                     f"(rate({data.DROP_PACKETS}{named}[{RATE}])))",
+                     "{{src_ip}} → {{dst_ip}}:{{dst_port}} proto {{protocol}} {{reason}}"),
+                   description="Drops per second per flow and reason (same flow labels as the traffic).", width=12),
+            series("TCP retransmit ratio", "percentunit",
+                   q(f"sum by (node, interface) (rate({data.IFACE_TCP_RETRANS}{iface}[{RATE}]))\n"
+                     f"/ sum by (node, interface) (rate({data.IFACE_PACKETS}{iface}[{RATE}]))",
+                     "{{node}} {{interface}}"),
+                   description="TCP segments retransmitted by this node's sockets per packet the interface "
+                               "carried (every packet: flows over the series budget lose their protocol).",
+                   width=12),
+            series("TCP smoothed RTT percentiles", "s",
+                   *(q(f"histogram_quantile({p}, sum by (le) (rate({data.TCP_RTT_BUCKET}{iface}[{RATE}])))",
+                       f"p{round(p * 100)}") for p in (0.5, 0.9, 0.99)),
+                   description="Over every socket and node selected: the histogram's buckets are the same "
+                               "everywhere (16 µs × 4ⁿ), so the sum is exact; the quantile interpolates "
+                               "within a bucket.", width=12),
+        ]),
         ("XTrace-Catch gauges", [
             series("Bytes per flow in the last interval", "bytes",
                    q(f"topk(10, sum by (node, interface, src_ip, dst_ip, dst_port, protocol) "

@@ -60,6 +60,8 @@ class Timing:
     short_for: str = "0s"      # facts (a saturated counter) fire at once
     long_for: str = "10m"      # rates must last before they page
     cnp_per_second: int = 1000
+    drops_per_second: int = 10     # a watched interface dropping more, for any one reason
+    retransmit_ratio: float = 0.02  # TCP segments retransmitted per packet of an interface
     verdict_for: str = "10m"   # a port's verdict must hold this long before it pages
     verdict_rate: str = "1m"   # the verdicts' rate window
 
@@ -84,6 +86,9 @@ def recording_rules(t: Timing) -> list[dict]:
                  f"/ sum by (cluster, node, interface) (rate({dm.IFACE_BYTES}[{r}]))"},
         {"record": "node_protocol:xtrace_network_bytes:rate" + r,
          "expr": f"sum by (cluster, node, protocol, traffic_type) (rate({dm.NETWORK_BYTES}[{r}]))"},
+        {"record": "node_interface_reason:xtrace_drop_packets:rate" + r,
+         "expr": f"sum by (cluster, node, interface, direction, reason) (rate({dm.IFACE_DROP_PACKETS}[{r}]))"},
+        {"record": "node_interface:xtrace_tcp_retransmits:ratio_rate" + r, "expr": retransmit_ratio(r)},
         {"record": "node_port:xtrace_rdma_transmit_bytes:rate" + r,
          "expr": f"sum by ({PORT}) (rate({dm.RDMA_TX_BYTES}[{r}]))"},
         {"record": "node_port:xtrace_rdma_receive_bytes:rate" + r,
@@ -121,6 +126,14 @@ PORT_NOT_ACTIVE = (
     f'  > on ({PORT}) max by ({PORT}) (timestamp({dm.RDMA_PORT_INFO}{{state!="ACTIVE"}}))\n'
     f')'
 )
+
+
+def retransmit_ratio(window: str) -> str:
+    """TCP segments retransmitted per packet the interface carried (in the directions counted). Not
+    per TCP packet: a flow over the series budget is in `other`, whose protocol is gone, so a TCP-only
+    denominator would lose exactly the busy interfaces."""
+    return (f"sum by (cluster, node, interface) (rate({dm.IFACE_TCP_RETRANS}[{window}]))\n"
+            f"/ sum by (cluster, node, interface) (rate({dm.IFACE_PACKETS}[{window}]))")
 
 
 def alerting_rules(t: Timing) -> list[dict]:
@@ -165,6 +178,17 @@ def alerting_rules(t: Timing) -> list[dict]:
               f"/ sum by (cluster, node, interface) (rate({dm.IFACE_BYTES}[{w}])) > 0.2",
               t.long_for, "info", "Over 20% of {{ $labels.node }}/{{ $labels.interface }} traffic is in the `other` flow",
               "The series budget (xdp.maxFlows) is full: raise it, or accept less per-flow detail."),
+        alert("XTraceDropRateHigh",
+              f"sum by (cluster, node, interface, reason) (rate({dm.IFACE_DROP_PACKETS}[{w}]))"
+              f" > {t.drops_per_second}",
+              t.long_for, "warning", "{{ $labels.node }}/{{ $labels.interface }} drops packets: {{ $labels.reason }}",
+              "{{ $value }} packets/s freed by the kernel with reason {{ $labels.reason }} (limit "
+              + str(t.drops_per_second) + "/s, xdp.drops). The reason is the kernel's own (enum skb_drop_reason)."),
+        alert("XTraceTcpRetransmitRatioHigh",
+              f"({retransmit_ratio(w)}) > {t.retransmit_ratio}",
+              t.long_for, "warning", "TCP retransmits on {{ $labels.node }}/{{ $labels.interface }}",
+              "Retransmitted TCP segments are {{ $value | humanizePercentage }} of the interface's packets (limit "
+              + f"{t.retransmit_ratio:.0%}" + ", xdp.tcp): loss on the path."),
         alert("XTraceRdmaLinkDown",
               f"{PORT_NOT_ACTIVE}\nand on ({PORT}) max by ({PORT}) (max_over_time({dm.RDMA_PORT_INFO}{{state=\"ACTIVE\"}}[{t.history}]))",
               t.short_for, "critical", "RDMA link {{ $labels.node }} {{ $labels.device }}/{{ $labels.port }} is down",

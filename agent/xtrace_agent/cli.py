@@ -95,6 +95,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--direction", action="append", metavar="DIR[,DIR...]",
                    help="xdp mode: ingress (default: what the interfaces receive), egress (what they send), "
                         "or both; repeatable")
+    p.add_argument("--drops", action="store_true",
+                   help="xdp: count dropped packets per flow with the kernel's reason (needs the kernel's BTF)")
+    p.add_argument("--tcp", action="store_true",
+                   help="xdp: TCP retransmits per flow and the sockets' RTT (needs the kernel's BTF)")
     p.add_argument("--pod-attribution", action="store_true",
                    help="rdma/nccl: label each device a pod holds with that pod, from the kubelet's pod-resources API")
     p.add_argument("--pod-resources-socket", default=None, metavar="PATH",
@@ -163,6 +167,9 @@ def build_config(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
         xdp["attach_mode"] = args.attach_mode
     if args.no_flow_gauges:
         xdp["flow_gauges"] = False
+    for feature in ("drops", "tcp"):
+        if getattr(args, feature):
+            xdp[feature] = True
     if args.direction:
         try:
             xdp["directions"] = config_mod.parse_directions(list(_split(args.direction)))
@@ -209,6 +216,8 @@ def listing(cfg: AgentConfig) -> list[str]:
         lines += [f"  {line}" for line in owners.listing()]
     from xtrace_agent.xdp import headers
     lines += ["Kernel headers (XDP compile):", f"  {headers.summary()}"]
+    from xtrace_agent.xdp import events
+    lines += ["Drops and TCP events (--drops, --tcp):"] + [f"  {line}" for line in events.support()]
     return lines
 
 

@@ -39,6 +39,11 @@ DEFAULT_INTERVAL = 5.0
 DEFAULT_FLOW_TABLE_SIZE = 65536
 DEFAULT_IDLE_TIMEOUT = 300.0  # a flow idle this long stops being exported (5 min = Prometheus staleness)
 DEFAULT_MAX_FLOWS = 20000  # per-node series budget for flows (x2 series: packets and bytes)
+# xdp.drops / xdp.tcp series budgets: flows (and reasons) with their own series; the rest is in
+# the interface's `other` (drops: 2 series per flow and reason; TCP: 3 per flow, README "Sizing")
+DEFAULT_MAX_DROP_FLOWS = 2000
+DEFAULT_MAX_TCP_FLOWS = 2000
+DEFAULT_EVENT_TABLE_SIZE = 16384  # entries of each drop / TCP table, per interval
 DEFAULT_HTTP_LISTEN = "0.0.0.0:9435"
 DEFAULT_MAX_PUSH_AGE = 120.0
 # One hour of outage at the default interval with the full flow budget: 720 intervals x 40k
@@ -58,6 +63,9 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "xdp.sampling": (1, 1 << 20),
     "xdp.idleTimeout": (1, 86400),
     "xdp.maxFlows": (1, 10_000_000),
+    "xdp.maxDropFlows": (1, 1_000_000),
+    "xdp.maxTcpFlows": (1, 1_000_000),
+    "xdp.eventTableSize": (1024, 1 << 22),
     "queueSamples": (1000, 100_000_000),
     "maxPushAge": (1, 86400),
     "spool.maxBytes": (0, 1 << 40),
@@ -77,6 +85,21 @@ class XdpConfig:
     # ingress: what the interfaces receive (XDP); egress adds what they send (TC, tcx or clsact),
     # and a `direction` label on every flow and interface series (README "Both directions")
     directions: tuple[str, ...] = ("ingress",)
+    # drops with the kernel's reason (skb:kfree_skb) and TCP retransmits and RTT (tcp:tcp_probe,
+    # tcp:tcp_retransmit_skb) on the watched interfaces: opt-in, they need the kernel's BTF
+    drops: bool = False
+    tcp: bool = False
+    max_drop_flows: int = DEFAULT_MAX_DROP_FLOWS
+    max_tcp_flows: int = DEFAULT_MAX_TCP_FLOWS
+    event_table_size: int = DEFAULT_EVENT_TABLE_SIZE
+
+    @property
+    def drop_table_size(self) -> int:
+        return self.event_table_size
+
+    @property
+    def tcp_table_size(self) -> int:
+        return self.event_table_size
 
 
 @dataclass(frozen=True)
@@ -208,6 +231,22 @@ XDP: dict[str, Field] = {
                         default=_X.directions, items=Field("string", enum=DIRECTIONS), min_items=1,
                         max_items=len(DIRECTIONS), unique=True, refine=_canonical_directions,
                         message=f"must be a non-empty list of distinct {', '.join(DIRECTIONS)}", attr="directions"),
+    "drops": Field("boolean", "Count packets the kernel drops on the watched interfaces (and directions), per flow "
+                   "and the kernel's drop reason (raw tracepoint skb:kfree_skb). Needs the node kernel's BTF; "
+                   "without it the agent stays not ready (FeatureUnavailable) and still counts traffic.",
+                   default=_X.drops, attr="drops"),
+    "tcp": Field("boolean", "TCP retransmitted segments per flow and the sockets' smoothed RTT as a histogram "
+                 "(tcp:tcp_retransmit_skb, tcp:tcp_probe), for node sockets whose route crosses a watched "
+                 "interface. Needs the kernel's BTF.", default=_X.tcp, attr="tcp"),
+    "maxDropFlows": Field("integer", "Per-node series budget for drop flows (each flow and reason is two series); "
+                          "the rest goes to the interface's other flow.", default=_X.max_drop_flows,
+                          bounds=BOUNDS["xdp.maxDropFlows"], attr="max_drop_flows"),
+    "maxTcpFlows": Field("integer", "Per-node series budget for TCP flows (three series each); the rest goes to "
+                         "the interface's other flow.", default=_X.max_tcp_flows, bounds=BOUNDS["xdp.maxTcpFlows"],
+                         attr="max_tcp_flows"),
+    "eventTableSize": Field("integer", "Entries of each of the kernel's two drop and two TCP tables (per "
+                            "interval).", default=_X.event_table_size, bounds=BOUNDS["xdp.eventTableSize"],
+                            attr="event_table_size"),
 }
 
 

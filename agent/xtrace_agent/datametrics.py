@@ -42,13 +42,17 @@ class DataMetric(NamedTuple):
 
 
 BY_NAME: dict[str, DataMetric] = {}
+# xdp mode's flows and interfaces; rdma and nccl modes; xdp mode's opt-in drops and TCP events
+SOURCES = ("xdp", "rdma", "nic", "drops", "tcp")
+COUNTER_SUFFIXES = ("_total", "_bucket", "_sum", "_count")
 
 
 def _define(name: str, kind: str, unit: str, help_text: str, labels: tuple[str, ...], source: str,
             optional: tuple[str, ...] = (), at_start: bool = True) -> DataMetric:
     assert name not in BY_NAME, f"data metric {name} defined twice"
-    assert kind in ("counter", "gauge") and name.endswith("_total") == (kind == "counter"), name
-    assert source in ("xdp", "rdma", "nic"), source
+    # a histogram's series (_bucket, _sum, _count) are counters, each defined on its own
+    assert kind in ("counter", "gauge") and name.endswith(COUNTER_SUFFIXES) == (kind == "counter"), name
+    assert source in SOURCES, source
     metric = DataMetric(name, kind, unit, help_text, labels, source, optional, at_start)
     BY_NAME[name] = metric
     return metric
@@ -96,6 +100,41 @@ UNOBSERVED_PACKETS = counter("xtrace_xdp_unobserved_packets_total", "packets", "
                              ("interface",), "xdp")
 UNOBSERVED_BYTES = counter("xtrace_xdp_unobserved_bytes_total", "bytes",
                            "Bytes of xtrace_xdp_unobserved_packets_total (driver rx bytes).", ("interface",), "xdp")
+
+# --- xdp mode with xdp.drops and xdp.tcp: what went wrong with the packets (docs/drops.md) -----------
+DROPS = ("reason",)  # the kernel's enum skb_drop_reason name, without SKB_DROP_REASON_
+
+DROP_PACKETS = counter("xtrace_drop_packets_total", "packets", "Packets the kernel dropped (skb:kfree_skb), per "
+                       "flow and the kernel's reason (xdp.drops).", FLOW + DROPS, "drops", DIRECTED + BTH)
+DROP_BYTES = counter("xtrace_drop_bytes_total", "bytes", "Bytes of xtrace_drop_packets_total (from the link-layer "
+                     "header when the packet has one, else the IP header).", FLOW + DROPS, "drops", DIRECTED + BTH)
+IFACE_DROP_PACKETS = counter("xtrace_interface_drop_packets_total", "packets", "Every drop of the interface, by "
+                             "reason: its drop flows plus its `other` flow.", ("interface",) + DROPS, "drops",
+                             DIRECTED)
+IFACE_DROP_BYTES = counter("xtrace_interface_drop_bytes_total", "bytes",
+                           "Bytes of xtrace_interface_drop_packets_total.", ("interface",) + DROPS, "drops", DIRECTED)
+DROP_LOST_PACKETS = counter("xtrace_drop_lost_packets_total", "packets", "Drops on a watched interface that found "
+                            "no room in any kernel table (0 in normal operation).", (), "drops")
+DROP_LOST_BYTES = counter("xtrace_drop_lost_bytes_total", "bytes", "Bytes of xtrace_drop_lost_packets_total.", (),
+                          "drops")
+TCP_RETRANS = counter("xtrace_tcp_retransmits_total", "packets", "TCP segments this node's sockets retransmitted "
+                      "(tcp:tcp_retransmit_skb, err 0), per flow (xdp.tcp).", FLOW, "tcp", DIRECTED)
+IFACE_TCP_RETRANS = counter("xtrace_interface_tcp_retransmits_total", "packets", "Every retransmitted segment of "
+                            "the interface's sockets: its TCP flows plus its `other` flow.", ("interface",), "tcp",
+                            DIRECTED)
+TCP_RTT_BUCKET = counter("xtrace_tcp_rtt_seconds_bucket", "", "Smoothed RTT observations (tcp:tcp_probe, one per "
+                         "segment a socket receives) at or below `le` seconds: fixed bounds 16 us x 4^n.",
+                         ("interface", "le"), "tcp", DIRECTED)
+TCP_RTT_SUM = counter("xtrace_tcp_rtt_seconds_sum", "seconds", "Sum of the smoothed RTT observations.",
+                      ("interface",), "tcp", DIRECTED)
+TCP_RTT_COUNT = counter("xtrace_tcp_rtt_seconds_count", "", "Number of smoothed RTT observations.",
+                        ("interface",), "tcp", DIRECTED)
+TCP_FLOW_RTT_SUM = counter("xtrace_tcp_flow_rtt_seconds_sum", "seconds", "Per flow: sum of its smoothed RTT "
+                           "observations (its mean: rate(_sum) / rate(_count)).", FLOW, "tcp", DIRECTED)
+TCP_FLOW_RTT_COUNT = counter("xtrace_tcp_flow_rtt_seconds_count", "", "Per flow: number of its smoothed RTT "
+                             "observations.", FLOW, "tcp", DIRECTED)
+TCP_LOST = counter("xtrace_tcp_lost_events_total", "", "TCP events on a watched interface that found no room in "
+                   "any kernel table.", (), "tcp")
 
 # --- rdma and nccl modes: RDMA ports -----------------------------------------------------------------
 PORT = ("device", "port")

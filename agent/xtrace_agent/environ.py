@@ -53,6 +53,9 @@ EGRESS_HOOK = Knob("XTRACE_EGRESS_HOOK", "auto", "auto, tcx or tc: force the egr
                    "that reports tcx wrongly).")
 KERNEL_SOURCE = Knob("BCC_KERNEL_SOURCE", "", "BCC's own: a kernel header tree to compile against; an "
                      "existing directory is used as given, otherwise the agent sets it to the headers it chose.")
+BTF = Knob("XTRACE_BTF", "/sys/kernel/btf/vmlinux", "The running kernel's BTF, read for xdp.drops and xdp.tcp "
+           "(struct offsets, drop reason names, tracepoint signatures); tests name another file to make a kernel "
+           "without it.")
 GRPC_VERBOSITY = Knob("GRPC_VERBOSITY", "ERROR", "gRPC's own: its core's logging to stderr. The agent sets ERROR "
                       "unless given (pod attribution logs each pod-resources problem once itself).")
 VM_ENABLED = Knob("VICTORIAMETRICS_ENABLED", "", "XTrace-Catch compatible: true pushes to "

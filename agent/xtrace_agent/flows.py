@@ -90,6 +90,14 @@ class FlowAccounting:
         self.untracked = Totals()
         self.unobserved = Totals()
         self.sampled = 0
+        # xdp.drops, xdp.tcp: their own accounting and series budgets (drops.py, tcp.py, which
+        # build their labels with this module's functions: imported here, not at the top)
+        from xtrace_agent.drops import DropAccounting
+        from xtrace_agent.tcp import TcpAccounting
+
+        self.drops = DropAccounting(cfg.xdp.max_drop_flows, cfg.xdp.idle_timeout, self.directed) \
+            if cfg.xdp.drops else None
+        self.tcp = TcpAccounting(cfg.xdp.max_tcp_flows, cfg.xdp.idle_timeout, self.directed) if cfg.xdp.tcp else None
         # every self-metric an alert may use exists from the first report, at 0
         for metric in (*_GLOBAL.values(), sm.XDP_UNATTRIBUTED_PACKETS, sm.XDP_UNATTRIBUTED_BYTES, sm.XDP_SAMPLED,
                        sm.FLOWS_FOLDED, sm.FLOWS_EXPIRED, sm.FLOWS_RETIRED):
@@ -118,6 +126,10 @@ class FlowAccounting:
         self.flows.expire(now)
         self.sampled += seen.sampled
         report = self._report(seen, now)
+        if self.drops is not None and seen.drops is not None:
+            report.extend(self.drops.report(seen.drops, now))
+        if self.tcp is not None and seen.tcp is not None:
+            report.extend(self.tcp.report(seen.tcp, now))
         if seen.began is not None:
             self.health.set(sm.COLLECTOR_DURATION, time.monotonic() - seen.began, {"collector": "xdp"})
         return report

@@ -29,6 +29,7 @@ class Kind(StrEnum):
     NOT_ATTACHED = "NotAttached"  # present, but our program could not be attached
     DEVICE_NOT_FOUND = "DeviceNotFound"  # a named RDMA device is absent, or there are none
     PUSH_FAILING = "PushFailing"  # no successful remote write for longer than maxPushAge
+    FEATURE_UNAVAILABLE = "FeatureUnavailable"  # xdp.drops / xdp.tcp: the kernel lacks BTF or a tracepoint
 
 
 class Problem(NamedTuple):

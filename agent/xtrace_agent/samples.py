@@ -47,6 +47,11 @@ class Report:
     def samples(self, value: list[Sample]) -> None:
         self._samples, self.flows = value, None
 
+    def extend(self, samples: list[Sample]) -> None:
+        """More data after the flows (xdp.drops and xdp.tcp samples): `samples` is made anew on each
+        read while there are flow columns, so extending what it returns would lose them."""
+        self._samples.extend(samples)
+
     def everything(self) -> list[Sample]:
         """The data and the self-metrics (a new list): what remote write sends and stdout's JSON shows."""
         return self.samples + self.health

@@ -134,6 +134,8 @@ class Observed(NamedTuple):
     watched: tuple[Group, ...] = ()  # (interface, direction) the program is attached to now
     began: float | None = None  # time.monotonic() when the collection started
     unobserved: dict[str, tuple[int, int]] = {}  # interface -> driver rx while our program was not on it
+    drops: object = None  # drops.DropsObserved with xdp.drops
+    tcp: object = None  # tcp.TcpObserved with xdp.tcp
 
 
 # --- rdma / nccl: source -> accounting -----------------------------------------------------------

@@ -25,7 +25,8 @@ NOT_FROM_THE_CRD = {
 EVERYTHING = [
     {"mode": "xdp", "interfaces": ["eth0"], "interval": 7, "output": "json", "port": 9500,
      "xdp": {"attachMode": "native", "flowTableSize": 4096, "sampling": 3, "idleTimeout": 60, "maxFlows": 10,
-             "flowGauges": False, "directions": ["ingress", "egress"]},
+             "flowGauges": False, "directions": ["ingress", "egress"], "drops": True, "tcp": True,
+             "maxDropFlows": 50, "maxTcpFlows": 60, "eventTableSize": 2048},
      "victoriaMetrics": {"url": "https://vm", "auth": {"basic": {"secretName": "b", "username": "u"}},
                          "tls": {"caSecret": {"name": "ca"}, "insecureSkipVerify": True},
                          "headers": {"X-A": "1"}, "extraLabels": {"cluster": "c"}, "queueSamples": 5000,

@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import need
 from tests.helpers.netns import wait_for
 from tests.helpers.vm import free_port
-from tests.query.conftest import ROOT, flood, vm_binary
+from tests.query.conftest import ROOT, flood, lossy_tcp, vm_binary
 from tests.query.test_panels import grafana, key, panels
 
 pytestmark = [pytest.mark.kernel, pytest.mark.vm]
@@ -114,6 +114,8 @@ def expected_firing(lab) -> set[tuple]:
         at("XTraceSamplesDropped", node="node-a", target="reject", reason="rejected"),
         at("XTraceFlowTableOverflow", node="node-a", interface=iface),
         at("XTraceOtherShareHigh", node="node-a", interface=iface),
+        at("XTraceDropRateHigh", node="node-a", interface=iface, reason="NO_SOCKET"),  # the flood's closed port
+        at("XTraceTcpRetransmitRatioHigh", node="node-a", interface=iface),
         at("XTraceRdmaLinkDown", node="node-b", device="mlx5_0", port="1"),
         at("XTraceRdmaLinkFlapping", node="node-b", device="mlx5_0", port="1"),
         at("XTraceRdmaPortErrors", node="node-b", device="mlx5_0", port="1", counter="link_downed"),
@@ -134,7 +136,9 @@ def test_every_alert_fires_on_its_fault_and_resolves(lab_base, vmalerts):
 
     # the faults, all at once
     lab.reject.status = 400                              # one remote-write target refuses: samples dropped
-    flood(lab)                                           # 3,000 new flows: kernel table and series budget overflow
+    flood(lab)                                           # 3,000 new flows: kernel table and series budget overflow,
+    #                                                      and as many drops (no socket on their port)
+    lossy_tcp(lab)                                       # node-a's TCP socket retransmits over a lossy path
     s = lab.sysfs
     s.write("mlx5_0", 1, "state", "1: DOWN")              # an IB link goes down, flapping 3 times
     s.write("mlx5_0", 1, "phys_state", "3: Disabled")
@@ -202,7 +206,8 @@ def test_vmalert_writes_the_recording_rules(lab_base, vmalerts):
     want = {"node_interface:xtrace_interface_bytes:rate2s", "node_interface:xtrace_interface_packets:rate2s",
             "node_interface:xtrace_other_bytes:ratio_rate2s", "node_protocol:xtrace_network_bytes:rate2s",
             "node_port:xtrace_rdma_transmit_bytes:rate2s", "node_port:xtrace_rdma_receive_bytes:rate2s",
-            "node_port:xtrace_rdma_congestion:rate2s", "node_port:xtrace_rdma_errors:rate2s"}
+            "node_port:xtrace_rdma_congestion:rate2s", "node_port:xtrace_rdma_errors:rate2s",
+            "node_interface_reason:xtrace_drop_packets:rate2s"}
     names: dict[str, set] = {name: set() for name in vmalerts}
 
     def recorded():

@@ -47,7 +47,8 @@ def test_rule_formats_carry_the_same_groups():
     assert vmrule["spec"]["groups"] == plain == promrule["spec"]["groups"]
     alerts = {r["alert"] for g in plain for r in g["rules"] if "alert" in r}
     assert alerts == {"XTraceAgentNotPushing", "XTraceAgentsNotReady", "XTraceSamplesDropped", "XTraceFlowTableOverflow",
-                      "XTraceOtherShareHigh", "XTraceRdmaLinkDown", "XTraceRdmaLinkFlapping", "XTraceRdmaPortErrors",
+                      "XTraceOtherShareHigh", "XTraceDropRateHigh", "XTraceTcpRetransmitRatioHigh",
+                      "XTraceRdmaLinkDown", "XTraceRdmaLinkFlapping", "XTraceRdmaPortErrors",
                       "XTraceRdmaTransportErrors", "XTraceRdmaCongestion", "XTraceRdmaCounterSaturated",
                       # one per verdict other than healthy (tests/nic/test_verdicts.py)
                       "XTraceRdmaPortLinkDegraded", "XTraceRdmaPortPcieStall", "XTraceRdmaPortHostBackpressure",

@@ -216,6 +216,36 @@ class Expect:
             ("Packets not tracked per flow, by reason", "A"): {
                 key(node="node-a", interface=self.iface, reason=r): 0 for r in ("malformed", "non_ip", "table_full")},
             ("Bytes per flow in the last interval", "A"): self.flow_gauges(),
+            **self.drops_and_tcp(),
+        }
+
+    def drops_and_tcp(self) -> dict[tuple[str, str], dict]:
+        """The known frames go to ports with no socket: the kernel drops each one (NO_SOCKET) and the
+        agent (xdp.drops) prints it under its flow; no TCP moved in the known window."""
+        by_reason = self.from_reports("xtrace_interface_drop_packets_total", ("node", "interface", "reason"), "rate",
+                                      self.t_xdp, self.dt, [self.lab.xdp])
+        p = self.packets
+        no_socket = by_reason[key(node="node-a", interface=self.iface, reason="NO_SOCKET")] * self.dt
+        assert round(no_socket) == p["udp4"] + p["udp6"] + p["roce"] + p["late"], by_reason
+        # per flow: the late frame's drops start a series inside the window (its traffic flow is over
+        # the budget, its drop flow is not): one sample in the window, so rate() has nothing for it
+        now = self.lab.xdp.series_at(self.t_xdp, "xtrace_drop_packets_total")
+        before = self.lab.xdp.series_at(self.t_xdp - self.dt, "xtrace_drop_packets_total")
+        named: dict = {}
+        for labels, value in now.items():
+            d = dict(labels)
+            if d["src_ip"] != "other" and labels in before:
+                k = key(node="node-a", **{n: d[n] for n in ("interface", "src_ip", "dst_ip", "dst_port", "protocol",
+                                                           "reason")})
+                named[k] = named.get(k, 0) + (value - before.get(labels, 0)) / self.dt
+        assert len(named) <= 10
+        return {
+            ("Drops per second by interface and reason", "A"): by_reason,
+            ("Top dropping flows", "A"): named,
+            ("TCP retransmit ratio", "A"): {key(node="node-a", interface=self.iface): 0},  # no retransmit
+            ("TCP smoothed RTT percentiles", "A"): {},
+            ("TCP smoothed RTT percentiles", "B"): {},
+            ("TCP smoothed RTT percentiles", "C"): {},
         }
 
     def rdma(self) -> dict[tuple[str, str], dict]:
@@ -355,6 +385,10 @@ def test_recording_rules(lab, expect):
             key(cluster="test", node="node-a", protocol=17, traffic_type="ethernet"): (b["udp4"] + b["udp6"] + b["vlan"]) / dt,
             key(cluster="test", node="node-a", protocol=17, traffic_type="roce"): b["roce"] / dt,
             key(cluster="test", node="node-a", protocol=0, traffic_type="other"): b["late"] / dt},
+        "node_interface_reason:xtrace_drop_packets:rate1m": {
+            key(cluster="test", **dict(k)): v for k, v in expect.drops_and_tcp()[
+                ("Drops per second by interface and reason", "A")].items()},
+        "node_interface:xtrace_tcp_retransmits:ratio_rate1m": {key(**a): 0},  # no TCP in the known window
     }
     want_rdma = {
         "node_port:xtrace_rdma_transmit_bytes:rate1m": port_rates("counters", "port_xmit_data", 4),

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from xtrace_agent import netdev
 from xtrace_agent import selfmetrics as sm
+from xtrace_agent.collectors.events import EventsSource
 from xtrace_agent.config import AgentConfig, XdpConfig
 from xtrace_agent.errors import UsageError
 from xtrace_agent.health import Health
@@ -29,7 +30,7 @@ class XdpCollector:
     """stages.Source: counts traffic per flow on the configured interfaces with the XDP program."""
 
     def __init__(self, cfg: AgentConfig, health: Health,
-                 program_loader: Callable[[XdpConfig], Program] | None = None):
+                 program_loader: Callable[[XdpConfig], Program] | None = None, events_loader: Callable | None = None):
         self.cfg = cfg
         self.health = health
         self._load = program_loader
@@ -42,6 +43,7 @@ class XdpCollector:
         self._modes: dict[tuple[str, str], str] = {}  # -> mode of its xtrace_xdp_attached series
         self._unwatched: set[str] = set()  # present, but our program could not be (re)attached
         self._rx_since: dict[str, tuple[int, int]] = {}  # their driver rx counters at the last look
+        self.events = EventsSource(cfg, health, events_loader)  # xdp.drops, xdp.tcp
 
     # lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -71,12 +73,14 @@ class XdpCollector:
             if "egress" in self.directions:
                 self.program.egress.resolve()  # a kernel with no egress hook: one line, before anything
             self.program.claim(self.cfg.interval)
+            self.events.start()  # before attaching: each attachment is watched from its first packet
             self._reconcile(strict=not self.cfg.from_file, first=True)
         except BaseException:
             self.close()
             raise
 
     def close(self) -> None:
+        self.events.close()
         if self.program is not None:
             self.program.close()
             self.program: Program | None = None
@@ -103,6 +107,7 @@ class XdpCollector:
             if where[0] not in wanted:  # a glob no longer matches (renamed): let it go
                 ifindex = self._attached.pop(where)
                 self.program.detach(ifindex, where[1])
+        self.events.sync(self._attached)
 
     def _reconcile_one(self, name: str, li: netdev.Link | None, direction: str, live, strict: bool,
                        first: bool) -> None:
@@ -203,8 +208,9 @@ class XdpCollector:
             del self._rx_since[name]
         watching = {d: self.program.attached(d) for d in self.directions}
         watched = tuple(where for where, ifindex in self._attached.items() if ifindex in watching[where[1]])
+        seen_drops, seen_tcp = self.events.collect(self._group, watched)
         return Observed(deltas, untracked, interfaces, drained.sampled, self.program.unattributed(),
-                        watched, began, unobserved)
+                        watched, began, unobserved, seen_drops, seen_tcp)
 
     def _look(self, name: str) -> tuple[int, int] | None:
         cur = netdev.rx_counters(name, self.cfg.sysfs)

@@ -43,16 +43,22 @@ class FlowText:
 
     def lines(self, report: Report) -> list[str]:
         flows: dict[tuple, list] = {}
+        dropped: dict[tuple, list] = {}  # xdp.drops: after the flows, `drop ` first, `reason=` last
         for s in report.samples:
-            if s.name == dm.NETWORK_PACKETS.name:
-                flows.setdefault(tuple(s.labels.values()), [s.labels, 0, 0])[1] = int(s.value)
-            elif s.name == dm.NETWORK_BYTES.name:
-                flows.setdefault(tuple(s.labels.values()), [s.labels, 0, 0])[2] = int(s.value)
+            if s.name in (dm.NETWORK_PACKETS.name, dm.NETWORK_BYTES.name):
+                into, word = flows, 1 if s.name == dm.NETWORK_PACKETS.name else 2
+            elif s.name in (dm.DROP_PACKETS.name, dm.DROP_BYTES.name):
+                into, word = dropped, 1 if s.name == dm.DROP_PACKETS.name else 2
+            else:
+                continue
+            into.setdefault(tuple(s.labels.values()), [s.labels, 0, 0])[word] = int(s.value)
 
         def order(row):
             labels = row[0]
             return (labels["interface"], labels.get("direction", ""), labels["src_ip"] == OTHER, -row[2])
-        return [flow_line(labels, p, b, self.with_interface) for labels, p, b in sorted(flows.values(), key=order)]
+        out = [flow_line(labels, p, b, self.with_interface) for labels, p, b in sorted(flows.values(), key=order)]
+        return out + [f"drop {flow_line(labels, p, b, self.with_interface)} reason={labels['reason']}"
+                      for labels, p, b in sorted(dropped.values(), key=order)]
 
 
 def _si(value: float) -> str:

@@ -89,12 +89,17 @@ def cflags(flow_table_size: int, sampling: int, extra: dict[str, int] | None = N
 
 def compile_and_load(flow_table_size: int, sampling: int, source: str | None = None,
                      programs: tuple[str, ...] = PROGRAMS, extra: dict[str, int] | None = None,
-                     timeout: float = 120.0, tc: tuple[str, ...] = TX_PROGRAMS) -> Compiled:
+                     timeout: float = 120.0, tc: tuple[str, ...] = TX_PROGRAMS,
+                     raw_tracepoints: tuple[str, ...] = (), maps: tuple[str, ...] = MAPS,
+                     what: str = "the XDP program") -> Compiled:
     """Compile in a child process; AgentFailure with one line on any failure. The programs named
-    in `tc` load as sched_cls (TC), the others as XDP."""
+    in `tc` load as sched_cls (TC), those in `raw_tracepoints` as raw tracepoint programs (not
+    attached: the caller attaches them), the others as XDP; `maps` are the maps handed back."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     request = {"cflags": cflags(flow_table_size, sampling, extra), "programs": list(programs),
-               "tc": [name for name in programs if name in tc], "source": source or str(bpf_dir() / "xtrace.c")}
+               "tc": [name for name in programs if name in tc],
+               "raw_tp": [name for name in programs if name in raw_tracepoints], "maps": list(maps),
+               "source": source or str(bpf_dir() / "xtrace.c")}
     cmd = [sys.executable, "-m", "xtrace_agent.xdp.compiler", str(child.fileno()), json.dumps(request)]
     try:
         proc = subprocess.Popen(cmd, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
@@ -121,7 +126,7 @@ def compile_and_load(flow_table_size: int, sampling: int, source: str | None = N
     if proc.returncode != 0 or not msg:
         for fd in fds:
             os.close(fd)
-        raise AgentFailure(f"cannot load the XDP program: {summarize(err or '', proc.returncode)}")
+        raise AgentFailure(f"cannot load {what}: {summarize(err or '', proc.returncode)}")
     compiled = _decode(json.loads(msg), fds)
     log.info("compiled against kernel headers %s", compiled.headers or "?")
     return compiled
@@ -164,20 +169,24 @@ def summarize(stderr: str, returncode: int | None) -> str:
 
 # ---- the child --------------------------------------------------------------------------------
 
-def _layout(ctype) -> tuple[int, list[dict]]:
-    """(size, fields) of a BCC ctypes Key/Leaf type; a plain integer is one field named 'value'."""
+def _layout(ctype, base: int = 0) -> tuple[int, list[dict]]:
+    """(size, fields) of a BCC ctypes Key/Leaf type; a plain integer is one field named 'value'.
+    A nested struct's fields are listed in its place (the drop key embeds struct flow_key)."""
     import ctypes
 
     size = ctypes.sizeof(ctype)
     fields = getattr(ctype, "_fields_", None)
     if not fields:
-        return size, [{"name": "value", "offset": 0, "size": size, "count": 1}]
+        return size, [{"name": "value", "offset": base, "size": size, "count": 1}]
     out = []
     for f in fields:
         name, ftype = f[0], f[1]
         desc = getattr(ctype, name)
+        if getattr(ftype, "_fields_", None):
+            out.extend(_layout(ftype, base + desc.offset)[1])
+            continue
         count = getattr(ftype, "_length_", 1)
-        out.append({"name": name, "offset": desc.offset, "size": desc.size, "count": count})
+        out.append({"name": name, "offset": base + desc.offset, "size": desc.size, "count": count})
     return size, out
 
 
@@ -210,11 +219,14 @@ def _child(sock_fd: int, request: dict) -> int:
         b = BPF(src_file=request["source"].encode(), cflags=request["cflags"])
         fds, progs = [], {}
         for name in request["programs"]:
-            fn = b.load_func(name.encode(), BPF.SCHED_CLS if name in request.get("tc", ()) else BPF.XDP)
+            kind = BPF.SCHED_CLS if name in request.get("tc", ()) else BPF.XDP
+            if name in request.get("raw_tp", ()):
+                kind = BPF.RAW_TRACEPOINT
+            fn = b.load_func(name.encode(), kind)
             progs[name] = len(fds)
             fds.append(fn.fd)
         maps = []
-        for name in MAPS:
+        for name in request.get("maps", MAPS):
             try:
                 t = b.get_table(name)
             except KeyError:

@@ -39,6 +39,11 @@ def defines() -> dict[str, int]:
     return out
 
 
+def untracked_value(name: str) -> int:
+    """flow_key.protocol of the untracked entry for reason `name`."""
+    return next(value for value, n in UNTRACKED.items() if n == name)
+
+
 def reasons(sampling: int) -> tuple[str, ...]:
     """The untracked reasons a program compiled with this sampling can report."""
     return tuple(name for name in UNTRACKED.values() if name != "unsampled" or sampling > 1)

@@ -97,9 +97,11 @@ def lib() -> ctypes.CDLL:
     except OSError as e:
         raise OSError(errno.ENOENT, f"libbpf.so.1 not found (install libbpf1): {e}") from None
     u32p = POINTER(c_uint32)
-    so.bpf_map_lookup_and_delete_batch.argtypes = [c_int, c_void_p, c_void_p, c_void_p, c_void_p, u32p, c_void_p]
+    for name in ("bpf_map_lookup_and_delete_batch", "bpf_map_lookup_batch"):
+        getattr(so, name).argtypes = [c_int, c_void_p, c_void_p, c_void_p, c_void_p, u32p, c_void_p]
     so.bpf_map_update_batch.argtypes = [c_int, c_void_p, c_void_p, u32p, c_void_p]
     so.bpf_map_lookup_elem.argtypes = [c_int, c_void_p, c_void_p]
+    so.bpf_map_delete_elem.argtypes = [c_int, c_void_p]
     so.bpf_map_update_elem.argtypes = [c_int, c_void_p, c_void_p, c_uint64]
     so.bpf_map_get_fd_by_id.argtypes = [c_uint32]
     so.bpf_xdp_attach.argtypes = [c_int, c_int, c_uint32, c_void_p]
@@ -114,6 +116,7 @@ def lib() -> ctypes.CDLL:
     for name in ("bpf_tc_attach", "bpf_tc_detach", "bpf_tc_query"):
         getattr(so, name).argtypes = [c_void_p, c_void_p]
     so.bpf_tc_hook_create.argtypes = [c_void_p]
+    so.bpf_raw_tracepoint_open.argtypes = [ctypes.c_char_p, c_int]
     _lib = so
     return so
 
@@ -151,6 +154,12 @@ def lookup_and_delete_batch(fd: int, in_token, out_token, keys, values, count: i
                        in_token, out_token, keys, values, count)
 
 
+def lookup_batch(fd: int, in_token, out_token, keys, values, count: int) -> tuple[int, bool]:
+    """As lookup_and_delete_batch, without deleting (the drop program's cumulative drops_full)."""
+    return _batch_step(lib().bpf_map_lookup_batch, "bpf_map_lookup_batch", fd, in_token, out_token, keys, values,
+                       count)
+
+
 def update_batch(fd: int, keys, values, count: int) -> int:
     n = c_uint32(count)
     _check(lib().bpf_map_update_batch(fd, keys, values, byref(n), None), "bpf_map_update_batch")
@@ -169,6 +178,15 @@ def lookup_elem(fd: int, key, value) -> bool:
 
 
 BPF_ANY, BPF_NOEXIST = 0, 1
+
+
+def delete_elem(fd: int, key) -> bool:
+    """Delete one entry; False when it was absent."""
+    ret = lib().bpf_map_delete_elem(fd, key)
+    if ret < 0 and -ret == errno.ENOENT:
+        return False
+    _check(ret, "bpf_map_delete_elem")
+    return True
 
 
 def update_elem(fd: int, key, value, flags: int = BPF_ANY) -> bool:
@@ -279,6 +297,11 @@ def tc_detach(ifindex: int, handle: int, priority: int) -> None:
     _check(lib().bpf_tc_detach(byref(_tc_hook(ifindex)), byref(opts)), f"bpf_tc_detach(ifindex {ifindex})")
 
 
+def raw_tracepoint_open(name: str, prog_fd: int) -> int:
+    """Attach a raw tracepoint program; returns the attachment's fd (closing it detaches)."""
+    return _check(lib().bpf_raw_tracepoint_open(name.encode(), prog_fd), f"bpf_raw_tracepoint_open({name})")
+
+
 def prog_fd_by_id(prog_id: int) -> int:
     return _check(lib().bpf_prog_get_fd_by_id(prog_id), f"bpf_prog_get_fd_by_id({prog_id})")
 
@@ -299,6 +322,15 @@ def prog_name_by_id(prog_id: int) -> str:
         return prog_info(fd).name.decode(errors="replace")
     finally:
         os.close(fd)
+
+
+def raw_tp_test_run(prog_fd: int, args: tuple[int, ...]) -> int:
+    """Run a raw tracepoint program once with ctx->args = args (BPF_PROG_TEST_RUN runs those on the
+    calling CPU and takes no repeat); returns its return value."""
+    ctx = (c_uint64 * len(args))(*args)
+    opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), ctx_in=ctypes.addressof(ctx), ctx_size_in=ctypes.sizeof(ctx))
+    _check(lib().bpf_prog_test_run_opts(prog_fd, byref(opts)), "bpf_prog_test_run_opts")
+    return opts.retval
 
 
 def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, ifindex: int | None = None,
