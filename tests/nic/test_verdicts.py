@@ -62,7 +62,8 @@ GAUGES = {"node-pcie": {("xtrace_nic_pcie_stalled_ratio", (("netdev", "eth2"), (
 
 
 class Feeder:
-    """Writes every node's series every 0.5 s through /api/v1/import/prometheus, as pushes would arrive."""
+    """Writes every node's series every 0.5 s through /api/v1/import/prometheus, as pushes would arrive
+    (`_lines` says what; a subclass feeds other nodes)."""
 
     def __init__(self, vm: VictoriaMetrics):
         self.vm = vm
@@ -135,23 +136,29 @@ class VmAlert:
         self.proc.wait(10)
 
 
-@pytest.fixture(scope="module")
-def fabric(tmp_path_factory):
+def rules_lab(tmp_path_factory, name: str, feeder: type[Feeder]):
+    """VictoriaMetrics fed by `feeder` and real vmalert evaluating the generated rules at fast timing;
+    a generator for a module fixture: yields (vm, vmalert), stops both after."""
     _need_binary(VM_BIN)
     need(os.access(VMALERT, os.X_OK), f"{VMALERT} not built: run `make vm`")
-    work = tmp_path_factory.mktemp("verdicts")
+    work = tmp_path_factory.mktemp(name)
     rules = work / "rules"
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "rules.py"), "--timing", "fast",
                         "--out", str(rules)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     vm = VictoriaMetrics(str(work / "data"), free_port())
     vm.start()
-    feeder = Feeder(vm)
+    feeding = feeder(vm)
     alert = VmAlert(vm, str(rules / "xtrace.rules.yml"), str(work / "vmalert.log"))
     yield vm, alert
     alert.stop()
-    feeder.close()
+    feeding.close()
     vm.stop()
+
+
+@pytest.fixture(scope="module")
+def fabric(tmp_path_factory):
+    yield from rules_lab(tmp_path_factory, "verdicts", Feeder)
 
 
 def recorded_verdicts(vm: VictoriaMetrics) -> dict[str, set[str]]:

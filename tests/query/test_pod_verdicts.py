@@ -10,19 +10,12 @@ monitor's namespace and no pod, and its (worse) verdict must reach no pod.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import threading
 import time
-import urllib.request
 
 import pytest
 
-from tests.conftest import need
 from tests.helpers.netns import wait_for
-from tests.helpers.vm import VM_BIN, VictoriaMetrics, _need_binary, free_port
-from tests.nic.test_verdicts import BACKGROUND, HW, NODES, ROOT, TX3, VMALERT, VmAlert
+from tests.nic.test_verdicts import BACKGROUND, HW, NODES, TX3, Feeder, rules_lab
 from tests.query.test_panels import grafana, panels
 
 pytestmark = pytest.mark.vm
@@ -44,13 +37,7 @@ PCIE = ("xtrace_nic_pcie_stalled_ratio", (("netdev", "eth2"), ("kind", "read")))
 assert (HW, (("counter", "out_of_sequence"),)) in BACKGROUND and TX3
 
 
-class PodFeeder:
-    def __init__(self, vm: VictoriaMetrics):
-        self.vm, self.totals, self.last = vm, {}, time.time()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
+class PodFeeder(Feeder):
     def _lines(self, now: float, dt: float) -> list[str]:
         ms = int(now * 1000)
         out = []
@@ -69,40 +56,11 @@ class PodFeeder:
                 out.append(f"{PCIE[0]}{{{port}{more}}} 0.4 {ms}")
         return out
 
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            now = time.time()
-            body = ("\n".join(self._lines(now, now - self.last)) + "\n").encode()
-            self.last = now
-            try:
-                urllib.request.urlopen(urllib.request.Request(self.vm.import_url, data=body, method="POST"),
-                                       timeout=5).read()
-            except OSError:
-                pass
-            self.stop.wait(0.5)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-
 
 @pytest.fixture(scope="module")
 def pod_fabric(tmp_path_factory):
-    _need_binary(VM_BIN)
-    need(os.access(VMALERT, os.X_OK), f"{VMALERT} not built: run `make vm`")
-    work = tmp_path_factory.mktemp("pod-verdicts")
-    rules = work / "rules"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "rules.py"), "--timing", "fast",
-                        "--out", str(rules)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    vm = VictoriaMetrics(str(work / "data"), free_port())
-    vm.start()
-    feeder = PodFeeder(vm)
-    alert = VmAlert(vm, str(rules / "xtrace.rules.yml"), str(work / "vmalert.log"))
-    yield vm
-    alert.stop()
-    feeder.close()
-    vm.stop()
+    for vm, _ in rules_lab(tmp_path_factory, "pod-verdicts", PodFeeder):
+        yield vm
 
 
 RANKS = {("train", "job-0"): 4, ("infer", "big"): 6, ("ml", "solo"): 0}  # host_backpressure, link_degraded, healthy
