@@ -333,7 +333,7 @@ class EventsProgram:
         """What drops_full gained since the last drain (it is cumulative: never emptied)."""
         table = _Table(self._full, self.ncpu)
         out = {}
-        for keys, vals in _read_all(table):
+        for keys, vals in table.read():
             sums = vals.sum(axis=1)
             for row, (p, b) in zip(keys, sums[:, :2].tolist(), strict=True):
                 k = (int(row["ifindex"]), int(row["reason"]))
@@ -370,7 +370,7 @@ class EventsProgram:
     def _hist_deltas(self) -> dict[int, np.ndarray]:
         """What each place's RTT histogram gained since the last drain (cumulative, never emptied)."""
         out = {}
-        for keys, vals in _read_all(_Table(self._hists, self.ncpu)):
+        for keys, vals in _Table(self._hists, self.ncpu).read():
             for place, vec in zip(keys["value"].tolist(), vals.sum(axis=1), strict=True):
                 seen = self._hists_seen.get(place)
                 delta = vec - seen if seen is not None else vec
@@ -390,23 +390,6 @@ class EventsProgram:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _read_all(table: _Table):
-    """Every entry of a table without deleting (lookup batch)."""
-    in_token, out_token = None, table.tokens[0]
-    words = table.slot // 8
-    while True:
-        n, done = libbpf.lookup_batch(table.info.fd, in_token, out_token, ctypes.addressof(table.keys),
-                                      ctypes.addressof(table.values), table.chunk)
-        if n:
-            keys = np.frombuffer(table.keys, dtype=table.key_dtype, count=n).copy()
-            vals = np.frombuffer(table.values, dtype=np.uint64, count=n * table.ncpu * words)
-            yield keys, vals.reshape(n, table.ncpu, words)
-        if done:
-            return
-        in_token = out_token
-        out_token = table.tokens[1] if out_token is table.tokens[0] else table.tokens[0]
 
 
 def flow_key(row) -> FlowKey:

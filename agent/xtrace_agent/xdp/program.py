@@ -72,12 +72,19 @@ class _Table:
         """Read and delete every entry: yield (keys structured array, values uint64 [n, cpus, words]).
 
         Only for a table no program writes to any more (after the swap)."""
+        return self.batches(libbpf.lookup_and_delete_batch)
+
+    def read(self):
+        """Every entry, left in place (lookup batch): yields as `take` does."""
+        return self.batches(libbpf.lookup_batch)
+
+    def batches(self, op):
+        """`op` (a libbpf batch call) over the whole table, a chunk at a time."""
         in_token, out_token = None, self.tokens[0]
         words = self.slot // 8
         while True:
-            n, done = libbpf.lookup_and_delete_batch(self.info.fd, in_token, out_token,
-                                                     ctypes.addressof(self.keys), ctypes.addressof(self.values),
-                                                     self.chunk)
+            n, done = op(self.info.fd, in_token, out_token, ctypes.addressof(self.keys),
+                         ctypes.addressof(self.values), self.chunk)
             if n:
                 keys = np.frombuffer(self.keys, dtype=self.key_dtype, count=n).copy()
                 vals = np.frombuffer(self.values, dtype=np.uint64, count=n * self.ncpu * words)
