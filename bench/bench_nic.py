@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+
+from timing import median_ms  # noqa: E402
 
 from tests.nic import dumps  # noqa: E402
 from xtrace_agent import oncall  # noqa: E402
@@ -47,13 +48,7 @@ TARGETS = [Target(n, f"mlx5_{i}", "1") for i, n in enumerate(NETDEVS)]
 
 
 def _median_ms(fn, rounds: int = ROUNDS) -> float:
-    fn()
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+    return median_ms(fn, rounds)
 
 
 def rdma_reference_ms(tmp: str) -> float:

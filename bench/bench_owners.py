@@ -18,6 +18,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from timing import median_ms  # noqa: E402
+
 from tests.fixtures import make_pci  # noqa: E402
 from tests.owners.kubelet import FakeKubelet  # noqa: E402
 from xtrace_agent.collectors.rdma import RdmaCollector  # noqa: E402
@@ -44,15 +46,6 @@ def allocations(vfs: list[str]) -> dict:
                 containers["sidecar"] = {"nvidia.com/sriov_rdma_vf": [vfs[i]]}
         out[("train", f"job-{i:03d}")] = containers
     return out
-
-
-def median_ms(fn, rounds: int = ROUNDS) -> float:
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
 
 
 def intervals_ms(root: str, mode: str, owners: OwnerTable) -> tuple[float, float]:
@@ -91,8 +84,8 @@ def main() -> int:
         table = OwnerTable(root, client, period=1e9)  # refreshes only when told to
         table.refresh()
         assert len(table.by_rdma) == len(vfs), table.listing()[:3]
-        list_ms = median_ms(client.list)
-        refresh_ms = median_ms(table.refresh)
+        list_ms = median_ms(client.list, ROUNDS, warmup=False)
+        refresh_ms = median_ms(table.refresh, ROUNDS, warmup=False)
         for mode in ("rdma", "nccl"):
             off, on = intervals_ms(root, mode, table)
             ratio = on / off
