@@ -25,8 +25,6 @@ from collections.abc import Iterable, Mapping
 from itertools import chain, repeat
 from operator import add, attrgetter, is_
 
-import cramjam
-
 from xtrace_agent.columns import Column, FlowSeries
 
 _DOUBLE = struct.Struct("<d")
@@ -226,6 +224,10 @@ ZSTD_LEVEL = 1
 
 def compress(body: bytes, codec: str = "snappy") -> bytes:
     """Snappy block format (Prometheus remote write), or a zstd frame (VictoriaMetrics remote write)."""
+    # cramjam is imported where a body is (de)compressed: the operator imports this module (through
+    # transport's URL rules) and its image has no codec
+    import cramjam
+
     if codec == "zstd":
         return bytes(cramjam.zstd.compress(body, level=ZSTD_LEVEL))
     return bytes(cramjam.snappy.compress_raw(body))
@@ -237,6 +239,8 @@ def codec_of(data: bytes) -> str:
 
 
 def decompress(data: bytes) -> bytes:
+    import cramjam
+
     if codec_of(data) == "zstd":
         return bytes(cramjam.zstd.decompress(data))
     return bytes(cramjam.snappy.decompress_raw(data))
