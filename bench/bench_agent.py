@@ -15,18 +15,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchlib import status_kib  # noqa: E402
+
 from tests.helpers.netns import AGENT, VethPair, xdp_prog  # noqa: E402
 
 FLOW_COUNTS = (2000, 20000)  # 20,000 = the default per-node series budget (xdp.maxFlows)
 INTERVAL = 1.0
-
-
-def status_kib(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def measure(flows: int) -> tuple[float, float, float]:

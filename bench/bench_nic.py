@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from timing import median_ms  # noqa: E402
+from benchlib import median_ms  # noqa: E402
 
 from tests.nic import dumps  # noqa: E402
 from xtrace_agent import oncall  # noqa: E402

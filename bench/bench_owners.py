@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from timing import median_ms  # noqa: E402
+from benchlib import median_ms, print_rows  # noqa: E402
 
 from tests.fixtures import make_pci  # noqa: E402
 from tests.owners.kubelet import FakeKubelet  # noqa: E402
@@ -102,11 +102,7 @@ def main() -> int:
         kubelet.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"node: 8 PFs x 8 VFs (72 RDMA devices, 1 port each); {PODS} pods; median of {ROUNDS} rounds")
-    width = max(len(r[0]) for r in rows)
-    print(f"{'name':<{width}} | {'measured':>10} | target | ok")
-    for name, measured, target, ok in rows:
-        print(f"{name:<{width}} | {measured:>10} | {target} | {'yes' if ok else 'NO'}")
-    return 0 if all(r[3] for r in rows) else 1
+    return print_rows(rows)
 
 
 if __name__ == "__main__":

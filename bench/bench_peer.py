@@ -40,6 +40,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchlib import status_kib  # noqa: E402
+
 from tests.helpers.netns import AGENT, VethPair, _free_subnet, run_in_netns, xdp_prog  # noqa: E402
 from xtrace_agent.sinks import prompb  # noqa: E402
 from xtrace_agent.xdp import libbpf  # noqa: E402
@@ -264,14 +266,6 @@ def proc_stat(pid: int) -> tuple[int, int]:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]), int(fields[12])
-
-
-def status_kib(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def bpf_stats(ids: list[int]) -> tuple[int, int]:

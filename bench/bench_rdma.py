@@ -14,6 +14,8 @@ import sys
 import tempfile
 import time
 
+from benchlib import print_rows
+
 from xtrace_agent.collectors.rdma import RdmaCollector
 from xtrace_agent.config import AgentConfig
 from xtrace_agent.health import Health
@@ -62,11 +64,7 @@ def main() -> int:
                          f"< {TARGET_MS:g} ms", steady < TARGET_MS))
             rows.append((f"{mode}: first interval, then every 60 s (+ GID scan)", f"{first:.2f} ms", "-", True))
     print(f"node: 8 devices x 2 ports x {per_port} counter files per port; median of {ROUNDS} intervals")
-    width = max(len(r[0]) for r in rows)
-    print(f"{'name':<{width}} | {'measured':>10} | {'target':>8} | ok")
-    for name, measured, target, ok in rows:
-        print(f"{name:<{width}} | {measured:>10} | {target:>8} | {'yes' if ok else 'NO'}")
-    return 0 if all(r[3] for r in rows) else 1
+    return print_rows(rows, target_width=8)
 
 
 if __name__ == "__main__":
