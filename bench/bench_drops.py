@@ -22,9 +22,7 @@ from __future__ import annotations
 import os
 import socket
 import statistics
-import subprocess
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -90,33 +88,9 @@ def send_drops(pair, count: int) -> None:
 
 def tcp_transfer(pair, megabytes: int = 64, loss_every: int = 50) -> None:
     """Host b sends to host a; an nft rule at a's receiving end drops every Nth segment."""
-    from tests.helpers.netns import run_in_netns
+    from tests.helpers.netns import lossy_tcp_transfer
 
-    server = pair.socket("a", socket.AF_INET, socket.SOCK_STREAM)
-    server.bind((pair.ip4_a, 0))
-    server.listen(1)
-    port = server.getsockname()[1]
-    nft = ["ip", "netns", "exec", pair.ns_a, "nft"]
-    subprocess.run([*nft, "add", "table", "inet", "xtbench"], check=True)
-    subprocess.run([*nft, "add", "chain", "inet", "xtbench", "in", "{ type filter hook input priority 0 ; }"],
-                   check=True)
-    subprocess.run([*nft, "add", "rule", "inet", "xtbench", "in", "tcp", "dport", str(port), "numgen", "inc", "mod",
-                    str(loss_every), "==", "0", "drop"], check=True)
-
-    def receive():
-        conn, _ = server.accept()
-        with conn:
-            while conn.recv(1 << 16):
-                pass
-
-    reader = threading.Thread(target=lambda: run_in_netns(pair.ns_a, receive))
-    reader.start()
-    with socket.create_connection((pair.ip4_a, port)) as client:
-        data = b"z" * (1 << 20)
-        for _ in range(megabytes):
-            client.sendall(data)
-    reader.join(60)
-    server.close()
+    lossy_tcp_transfer(pair, megabytes, loss_every, "xtbench", join=60)
 
 
 def test_run_ns(fd: int, runs: int = TEST_RUNS) -> float:

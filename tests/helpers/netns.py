@@ -185,6 +185,39 @@ class VethPair:
         return subprocess.run([AGENT, *args], capture_output=True, text=True, timeout=timeout)
 
 
+def lossy_tcp_transfer(pair: VethPair, megabytes: int, loss_every: int, table: str, join: float = 30) -> None:
+    """Host b sends `megabytes` MiB over TCP to host a, an nft table `table` in a's namespace dropping
+    every `loss_every`-th segment on input: b's socket retransmits. The table is removed after."""
+    server = pair.socket("a", socket.AF_INET, socket.SOCK_STREAM)
+    server.bind((pair.ip4_a, 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    nft = ["ip", "netns", "exec", pair.ns_a, "nft"]
+    subprocess.run([*nft, "add", "table", "inet", table], check=True)
+    try:
+        subprocess.run([*nft, "add", "chain", "inet", table, "in", "{ type filter hook input priority 0 ; }"],
+                       check=True)
+        subprocess.run([*nft, "add", "rule", "inet", table, "in", "tcp", "dport", str(port), "numgen", "inc",
+                        "mod", str(loss_every), "==", "0", "drop"], check=True)
+
+        def drain():
+            conn, _ = server.accept()
+            with conn:
+                while conn.recv(1 << 16):
+                    pass
+
+        reader = threading.Thread(target=run_in_netns, args=(pair.ns_a, drain))
+        reader.start()
+        with socket.create_connection((pair.ip4_a, port)) as client:
+            chunk = b"t" * (1 << 20)
+            for _ in range(megabytes):
+                client.sendall(chunk)
+        reader.join(join)
+    finally:
+        subprocess.run([*nft, "delete", "table", "inet", table], capture_output=True)
+        server.close()
+
+
 def _free_subnet() -> int:
     """A 198.18.<n>.0/24 no interface of this namespace uses: test runs in parallel must not share one."""
     used = set(re.findall(r"198\.18\.(\d+)\.", ip("-4", "-o", "addr", "show", check=False).stdout))

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -310,36 +309,9 @@ def flood(lab: Lab, flows: int = 3000) -> None:
 def lossy_tcp(lab: Lab, megabytes: int = 4, loss_every: int = 10) -> None:
     """A TCP transfer from node-a's namespace to the test host, an nft rule there dropping every Nth
     segment: node-a's socket retransmits (xdp.tcp counts them on its watched veth end)."""
-    from tests.helpers.netns import run_in_netns
+    from tests.helpers.netns import lossy_tcp_transfer
 
-    veth = lab.veth
-    server = veth.socket("a", socket.AF_INET, socket.SOCK_STREAM)
-    server.bind((veth.ip4_a, 0))
-    server.listen(1)
-    port = server.getsockname()[1]
-    nft = ["ip", "netns", "exec", veth.ns_a, "nft"]
-    subprocess.run([*nft, "add", "table", "inet", "xtlab"], check=True)
-    try:
-        subprocess.run([*nft, "add", "chain", "inet", "xtlab", "in", "{ type filter hook input priority 0 ; }"],
-                       check=True)
-        subprocess.run([*nft, "add", "rule", "inet", "xtlab", "in", "tcp", "dport", str(port), "numgen", "inc",
-                        "mod", str(loss_every), "==", "0", "drop"], check=True)
-
-        def drain():
-            conn, _ = server.accept()
-            with conn:
-                while conn.recv(1 << 16):
-                    pass
-
-        reader = threading.Thread(target=run_in_netns, args=(veth.ns_a, drain))
-        reader.start()
-        with socket.create_connection((veth.ip4_a, port)) as client:
-            for _ in range(megabytes):
-                client.sendall(b"t" * (1 << 20))
-        reader.join(30)
-    finally:
-        subprocess.run([*nft, "delete", "table", "inet", "xtlab"], capture_output=True)
-        server.close()
+    lossy_tcp_transfer(lab.veth, megabytes, loss_every, "xtlab")
 
 
 def _targets(dbs: dict) -> list[dict]:
