@@ -4,7 +4,8 @@
     accounting   cumulative counters, `other`, expiry, the series budget: the Report
     queue        RemoteWriteSink.write(): what the collector thread hands to the sender
     encoding     the sender: the queued parts as WriteRequests (max_samples_per_send each)
-    compression  zstd, as sent to VictoriaMetrics
+    compression  zstd, as sent to VictoriaMetrics (part by part, as the sender does: encoded,
+                 compressed, sent, then the next)
 
 The flow table is filled from user space with n distinct flows before every interval (the same
 flows each time, as a steady node: label bytes cached after the first interval, which is not
@@ -87,12 +88,14 @@ def intervals(program: XdpProgram, n: int, flow_gauges: bool, per_sample: bool =
                 parts = sink.backlog.take()
             clock.lap("queue")
             step = sink.max_samples_per_send
-            raws = [sink.encoder.encode_samples(p[j:j + step]) for p in parts for j in range(0, len(p), step)]
-            clock.lap("encoding")
-            bodies = [sink.transport.compress(r) for r in raws]
-            clock.lap("compression")
-        assert sum(map(len, bodies)) > 0
-        del report, parts, raws, bodies
+            sent = 0
+            for part in (p[j:j + step] for p in parts for j in range(0, len(p), step)):  # as the sender does
+                raw = sink.encoder.encode_samples(part)
+                clock.lap("encoding")
+                sent += len(sink.transport.compress(raw))
+                clock.lap("compression")
+        assert sent > 0
+        del report, parts, raw
         clocks.append(clock)
     return clocks[1:]
 

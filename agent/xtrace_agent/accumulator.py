@@ -25,8 +25,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from itertools import chain, compress, repeat
+from operator import attrgetter
 
 import numpy as np
+
+from xtrace_agent.xdp.keyindex import KeyIndex
 
 DEFAULT_MEMORY_SECONDS = 3600.0
 MEMORY_PER_BUDGET = 10  # tombstones kept per flow of budget
@@ -73,6 +76,13 @@ class Accumulator:
         self._recent_bytes = np.zeros(0, np.int64)
         self._descriptions: list = []  # per row
         self._free: list[int] = []  # rows no live key holds
+        # add_table(): kernel key -> row of a live flow, and the name (group) each raw ifindex word
+        # had when its keys were indexed
+        self._index = KeyIndex()
+        self._index_groups: dict[int, tuple] = {}
+        self.version = 0  # changes whenever a flow becomes live or stops: caches keyed by it
+        self._rows_cache: tuple[int, np.ndarray] | None = None
+        self._descriptions_cache: tuple[int, list] | None = None
         self._others: dict[Hashable, Entry] = {}
         self._tombstones: OrderedDict[Hashable, float] = OrderedDict()  # key -> when it stopped
         self.folded_flows = 0  # flows (per interval) whose counts went to `other` for lack of budget
@@ -98,11 +108,16 @@ class Accumulator:
         self._packets[row] = self._bytes[row] = 0
         self._descriptions[row] = None
         self._row[key] = row
+        self.version += 1
         return row
 
     def _rows(self) -> np.ndarray:
-        """The live rows, in the order their keys became live."""
-        return np.fromiter(self._row.values(), np.int64, len(self._row))
+        """The live rows, in the order their keys became live (the same array while none changes:
+        callers only read it)."""
+        cached = self._rows_cache
+        if cached is None or cached[0] != self.version:
+            cached = self._rows_cache = (self.version, np.fromiter(self._row.values(), np.int64, len(self._row)))
+        return cached[1]
 
     # --- adding ---------------------------------------------------------------------------------
     def add(self, deltas: dict[Hashable, tuple[int, int]], now: float) -> None:
@@ -115,27 +130,81 @@ class Accumulator:
         new = np.flatnonzero(rows < 0)
         if len(new):  # in their order: a key's fate depends on how many came before it
             keys = list(deltas)
-            tombstones = self._tombstones
             for i in new.tolist():
                 key = keys[i]
-                if key in tombstones or len(self._row) >= self.max_flows:
-                    packets, bytes_ = deltas[key]
-                    self.add_other(self._other_of(key), packets, bytes_, now)
-                    if key not in tombstones:
-                        self.folded_flows += 1
-                        folded.append(bytes_)
-                    continue
-                rows[i] = self._new_row(key)
+                if self._fold_new(key, *deltas[key], now, folded):
+                    rows[i] = self._new_row(key)
             kept = rows >= 0
             rows, values = rows[kept], values[kept]
-        packets, bytes_ = values[:, 0], values[:, 1]
+        self._accumulate(rows, values[:, 0], values[:, 1], now)
+        if folded:
+            self._make_room(folded, now)
+
+    def _accumulate(self, rows: np.ndarray, packets: np.ndarray, bytes_: np.ndarray, now: float) -> None:
+        """One interval's deltas of live rows (each row once)."""
         self._packets[rows] += packets
         self._bytes[rows] += bytes_
         self._seen[rows] = now
         self._recent_packets[rows] = packets
         self._recent_bytes[rows] = bytes_
+
+    def _fold_new(self, key: Hashable, packets: int, bytes_: int, now: float, folded: list[int]) -> bool:
+        """A key with no row: True when it may have one; else its counts went to `other` (a
+        returning tombstone, or no room: then it counts as folded, its bytes in `folded`)."""
+        tombstones = self._tombstones
+        if key not in tombstones and len(self._row) < self.max_flows:
+            return True
+        self.add_other(self._other_of(key), packets, bytes_, now)
+        if key not in tombstones:
+            self.folded_flows += 1
+            folded.append(bytes_)
+        return False
+
+    def add_table(self, table, now: float) -> None:
+        """add() for columns (xdp.flowtable.TableDeltas): kernel keys (words, hashes), packets,
+        bytes, and ids(rows) for the FlowIds of rows. Keys seen before find their rows in the key
+        index in one array operation (xdp/keyindex.py); only new keys are decoded and go the way
+        add() takes them, in their order. The same result as add(dict(table)), which it falls back
+        to when two keys of the interval are one flow (a link recreated under its name)."""
+        n = len(table.packets)
+        if not n:
+            return
+        if any(self._index_groups.get(i, g) != g for i, g in table.groups.items()):
+            self._index.clear()  # an ifindex now has another name: its keys are other flows
+        self._index_groups.update(table.groups)
+        rows = self._index.find(table.hashes, table.words)
+        new = np.flatnonzero(rows < 0)
+        folded: list[int] = []
+        if len(new):
+            idx = new.tolist()
+            ids = table.ids(idx)
+            known = list(map(self._row.get, ids, repeat(-1)))
+            if len(set(ids)) < len(ids) or (max(known) >= 0 and self._aliased_twice(rows, known)):
+                self.add(dict(table.items()), now)
+                return
+            packets, bytes_ = table.packets, table.bytes
+            indexed: list[int] = []
+            for i, key, row in zip(idx, ids, known, strict=True):
+                if row < 0:
+                    if not self._fold_new(key, int(packets[i]), int(bytes_[i]), now, folded):
+                        continue
+                    row = self._new_row(key)
+                rows[i] = row
+                indexed.append(i)
+            at = np.asarray(indexed, np.int64)
+            self._index.add(table.hashes[at], table.words[at], rows[at])
+            kept = rows >= 0
+            self._accumulate(rows[kept], table.packets[kept], table.bytes[kept], now)
+        else:
+            self._accumulate(rows, table.packets, table.bytes, now)
         if folded:
             self._make_room(folded, now)
+
+    @staticmethod
+    def _aliased_twice(rows: np.ndarray, known: list[int]) -> bool:
+        """Whether a new key's live row is also the row of another key of this interval."""
+        live = [r for r in known if r >= 0]
+        return len(set(live)) < len(live) or bool(np.isin(np.asarray(live, np.int64), rows).any())
 
     def add_other(self, other_key: Hashable, packets: int, bytes_: int, now: float) -> None:
         """Counts that belong to a group but to none of its flows (untracked in the kernel)."""
@@ -188,7 +257,9 @@ class Accumulator:
         other.packets += int(self._packets[row])
         other.bytes += int(self._bytes[row])
         self._descriptions[row] = None
+        self._index.drop_row(row)
         self._free.append(row)
+        self.version += 1
         self._tombstones[key] = now
         self._tombstones.move_to_end(key)
 
@@ -206,12 +277,36 @@ class Accumulator:
         for key, e in self._others.items():
             yield key, e.packets, e.bytes, True
 
-    def columns(self, now: float | None = None) -> tuple[list, list[int], list[int], tuple | None]:
+    def columns(self, now: float | None = None) -> tuple[list, np.ndarray, np.ndarray, tuple | None]:
         """Every live flow and `other` entry as columns, in the order of described(): (descriptions,
         packets, bytes, moved), where `moved` (when `now` is given) is (descriptions, packets, bytes)
-        of the entries that moved in the interval ending at `now`, in the same order. Array
-        operations and C loops: no Python step per flow but for a new flow's description."""
+        of the entries that moved in the interval ending at `now`, in the same order. The counts
+        are int64 arrays (described() gives Python ints). Array operations and C loops: no Python
+        step per flow but for a new flow's description."""
         rows = self._rows()
+        flows = self._flow_descriptions(rows)
+        others = list(self._others.values())
+        for key, e in self._others.items():
+            if e.description is None:
+                e.description = self._describe(key)
+        series = flows + [e.description for e in others]
+        packets = _joined(self._packets[rows], others, _PACKETS)
+        bytes_ = _joined(self._bytes[rows], others, _BYTES)
+        if now is None:
+            return series, packets, bytes_, None
+        recent_p, recent_b = self._recent_packets[rows], self._recent_bytes[rows]
+        mask = np.concatenate(((self._seen[rows] == now) & (recent_p != 0),
+                               np.fromiter((e.seen == now and e.recent_packets != 0 for e in others), bool,
+                                           len(others))))
+        recent_p, recent_b = _joined(recent_p, others, _RECENT_PACKETS), _joined(recent_b, others, _RECENT_BYTES)
+        moved = (list(compress(series, mask.tolist())), recent_p[mask], recent_b[mask])
+        return series, packets, bytes_, moved
+
+    def _flow_descriptions(self, rows: np.ndarray) -> list:
+        """The live flows' descriptions in row order (one list while no flow comes or goes)."""
+        cached = self._descriptions_cache
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
         row_list = rows.tolist()
         descriptions = self._descriptions
         flows = list(map(descriptions.__getitem__, row_list))
@@ -219,38 +314,34 @@ class Accumulator:
             keys = list(self._row)
             for i in [i for i, d in enumerate(flows) if d is None]:
                 flows[i] = descriptions[row_list[i]] = self._describe(keys[i])
-        others = list(self._others.values())
-        for key, e in self._others.items():
-            if e.description is None:
-                e.description = self._describe(key)
-        series = flows + [e.description for e in others]
-        packets = self._packets[rows].tolist() + [e.packets for e in others]
-        bytes_ = self._bytes[rows].tolist() + [e.bytes for e in others]
-        if now is None:
-            return series, packets, bytes_, None
-        recent_p, recent_b = self._recent_packets[rows], self._recent_bytes[rows]
-        mask = ((self._seen[rows] == now) & (recent_p != 0)).tolist()
-        mask += [e.seen == now and e.recent_packets != 0 for e in others]
-        recent_p = recent_p.tolist() + [e.recent_packets for e in others]
-        recent_b = recent_b.tolist() + [e.recent_bytes for e in others]
-        moved = (list(compress(series, mask)), list(compress(recent_p, mask)), list(compress(recent_b, mask)))
-        return series, packets, bytes_, moved
+        self._descriptions_cache = (self.version, flows)
+        return flows
 
     def described(self) -> Iterator[tuple[object, int, int]]:
         """(description, packets, bytes) for every live flow and `other` entry."""
         series, packets, bytes_, _ = self.columns()
-        return zip(series, packets, bytes_, strict=True)
+        return zip(series, packets.tolist(), bytes_.tolist(), strict=True)
 
     def described_with_recent(self, now: float) -> Iterator[tuple[object, int, int, int, int]]:
         """As described(), plus (packets, bytes) moved in the interval ending at `now` (0, 0 for
         entries that moved nothing then)."""
         series, packets, bytes_, _ = self.columns()
+        packets, bytes_ = packets.tolist(), bytes_.tolist()
         rows = self._rows()
         moved = (self._seen[rows] == now).tolist() + [e.seen == now for e in self._others.values()]
         recent_p = self._recent_packets[rows].tolist() + [e.recent_packets for e in self._others.values()]
         recent_b = self._recent_bytes[rows].tolist() + [e.recent_bytes for e in self._others.values()]
         for d, p, b, m, rp, rb in zip(series, packets, bytes_, moved, recent_p, recent_b, strict=True):
             yield (d, p, b, rp, rb) if m else (d, p, b, 0, 0)
+
+
+_PACKETS, _BYTES, _RECENT_PACKETS, _RECENT_BYTES = map(attrgetter, ("packets", "bytes", "recent_packets",
+                                                                   "recent_bytes"))
+
+
+def _joined(rows: np.ndarray, others: list[Entry], value: Callable[[Entry], int]) -> np.ndarray:
+    """The live rows' values, then the `other` entries'."""
+    return np.concatenate((rows, np.fromiter(map(value, others), np.int64, len(others))))
 
 
 class Totals:

@@ -42,23 +42,39 @@ class FlowSeries:
 
 
 class Column:
-    """One metric's values of one interval: a sequence of samples for the sinks that want them."""
+    """One metric's values of one interval: a sequence of samples for the sinks that want them.
 
-    __slots__ = ("name", "series", "values", "timestamp")
+    `values` is a list or a numpy array (the accumulator's columns); iterating yields Python
+    numbers either way. A slice remembers where it came from (`origin`: the whole column's series
+    list and the slice's first index), so the encoder reuses what it made for the whole list."""
 
-    def __init__(self, name: str, series: list[FlowSeries], values: list, timestamp: float):
+    __slots__ = ("name", "series", "values", "timestamp", "origin")
+
+    def __init__(self, name: str, series: list[FlowSeries], values, timestamp: float,
+                 origin: tuple[list[FlowSeries], int] | None = None):
         self.name, self.series, self.values, self.timestamp = name, series, values, timestamp
+        self.origin = (series, 0) if origin is None else origin
 
     def __len__(self) -> int:
         return len(self.values)
 
     def __getitem__(self, part: slice) -> Column:
-        return Column(self.name, self.series[part], self.values[part], self.timestamp)
+        start, _stop, step = part.indices(len(self.values))
+        if step != 1:
+            raise ValueError("a column is sliced in order")
+        full, at = self.origin
+        return Column(self.name, self.series[part], self.values[part], self.timestamp, (full, at + start))
 
     def __iter__(self) -> Iterator[Sample]:
         name, ts = self.name, self.timestamp
-        for s, v in zip(self.series, self.values, strict=True):
+        for s, v in zip(self.series, python_values(self.values), strict=True):
             yield _new(Sample, (name, s.labels, v, ts))
+
+
+def python_values(values) -> list:
+    """A column's values as Python numbers (a numpy array's tolist(); a list as it is)."""
+    tolist = getattr(values, "tolist", None)
+    return values if tolist is None else tolist()
 
 
 class FlowBlock:
@@ -72,7 +88,7 @@ class FlowBlock:
     def __init__(self, names: tuple[str, str], gauge_names: tuple[str, str] | None, timestamp: float):
         self.names, self.gauge_names, self.timestamp = names, gauge_names, timestamp
         self.series: list[FlowSeries] = []
-        self.packets: list[int] = []
+        self.packets: list[int] = []  # or numpy arrays (the accumulator's)
         self.bytes: list[int] = []
         self.moved: list[FlowSeries] = []
         self.moved_packets: list[int] = []
@@ -96,9 +112,10 @@ class FlowBlock:
         append = out.append
         (p_name, b_name), ts = self.names, self.timestamp
         gp_name, gb_name = self.gauge_names or (None, None)
-        moved = iter(zip(self.moved, self.moved_packets, self.moved_bytes, strict=True)) if gp_name else iter(())
+        moved = iter(zip(self.moved, python_values(self.moved_packets), python_values(self.moved_bytes),
+                         strict=True)) if gp_name else iter(())
         nxt = next(moved, None)
-        for s, p, b in zip(self.series, self.packets, self.bytes, strict=True):
+        for s, p, b in zip(self.series, python_values(self.packets), python_values(self.bytes), strict=True):
             labels = s.labels
             append(_new(Sample, (p_name, labels, p, ts)))
             append(_new(Sample, (b_name, labels, b, ts)))

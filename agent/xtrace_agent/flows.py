@@ -25,6 +25,7 @@ from xtrace_agent.config import AgentConfig
 from xtrace_agent.health import Health
 from xtrace_agent.samples import Report, Sample
 from xtrace_agent.stages import BTH, ENDPOINTS, GROUP, TRAFFIC_TYPE, FlowId, Group, Observed
+from xtrace_agent.xdp.flowtable import TableDeltas
 from xtrace_agent.xdp.layout import reasons
 
 PACKETS = dm.NETWORK_PACKETS.name
@@ -86,6 +87,7 @@ class FlowAccounting:
         # encoded once for its lifetime (columns.FlowSeries)
         self.flows = Accumulator(cfg.xdp.max_flows, cfg.xdp.idle_timeout, other_of,
                                  describe=lambda key: FlowSeries(key, labels_of))
+        self._per_group_cache: tuple[int, Counter] = (-1, Counter())
         self.interfaces = Totals()
         self.untracked = Totals()
         self.unobserved = Totals()
@@ -111,7 +113,10 @@ class FlowAccounting:
             self.flows.add_other(other_of((group,)), 0, 0, now)
             for reason in self.reasons:
                 self.untracked.add((group, reason), 0, 0)
-        self.flows.add(seen.flows, now)
+        if isinstance(seen.flows, TableDeltas):
+            self.flows.add_table(seen.flows, now)
+        else:
+            self.flows.add(seen.flows, now)
         for (group, reason), (packets, bytes_) in seen.untracked.items():
             self.untracked.add((group, reason), packets, bytes_)
             if reason == "unsampled":
@@ -143,6 +148,12 @@ class FlowAccounting:
             block.moved, block.moved_packets, block.moved_bytes = moved
         return block
 
+    def _per_group(self) -> Counter:
+        """Live flows per group (a count over 100k keys: recounted only when flows come or go)."""
+        if self._per_group_cache[0] != self.flows.version:
+            self._per_group_cache = (self.flows.version, Counter(map(itemgetter(0), self.flows.keys())))
+        return self._per_group_cache[1]
+
     def _report(self, seen: Observed, now: float) -> Report:
         samples: list[Sample] = []
         directed = self.directed
@@ -163,8 +174,9 @@ class FlowAccounting:
         health.set(sm.XDP_UNATTRIBUTED_PACKETS, seen.unattributed[0])
         health.set(sm.XDP_UNATTRIBUTED_BYTES, seen.unattributed[1])
         health.set(sm.XDP_SAMPLED, self.sampled)
-        per_iface = Counter(map(itemgetter(0), self.flows.keys()))
-        in_table = Counter(map(itemgetter(0), seen.flows))
+        per_iface = self._per_group()
+        flows = seen.flows
+        in_table = flows.group_counts() if isinstance(flows, TableDeltas) else Counter(map(itemgetter(0), flows))
         for group in seen.watched:
             health.set(sm.FLOWS_TRACKED, per_iface.get(group, 0), group_labels(group, directed))
             health.set(sm.XDP_TABLE_FLOWS, in_table.get(group, 0), group_labels(group, directed))

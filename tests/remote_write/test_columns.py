@@ -75,3 +75,62 @@ def test_a_block_gives_the_samples_in_the_per_sample_order_and_columns_with_the_
     from_columns = sorted((s.name, tuple(s.labels.items()), s.value) for c in block.columns() for s in c)
     assert from_columns == sorted((s.name, tuple(s.labels.items()), s.value) for s in expected)
     assert sum(map(len, report.batches())) == len(expected) + 1
+
+
+def sent(encoder: prompb.SeriesEncoder, column: Column, step: int) -> list[bytes]:
+    """The bodies the sender makes of a queued column: slices of `step` series, each encoded."""
+    return [encoder.encode_samples(column[i:i + step]) for i in range(0, len(column), step)]
+
+
+def reference(extra: dict, column: Column, step: int) -> list[bytes]:
+    """The same bodies through the per-sample path (one Sample object per value, a fresh encoder)."""
+    samples = list(column)
+    return [prompb.SeriesEncoder(extra).encode_samples(samples[i:i + step]) for i in range(0, len(samples), step)]
+
+
+@pytest.mark.parametrize("extra", EXTRAS)
+def test_interval_after_interval_the_cached_flow_lists_give_the_per_sample_bytes(extra):
+    """The encoder keeps what it made of a flow list (tails, sizes) while the next intervals bring
+    the same flows: reused through new list objects and slices, remade when flows come and go or
+    when a list is changed in place, never served to another list."""
+    import numpy as np
+
+    series = flows(120)
+    encoder = prompb.SeriesEncoder(extra)
+    values = np.arange(120, dtype=np.int64) * 1_000_003 + (1 << 60)  # past 2**53: the double rounds alike
+    for interval, flows_now in enumerate([series, list(series), list(series), series[7:] + flows(3),
+                                          [*series[:50], *series[60:]]]):
+        vals = values[:len(flows_now)] + interval
+        for name in ("xtrace_network_packets_total", "xtrace_network_bytes_total"):  # one list, two columns
+            column = Column(name, flows_now, vals, TS + 5 * interval)
+            for step in (1000, 32, 7):
+                assert sent(encoder, column, step) == reference(extra, column, step), (interval, step)
+    # a list changed in place after the encoder saw it: the old tails must not be used for it
+    changing = list(series)
+    column = Column("xtrace_network_packets_total", changing, list(range(120)), TS)
+    assert sent(encoder, column, 50) == reference(extra, column, 50)
+    changing.reverse()
+    column = Column("xtrace_network_packets_total", changing, list(range(120)), TS)
+    assert sent(encoder, column, 50) == reference(extra, column, 50)
+    parts = [column[i:i + 40] for i in range(0, 120, 40)]  # sliced (queued), then its list changes
+    expected = [prompb.SeriesEncoder(extra).encode_samples(list(p)) for p in parts]
+    changing.reverse()
+    assert [prompb.SeriesEncoder(extra).encode_samples(p) for p in parts] == expected
+    assert [encoder.encode_samples(p) for p in parts] == expected
+    column = Column("xtrace_network_packets_total", changing, list(range(120)), TS)
+    decoded = remote_pb2.WriteRequest.FromString(sent(encoder, column, 500)[0])
+    assert [ts.samples[0].value for ts in decoded.timeseries] == list(range(120))
+
+
+def test_sizes_across_a_varint_length_and_values_of_every_kind_encode_as_their_samples():
+    """Label sets whose TimeSeries sizes straddle 127/128 (one- and two-byte varints in one body: the
+    three-piece path) and values as floats, NaN, huge and negative numbers."""
+    import numpy as np
+
+    short = [FlowSeries((i,), lambda key: {"f": "x" * key[0]}) for i in range(60, 140, 3)]
+    encoder = prompb.SeriesEncoder({})
+    for values in ([float(i) / 3 for i in range(len(short))], np.full(len(short), float("nan")),
+                   [(1 << 63) - i for i in range(len(short))], [-i for i in range(len(short))]):
+        column = Column("m", short, values, TS)
+        for step in (100, 5):  # a slice of only short or only long sets takes the two-piece path
+            assert sent(encoder, column, step) == reference({}, column, step)

@@ -21,6 +21,7 @@ from xtrace_agent.errors import UsageError
 from xtrace_agent.health import Health
 from xtrace_agent.readiness import Kind
 from xtrace_agent.stages import BTH, ENDPOINTS, NO_BTH, TRAFFIC_TYPE, Observed, Program
+from xtrace_agent.xdp.flowtable import FlowTable, TableDeltas
 from xtrace_agent.xdp.layout import split_ifindex
 
 log = logging.getLogger("xtrace.xdp")
@@ -178,18 +179,10 @@ class XdpCollector:
         unobserved = self._unobserved()
         drained = self.program.drain()
         flows = drained.flows
-        # one comprehension, no call per flow: at 100k flows every Python call costs ~5 ms
-        ifaces = {i: (self._group(i),) for i in {fk[0] for fk in flows}}
-        # FlowKey -> FlowId: the group in place of the ifindex; BTH fields only for RoCE
-        deltas = {ifaces[fk[0]] + fk[ENDPOINTS] + (fk[BTH] if fk[TRAFFIC_TYPE] == "roce" else NO_BTH): c
-                  for fk, c in flows.items()}
-        if len(deltas) < len(flows):
-            # two ifindexes under one name (a link recreated within the interval): add them up
-            deltas = {}
-            for fk, (p, b) in flows.items():
-                key = ifaces[fk[0]] + fk[ENDPOINTS] + (fk[BTH] if fk[TRAFFIC_TYPE] == "roce" else NO_BTH)
-                old = deltas.get(key, (0, 0))
-                deltas[key] = (old[0] + p, old[1] + b)
+        if isinstance(flows, FlowTable):  # the real program: columns, no object per flow (flowtable.py)
+            deltas = TableDeltas(flows, self._group)
+        else:
+            deltas = self._deltas(flows)
         untracked: dict[tuple[tuple[str, str], str], tuple[int, int]] = {}
         for (ifindex, reason), (p, b) in drained.untracked.items():
             key = (self._group(ifindex), reason)
@@ -211,6 +204,22 @@ class XdpCollector:
         seen_drops, seen_tcp = self.events.collect(self._group, watched)
         return Observed(deltas, untracked, interfaces, drained.sampled, self.program.unattributed(),
                         watched, began, unobserved, seen_drops, seen_tcp)
+
+    def _deltas(self, flows: dict) -> dict:
+        """FlowKey -> FlowId, for a Program that hands over a dict (a test's fake)."""
+        # one comprehension, no call per flow: at 100k flows every Python call costs ~5 ms
+        ifaces = {i: (self._group(i),) for i in {fk[0] for fk in flows}}
+        # FlowKey -> FlowId: the group in place of the ifindex; BTH fields only for RoCE
+        deltas = {ifaces[fk[0]] + fk[ENDPOINTS] + (fk[BTH] if fk[TRAFFIC_TYPE] == "roce" else NO_BTH): c
+                  for fk, c in flows.items()}
+        if len(deltas) < len(flows):
+            # two ifindexes under one name (a link recreated within the interval): add them up
+            deltas = {}
+            for fk, (p, b) in flows.items():
+                key = ifaces[fk[0]] + fk[ENDPOINTS] + (fk[BTH] if fk[TRAFFIC_TYPE] == "roce" else NO_BTH)
+                old = deltas.get(key, (0, 0))
+                deltas[key] = (old[0] + p, old[1] + b)
+        return deltas
 
     def _look(self, name: str) -> tuple[int, int] | None:
         cur = netdev.rx_counters(name, self.cfg.sysfs)

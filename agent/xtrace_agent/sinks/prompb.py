@@ -23,9 +23,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping
 from itertools import chain, repeat
-from operator import add, attrgetter, is_
+from operator import attrgetter, is_
 
-from xtrace_agent.columns import Column, FlowSeries
+from xtrace_agent.columns import Column, FlowSeries, python_values
 
 _DOUBLE = struct.Struct("<d")
 _SAMPLE_PARTS: dict[int, struct.Struct] = {}  # timestamp length -> Sample's opening, its value, its timestamp
@@ -82,6 +82,7 @@ class SeriesEncoder:
         key = tuple(sorted(self.extra.items()))
         self.wire_key = _WIRE_KEYS.setdefault(key, key)
         self._names: dict[str, bytes] = {}  # metric name -> its encoded __name__ label
+        self._lists: list[_Flows] = []  # the flow lists last encoded (an interval's flows, those that moved)
 
     def labels(self, name: str, labels: Mapping[str, str]) -> bytes:
         key = (name, *labels.items())
@@ -128,7 +129,7 @@ class SeriesEncoder:
         if isinstance(samples, Column):
             self._prime_all(samples.series)
             name, ts = self._name_label(samples.name), round(samples.timestamp * 1000)
-            return [(s.head + name + s.tail, v, ts) for s, v in zip(samples.series, samples.values, strict=True)]
+            return [(s.head + name + s.tail, v, ts) for s, v in zip(samples.series, python_values(samples.values), strict=True)]
         lab = self.labels
         return [(lab(s[0], s[1]), s[2], round(s[3] * 1000)) for s in samples]
 
@@ -156,30 +157,106 @@ class SeriesEncoder:
             label = self._names[name] = encode_labels([("__name__", name)])
         return label
 
-    def encode_column(self, column: Column) -> bytes:
-        """An uncompressed WriteRequest for one flow column: as encode_samples() would make it, in
-        C loops (map/zip/join) over cached bytes, no Python step per series.
+    def _flows(self, column: Column) -> _Flows:
+        """What the encoder needs of a column's flows, made once per flow list for all of its
+        columns and slices, and kept while the next interval brings the same flows (a steady
+        node: an element-by-element identity check of the list, no step per flow in Python)."""
+        full, start = column.origin
+        for i, known in enumerate(self._lists):
+            if known.source is full or (len(known.series) == len(full) and known.series == full):
+                if known.series[start:start + len(column.series)] == column.series:  # not changed since
+                    known.source = full
+                    self._lists.insert(0, self._lists.pop(i))
+                    return known
+        if full[start:start + len(column.series)] != column.series:  # the slice's list changed since: alone
+            full, start = column.series, 0
+        made = _Flows(self, full)
+        self._lists = [made, *self._lists[:1]]
+        return made
 
-        TimeSeries = 0x0a <size> [head] __name__ tail | Sample: 0x12 <len> 0x09 <double> 0x10 <ts> (one piece)."""
+    def encode_column(self, column: Column) -> bytes:
+        """An uncompressed WriteRequest for one flow column: as encode_samples() would make it, with
+        no Python step per series.
+
+        TimeSeries = 0x0a <size> [head] __name__ tail | Sample: 0x12 <len> 0x09 <double> 0x10 <ts>.
+        The usual case (no extra label sorts before __name__, every size a varint of one length)
+        joins two pieces per series: the flow's cached tail, and one numpy-made piece holding its
+        Sample and the opening of the next TimeSeries (the `glue`, see _glued()). Else three pieces
+        per series from dicts and struct packs (_pieces())."""
         series = column.series
-        self._prime_all(series)
+        if not series:
+            return b""
+        flows = self._flows(column)
+        at = column.origin[1] if flows.source is column.origin[0] else 0
         ts = b"\x10" + varint(round(column.timestamp * 1000))
         name = self._name_label(column.name)
-        fixed = len(name) + 11 + len(ts)
-        sizes = list(map(add, map(_SIZE, series), repeat(fixed)))
+        sizes = flows.sizes[at:at + len(series)] + (len(name) + 11 + len(ts))
+        lo, hi = int(sizes.min()), int(sizes.max())
+        width = len(varint(hi))
+        if width == len(varint(lo)) and not flows.heads:
+            return self._glued(flows.tails[at:at + len(series)], column.values, name, ts, sizes, width)
+        self._prime_all(series)  # the flows' own bytes, made for this encoder's extra labels
+        return self._pieces(series, python_values(column.values), name, ts, sizes.tolist())
+
+    @staticmethod
+    def _glued(tails: list[bytes], values, name: bytes, ts: bytes, sizes, width: int) -> bytes:
+        """opening(0) tail(0) glue(0) tail(1) glue(1) ... tail(n-1) sample(n-1), where
+        glue(i) = sample(i) + opening(i + 1) and opening(i) = 0x0a <size(i)> __name__: all the glues
+        are rows of one uint8 array (a template row, the values' doubles and the next sizes' varints
+        written into it), read out as bytes objects by one tolist() of an S-typed view. That view
+        drops trailing NUL bytes, which a glue never has: it ends in the metric name's last byte."""
+        import numpy as np
+
+        n, lt = len(tails), len(ts)
+        sample = b"\x12" + _VARINT1[9 + lt] + b"\x09" + bytes(8) + ts
+        template = np.frombuffer(sample + b"\x0a" + bytes(width) + name, np.uint8)
+        glue = np.empty((n, len(template)), np.uint8)
+        glue[:] = template
+        glue[:, 3:11] = np.asarray(values, "<f8").reshape(n, 1).view(np.uint8)
+        nxt, at = sizes[1:], len(sample) + 1
+        for j in range(width - 1):  # base-128, low group first, the continuation bit on all but the last
+            glue[:-1, at + j] = (nxt >> (7 * j) & 0x7F) | 0x80
+        glue[:-1, at + width - 1] = nxt >> (7 * (width - 1))
+        pieces = [b""] * (2 * n + 1)
+        pieces[0] = b"\x0a" + varint(int(sizes[0])) + name
+        pieces[1::2] = tails
+        glues = glue[:-1].view(f"S{len(template)}").ravel().tolist()
+        glues.append(glue[-1, :len(sample)].tobytes())
+        pieces[2::2] = glues
+        return b"".join(pieces)
+
+    @staticmethod
+    def _pieces(series: list[FlowSeries], values, name: bytes, ts: bytes, sizes: list[int]) -> bytes:
         mid = b"\x12" + _VARINT1[9 + len(ts)] + b"\x09"
         sample = _SAMPLE_PARTS.get(len(ts))
         if sample is None:
             sample = _SAMPLE_PARTS[len(ts)] = struct.Struct(f"<3sd{len(ts)}s")
-        values = map(sample.pack, repeat(mid), column.values, repeat(ts))  # the whole Sample in one piece
+        packed = map(sample.pack, repeat(mid), values, repeat(ts))  # the whole Sample in one piece
         if any(map(_HEAD, series)):  # an extra label sorts before __name__: its bytes come first
             opening = {size: b"\x0a" + varint(size) for size in set(sizes)}
             parts = zip(map(opening.__getitem__, sizes), map(_HEAD, series), repeat(name), map(_TAIL, series),
-                        values)
-        else:  # the usual case: the opening and __name__ in one piece, a few distinct sizes
+                        packed)
+        else:  # the opening and __name__ in one piece, a few distinct sizes
             opening = {size: b"\x0a" + varint(size) + name for size in set(sizes)}
-            parts = zip(map(opening.__getitem__, sizes), map(_TAIL, series), values, strict=True)
+            parts = zip(map(opening.__getitem__, sizes), map(_TAIL, series), packed, strict=True)
         return b"".join(chain.from_iterable(parts))
+
+
+class _Flows:
+    """One flow list as an encoder needs it: each flow's tail bytes, label sizes (head + tail)
+    and whether any has a head; the flows primed for the encoder's extra labels."""
+
+    __slots__ = ("source", "series", "tails", "sizes", "heads")
+
+    def __init__(self, encoder: SeriesEncoder, series: list[FlowSeries]):
+        import numpy as np
+
+        encoder._prime_all(series)
+        self.source = series  # the list object last seen (the interval's), and a copy to check against
+        self.series = list(series)
+        self.tails = list(map(_TAIL, series))
+        self.sizes = np.fromiter(map(_SIZE, series), np.int64, len(series))
+        self.heads = any(map(_HEAD, series))
 
 
 def group(entries: Iterable[tuple[bytes, float, int]]) -> dict[bytes, list[tuple[float, int]]]:

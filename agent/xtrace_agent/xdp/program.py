@@ -17,14 +17,13 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from functools import partial
 
 import numpy as np
 
 from xtrace_agent.errors import AgentFailure
 from xtrace_agent.stages import Drained, FlowKey
 from xtrace_agent.xdp import compiler, layout, libbpf
-from xtrace_agent.xdp.addresses import ip_text, v4_texts, v6_texts
+from xtrace_agent.xdp.addresses import ip_text
 from xtrace_agent.xdp.attach import (
     OWNER,
     UNATTRIBUTED,
@@ -39,6 +38,7 @@ from xtrace_agent.xdp.attach import (
 )
 from xtrace_agent.xdp.compiler import Compiled, MapInfo
 from xtrace_agent.xdp.egress import EgressAttachments
+from xtrace_agent.xdp.flowtable import FlowTable, grouped
 
 __all__ = ["AttachError", "Drained", "FlowKey", "XdpProgram", "ip_text"]
 
@@ -69,24 +69,29 @@ class _Table:
         self.zero = ctypes.create_string_buffer(self.value_bytes)
 
     def take(self):
-        """Read and delete every entry: yield (keys structured array, values uint64 [n, cpus, words]).
+        """Read and delete every entry: yield (keys structured array, values uint64 [n, cpus, words]),
+        both views of the read buffers, valid until the next chunk is read (drain() copies what it
+        keeps).
 
         Only for a table no program writes to any more (after the swap)."""
-        return self.batches(libbpf.lookup_and_delete_batch)
+        return self.batches(libbpf.lookup_and_delete_batch, copy=False)
 
     def read(self):
         """Every entry, left in place (lookup batch): yields as `take` does."""
         return self.batches(libbpf.lookup_batch)
 
-    def batches(self, op):
-        """`op` (a libbpf batch call) over the whole table, a chunk at a time."""
+    def batches(self, op, copy: bool = True):
+        """`op` (a libbpf batch call) over the whole table, a chunk at a time; the keys a copy, or
+        (copy=False) a view of the buffer the next chunk is read into, as the values always are."""
         in_token, out_token = None, self.tokens[0]
         words = self.slot // 8
         while True:
             n, done = op(self.info.fd, in_token, out_token, ctypes.addressof(self.keys),
                          ctypes.addressof(self.values), self.chunk)
             if n:
-                keys = np.frombuffer(self.keys, dtype=self.key_dtype, count=n).copy()
+                keys = np.frombuffer(self.keys, dtype=self.key_dtype, count=n)
+                if copy:
+                    keys = keys.copy()
                 vals = np.frombuffer(self.values, dtype=np.uint64, count=n * self.ncpu * words)
                 yield keys, vals.reshape(n, self.ncpu, words)
             if done:
@@ -213,12 +218,18 @@ class XdpProgram:
         self._active = fresh
         if self._owner.pid:
             self._write_owner()  # the heartbeat another agent looks at
-        flows: dict[FlowKey, tuple[int, int]] = {}
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         untracked: dict[tuple[int, str], tuple[int, int]] = {}
         interfaces: dict[int, list[int]] = {}
         sampled = 0
         for keys, vals in old.take():
-            sampled += self._decode(keys, vals, flows, untracked, interfaces)
+            sampled += self._decode(keys, vals, parts, untracked, interfaces)
+        if len(parts) == 1:
+            flows = FlowTable(*parts[0], one_pass=True)
+        elif parts:
+            flows = FlowTable(*(np.concatenate(column) for column in zip(*parts, strict=True)))
+        else:
+            flows = FlowTable.empty(old.key_dtype)
         return Drained(flows, untracked, {k: (v[0], v[1]) for k, v in interfaces.items()},
                        sampled if self.sampling > 1 else 0)
 
@@ -227,25 +238,26 @@ class XdpProgram:
         rec = read_state(self._state.fd, UNATTRIBUTED)
         return rec.packets, rec.bytes
 
-    def _decode(self, keys: np.ndarray, vals: np.ndarray, flows: dict, untracked: dict, interfaces: dict) -> int:
-        """Add one chunk of drained entries to the three dicts; returns the flow packets it held.
+    def _decode(self, keys: np.ndarray, vals: np.ndarray, parts: list, untracked: dict, interfaces: dict) -> int:
+        """Add one chunk of drained entries: its tracked flows as columns to `parts` (a FlowTable
+        is made of them), the rest to the two dicts; returns the flow packets it held.
 
-        Everything per flow runs in C loops (numpy, map, zip, dict): at 100k flows a Python-level
-        loop alone costs about 200 ms, beyond the whole drain budget."""
-        sums = vals.sum(axis=1)
+        Everything per flow is an array operation: no Python object per flow here (flowtable.py)."""
+        sums = np.einsum("ecw->ew", vals)  # over CPUs; uint64 as sum() is, 2-8x faster at 2-256 CPUs
         packets, bytes_ = sums[:, self._packets_word], sums[:, self._bytes_word]
-        moved = packets > 0  # untracked entries are created at 0 and may stay there
-        keys, packets, bytes_ = keys[moved], packets[moved], bytes_[moved]
-        ifindex = keys["ifindex"]
-        uniq, inverse = np.unique(ifindex, return_inverse=True)
+        ifindex, version = keys["ifindex"], keys["ip_version"]
+        # per interface: every entry (one that moved nothing adds 0; untracked entries are created
+        # at 0 and may stay there, so an interface with nothing moved gets no entry)
+        uniq, inverse = grouped(ifindex)
         per_p = np.bincount(inverse, weights=packets, minlength=len(uniq))
         per_b = np.bincount(inverse, weights=bytes_, minlength=len(uniq))
         for i, p, b in zip(uniq.tolist(), per_p.tolist(), per_b.tolist(), strict=True):
-            cur = interfaces.setdefault(i, [0, 0])
-            cur[0] += int(p)
-            cur[1] += int(b)
-        version = keys["ip_version"]
-        loose = version == 0
+            if p or b:
+                cur = interfaces.setdefault(i, [0, 0])
+                cur[0] += int(p)
+                cur[1] += int(b)
+        moved = packets > 0
+        loose = moved & (version == 0)
         if loose.any():
             names = layout.UNTRACKED
             for i, r, p, b in zip(ifindex[loose].tolist(), keys["protocol"][loose].tolist(),
@@ -253,34 +265,12 @@ class XdpProgram:
                 k = (i, names.get(r, f"reason{r}"))
                 old = untracked.get(k, (0, 0))
                 untracked[k] = (old[0] + p, old[1] + b)
-        n = self.sampling
-        counted = 0
-        for part in (version == 4, version == 6):
-            if not part.any():
-                continue
-            k = keys[part]
-            p, b = packets[part], bytes_[part]
-            counted += int(p.sum())
-            texts = v4_texts if version[part][0] == 4 else v6_texts
-            flow_keys = map(_new_flow_key, zip(
-                k["ifindex"].tolist(), texts(k["src"]), texts(k["dst"]), k["src_port"].tolist(),
-                k["dst_port"].tolist(), k["protocol"].tolist(),
-                map(layout.TRAFFIC_TYPES.get, k["traffic_type"].tolist()),
-                k["rdma_opcode"].tolist(), k["dest_qp"].tolist(), strict=True))
-            if n > 1:
-                p, b = p * n, b * n
-            pairs = zip(flow_keys, zip(p.tolist(), b.tolist(), strict=True), strict=False)
-            if not flows:
-                flows.update(pairs)  # the usual case: one pass, no intermediate dict
-                continue
-            chunk = dict(pairs)
-            if not flows.keys().isdisjoint(chunk):
-                # a key seen in an earlier chunk (not expected from one pass of a hash map): add up
-                for fk, (cp, cb) in chunk.items():
-                    old = flows.get(fk, (0, 0))
-                    flows[fk] = (old[0] + cp, old[1] + cb)
-            else:
-                flows.update(chunk)
+        tracked = moved & ((version == 4) | (version == 6))
+        k, p, b = keys[tracked], packets[tracked], bytes_[tracked]
+        counted = int(p.sum())
+        if len(k):
+            n = self.sampling
+            parts.append((k, p.astype(np.int64) * n, b.astype(np.int64) * n))
         return counted
 
     def close(self) -> None:
@@ -299,4 +289,3 @@ class XdpProgram:
         self.close()
 
 
-_new_flow_key = partial(tuple.__new__, FlowKey)

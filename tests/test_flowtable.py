@@ -1,0 +1,135 @@
+"""The columnar drain (xdp/flowtable.py) and Accumulator.add_table(): the same flows, counts and
+series as the per-flow dict path, interval after interval.
+
+Random traffic goes through both paths side by side: the dict path (FlowKey dict -> the source's
+FlowId dict -> Accumulator.add) and the column path (raw kernel keys -> TableDeltas ->
+Accumulator.add_table, which finds rows by raw key and decodes only new keys). Everything an
+accumulator exports is compared after every interval, through the cases where a raw key is not
+one flow for ever: a link recreated under its name within an interval (two ifindexes, one
+FlowId), an ifindex renamed, budget pressure, idle expiry and returning tombstones.
+"""
+
+import random
+
+import numpy as np
+
+from xtrace_agent.accumulator import Accumulator
+from xtrace_agent.collectors.xdp import XdpCollector
+from xtrace_agent.config import AgentConfig
+from xtrace_agent.flows import other_of
+from xtrace_agent.health import Health
+from xtrace_agent.stages import FlowKey
+from xtrace_agent.xdp.flowtable import FlowTable, TableDeltas
+
+# the kernel key's fields as the compile child reports them (xdp.layout.dtype_of), padding included
+KEY = np.dtype({"names": ["ifindex", "src", "dst", "src_port", "dst_port", "protocol", "ip_version",
+                          "traffic_type", "rdma_opcode", "dest_qp"],
+                "formats": ["<u4", "V16", "V16", "<u2", "<u2", "u1", "u1", "u1", "u1", "<u4"],
+                "offsets": [0, 4, 20, 36, 38, 40, 41, 42, 43, 44], "itemsize": 48})
+V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
+def keys(rows: list[tuple]) -> np.ndarray:
+    """(ifindex, src host, version, sport, traffic type, qp) rows as kernel keys."""
+    out = np.zeros(len(rows), KEY)
+    for i, (ifindex, host, version, sport, ttype, qp) in enumerate(rows):
+        src = V4_MAPPED + bytes((10, 0, 0, host)) if version == 4 else bytes((0x20, 0x01, 0x0d, 0xb8)) + b"\0" * 11 + bytes((host,))
+        dst = V4_MAPPED + bytes((10, 0, 1, 1)) if version == 4 else bytes((0x20, 0x01, 0x0d, 0xb8)) + b"\0" * 11 + b"\x01"
+        out[i] = (ifindex, src, dst, sport, 4791 if ttype == 1 else 9999, 17, version, ttype, 4 if ttype == 1 else 0, qp)
+    return out
+
+
+class Names:
+    """The source's ifindex -> group naming, changed by the test as links come and go."""
+
+    def __init__(self):
+        self.names = {1: "eth0", 2: "eth1", 3: "eth2"}
+
+    def group(self, ifindex: int) -> tuple[str, str]:
+        return (self.names.get(ifindex, f"ifindex{ifindex}"), "ingress")
+
+
+def exported(acc: Accumulator, now: float) -> tuple:
+    series, packets, bytes_, moved = acc.columns(now)
+    keys_ = [s for s in series]  # descriptions are the keys themselves here
+    moved = moved[0], moved[1].tolist(), moved[2].tolist()
+    return (list(zip(keys_, packets.tolist(), bytes_.tolist(), strict=True)), moved,
+            acc.folded_flows, acc.expired_flows, acc.retired_flows, sorted(acc.keys()))
+
+
+def test_a_table_decodes_to_the_flow_keys_the_dict_path_made():
+    table = FlowTable(keys([(1, 5, 4, 1000, 0, 0), (1, 6, 6, 1001, 1, 77)]), np.array([3, 4]), np.array([300, 400]))
+    assert dict(table) == {
+        FlowKey(1, "10.0.0.5", "10.0.1.1", 1000, 9999, 17, "ethernet", 0, 0): (3, 300),
+        FlowKey(1, "2001:db8::6", "2001:db8::1", 1001, 4791, 17, "roce", 4, 77): (4, 400),
+    }
+    assert table.decode([1]) == [next(iter(FlowTable(keys([(1, 6, 6, 1001, 1, 77)]), np.array([4]),
+                                                     np.array([400])).decode()))]
+
+
+def test_a_key_in_two_chunks_is_one_row_with_both_counts():
+    table = FlowTable(keys([(1, 5, 4, 1000, 0, 0), (1, 6, 4, 1000, 0, 0), (1, 5, 4, 1000, 0, 0)]),
+                      np.array([1, 2, 3]), np.array([10, 20, 30]))
+    assert list(table.values()) == [(4, 40), (2, 20)] and len(table.packets) == 2
+
+
+def test_columns_and_dicts_give_the_same_series_through_renames_recreations_and_pressure():
+    rng = random.Random(23)
+    names = Names()
+    source = XdpCollector(AgentConfig(interfaces=()), Health())
+    by_dict = Accumulator(25, idle_timeout=4, other_of=other_of, describe=lambda key: key, memory_flows=60)
+    by_table = Accumulator(25, idle_timeout=4, other_of=other_of, describe=lambda key: key, memory_flows=60)
+    for t in range(80):
+        if t == 20:
+            names.names[2] = "eth9"  # ifindex 2 renamed: its raw keys are other flows now
+        if t == 40:
+            names.names[4] = "eth0"  # eth0 recreated: ifindex 4 under the old name, both this interval
+        if t == 41:
+            del names.names[1]
+        ifindexes = [1, 2, 3] + ([4] if t >= 40 else [])
+        rows = {(rng.choice(ifindexes), rng.randint(1, 30), rng.choice((4, 6)), rng.randint(1, 3),
+                 rng.choice((0, 1)), rng.randint(0, 1)) for _ in range(rng.randint(0, 45))}
+        if t == 40:
+            rows |= {(1, 7, 4, 1, 0, 0), (4, 7, 4, 1, 0, 0)}  # one flow, seen on both ifindexes
+        if 60 <= t < 70:
+            rows = {(3, host, 4, 1, 0, 0) for host in (1, 2, 3)}  # a quiet spell: the others expire
+        steady = {(i, host, 4, 9, 0, 0) for i in ifindexes for host in (1, 2)}  # busy: they keep their series
+        if not 60 <= t < 70:
+            rows |= steady
+        rows = sorted(rows)
+        packets = np.array([50 if row in steady else rng.randint(1, 9) for row in rows], np.int64)
+        table = FlowTable(keys(rows) if rows else np.zeros(0, KEY), packets, packets * 100)
+        source._group = names.group
+        as_dict = source._deltas(dict(table))
+        deltas = TableDeltas(table, names.group)
+        assert dict(deltas) == as_dict
+        by_dict.add(as_dict, now=t)
+        by_table.add_table(deltas, now=t)
+        by_dict.expire(now=t)
+        by_table.expire(now=t)
+        assert exported(by_table, t) == exported(by_dict, t), t
+    assert by_dict.retired_flows and by_dict.expired_flows and by_dict.folded_flows  # every case was met
+    assert len(by_table._index)  # and the rows were found by kernel key, not by the dict path
+
+
+def test_group_counts_are_kernel_entries_per_group():
+    names = Names()
+    names.names[4] = "eth0"
+    table = FlowTable(keys([(1, 5, 4, 1, 0, 0), (4, 6, 4, 1, 0, 0), (2, 5, 4, 1, 0, 0)]), np.ones(3, np.int64),
+                      np.ones(3, np.int64))
+    assert TableDeltas(table, names.group).group_counts() == {("eth0", "ingress"): 2, ("eth1", "ingress"): 1}
+
+
+def test_grouping_few_ifindex_words_is_np_unique():
+    from xtrace_agent.xdp.flowtable import grouped
+
+    rng = np.random.default_rng(3)
+    egress = np.uint32(1 << 31)  # the direction bit of an ifindex word
+    for distinct in (0, 1, 2, 5, 31, 32, 33, 200):
+        choices = (rng.choice(1000, size=max(distinct, 1), replace=False).astype(np.uint32) | egress * (
+            rng.random(max(distinct, 1)) < 0.5))[:distinct]
+        values = rng.choice(choices, size=5000) if distinct else np.zeros(0, np.uint32)
+        uniq, inverse = grouped(values)
+        expected_uniq, expected_inverse = np.unique(values, return_inverse=True)
+        assert uniq.tolist() == expected_uniq.tolist() and inverse.tolist() == expected_inverse.tolist(), distinct
+        assert uniq.dtype == values.dtype
