@@ -73,6 +73,20 @@ def test_a_key_in_two_chunks_is_one_row_with_both_counts():
     assert list(table.values()) == [(4, 40), (2, 20)] and len(table.packets) == 2
 
 
+def test_a_key_repeated_in_one_pass_still_counts_once_with_both_counts():
+    """The drain's table trusts one pass over a kernel table to hold each key once (one_pass); if a
+    key came twice anyway, the accumulator sees one row found twice and takes the merging dict path."""
+    names = Names()
+    acc = Accumulator(100, 60.0, lambda key: ("other",) + key[:1])
+    rows = [(1, 5, 4, 1000, 0, 0), (1, 6, 4, 1000, 0, 0)]
+    acc.add_table(TableDeltas(FlowTable(keys(rows), np.array([1, 2]), np.array([10, 20]), one_pass=True),
+                              names.group), now=1.0)
+    twice = FlowTable(keys([*rows, rows[0]]), np.array([1, 2, 3]), np.array([10, 20, 30]), one_pass=True)
+    acc.add_table(TableDeltas(twice, names.group), now=2.0)
+    series, packets, bytes_, _ = acc.columns()
+    assert sorted(zip(packets.tolist(), bytes_.tolist(), strict=True)) == [(4, 40), (5, 50)]  # 2+2, 1+1+3
+
+
 def test_columns_and_dicts_give_the_same_series_through_renames_recreations_and_pressure():
     rng = random.Random(23)
     names = Names()
@@ -133,3 +147,20 @@ def test_grouping_few_ifindex_words_is_np_unique():
         expected_uniq, expected_inverse = np.unique(values, return_inverse=True)
         assert uniq.tolist() == expected_uniq.tolist() and inverse.tolist() == expected_inverse.tolist(), distinct
         assert uniq.dtype == values.dtype
+
+
+def test_a_steady_interval_hands_out_the_same_lists_and_a_new_one_when_other_flows_moved():
+    """columns() gives the sinks the list objects of the last interval while they would hold the
+    same (the encoder recognises them at once), never when the flows that moved are others."""
+    acc = Accumulator(10, 100.0, lambda key: ("other",) + key[:1], describe=lambda key: key)
+    a, b = ("g", "a"), ("g", "b")
+    acc.add({a: (1, 10), b: (1, 10)}, now=1.0)
+    series1, _, _, moved1 = acc.columns(1.0)
+    acc.add({a: (1, 10), b: (2, 20)}, now=2.0)
+    series2, _, _, moved2 = acc.columns(2.0)
+    assert series2 is series1 and moved2[0] is moved1[0] and moved2[0] == [a, b]
+    assert moved2[1].tolist() == [1, 2]
+    acc.add({b: (3, 30)}, now=3.0)  # a moved nothing: the same flows, other movers
+    series3, packets, _, moved3 = acc.columns(3.0)
+    assert series3 is series1 and moved3[0] == [b] and moved3[1].tolist() == [3]
+    assert packets.tolist()[:2] == [2, 6]

@@ -83,6 +83,7 @@ class Accumulator:
         self.version = 0  # changes whenever a flow becomes live or stops: caches keyed by it
         self._rows_cache: tuple[int, np.ndarray] | None = None
         self._descriptions_cache: tuple[int, list] | None = None
+        self._lists_cache: list[tuple[list, list] | None] = [None, None]  # columns(): series, moved
         self._others: dict[Hashable, Entry] = {}
         self._tombstones: OrderedDict[Hashable, float] = OrderedDict()  # key -> when it stopped
         self.folded_flows = 0  # flows (per interval) whose counts went to `other` for lack of budget
@@ -173,6 +174,10 @@ class Accumulator:
             self._index.clear()  # an ifindex now has another name: its keys are other flows
         self._index_groups.update(table.groups)
         rows = self._index.find(table.hashes, table.words)
+        found = rows[rows >= 0]
+        if len(found) and np.bincount(found).max() > 1:  # one row twice: a key repeated in the table
+            self.add(dict(table.items()), now)
+            return
         new = np.flatnonzero(rows < 0)
         folded: list[int] = []
         if len(new):
@@ -289,7 +294,8 @@ class Accumulator:
         for key, e in self._others.items():
             if e.description is None:
                 e.description = self._describe(key)
-        series = flows + [e.description for e in others]
+        series = self._same_list(0, [flows, *(e.description for e in others)], lambda: flows + [
+            e.description for e in others])
         packets = _joined(self._packets[rows], others, _PACKETS)
         bytes_ = _joined(self._bytes[rows], others, _BYTES)
         if now is None:
@@ -299,8 +305,20 @@ class Accumulator:
                                np.fromiter((e.seen == now and e.recent_packets != 0 for e in others), bool,
                                            len(others))))
         recent_p, recent_b = _joined(recent_p, others, _RECENT_PACKETS), _joined(recent_b, others, _RECENT_BYTES)
-        moved = (list(compress(series, mask.tolist())), recent_p[mask], recent_b[mask])
+        moved = (self._same_list(1, [series, mask], lambda: list(compress(series, mask.tolist()))),
+                 recent_p[mask], recent_b[mask])
         return series, packets, bytes_, moved
+
+    def _same_list(self, which: int, made_of: list, make: Callable[[], list]) -> list:
+        """The list columns() made last time when it is made of the same things (lists by identity,
+        a mask by value): a steady interval hands the sinks the same list objects, which the
+        remote-write encoder recognises at once (prompb.SeriesEncoder keeps what it made of them)."""
+        last = self._lists_cache[which]
+        if last is not None and len(last[0]) == len(made_of) and all(map(_same, last[0], made_of)):
+            return last[1]
+        made = make()
+        self._lists_cache[which] = (made_of, made)
+        return made
 
     def _flow_descriptions(self, rows: np.ndarray) -> list:
         """The live flows' descriptions in row order (one list while no flow comes or goes)."""
@@ -337,6 +355,10 @@ class Accumulator:
 
 _PACKETS, _BYTES, _RECENT_PACKETS, _RECENT_BYTES = map(attrgetter, ("packets", "bytes", "recent_packets",
                                                                    "recent_bytes"))
+
+
+def _same(a, b) -> bool:
+    return np.array_equal(a, b) if isinstance(a, np.ndarray) else a is b
 
 
 def _joined(rows: np.ndarray, others: list[Entry], value: Callable[[Entry], int]) -> np.ndarray:

@@ -164,7 +164,7 @@ class SeriesEncoder:
         full, start = column.origin
         for i, known in enumerate(self._lists):
             if known.source is full or (len(known.series) == len(full) and known.series == full):
-                if known.series[start:start + len(column.series)] == column.series:  # not changed since
+                if known.part(start, len(column.series)) == column.series:  # not changed since
                     known.source = full
                     self._lists.insert(0, self._lists.pop(i))
                     return known
@@ -194,20 +194,21 @@ class SeriesEncoder:
         lo, hi = int(sizes.min()), int(sizes.max())
         width = len(varint(hi))
         if width == len(varint(lo)) and not flows.heads:
-            return self._glued(flows.tails[at:at + len(series)], column.values, name, ts, sizes, width)
+            return self._glued(flows.pieces(at, len(series)), column.values, name, ts, sizes, width)
         self._prime_all(series)  # the flows' own bytes, made for this encoder's extra labels
         return self._pieces(series, python_values(column.values), name, ts, sizes.tolist())
 
     @staticmethod
-    def _glued(tails: list[bytes], values, name: bytes, ts: bytes, sizes, width: int) -> bytes:
+    def _glued(pieces: list[bytes], values, name: bytes, ts: bytes, sizes, width: int) -> bytes:
         """opening(0) tail(0) glue(0) tail(1) glue(1) ... tail(n-1) sample(n-1), where
         glue(i) = sample(i) + opening(i + 1) and opening(i) = 0x0a <size(i)> __name__: all the glues
         are rows of one uint8 array (a template row, the values' doubles and the next sizes' varints
         written into it), read out as bytes objects by one tolist() of an S-typed view. That view
-        drops trailing NUL bytes, which a glue never has: it ends in the metric name's last byte."""
+        drops trailing NUL bytes, which a glue never has: it ends in the metric name's last byte.
+        `pieces` holds the tails at odd places (_Flows.pieces); the rest is written here."""
         import numpy as np
 
-        n, lt = len(tails), len(ts)
+        n, lt = len(sizes), len(ts)
         sample = b"\x12" + _VARINT1[9 + lt] + b"\x09" + bytes(8) + ts
         template = np.frombuffer(sample + b"\x0a" + bytes(width) + name, np.uint8)
         glue = np.empty((n, len(template)), np.uint8)
@@ -217,13 +218,14 @@ class SeriesEncoder:
         for j in range(width - 1):  # base-128, low group first, the continuation bit on all but the last
             glue[:-1, at + j] = (nxt >> (7 * j) & 0x7F) | 0x80
         glue[:-1, at + width - 1] = nxt >> (7 * (width - 1))
-        pieces = [b""] * (2 * n + 1)
         pieces[0] = b"\x0a" + varint(int(sizes[0])) + name
-        pieces[1::2] = tails
         glues = glue[:-1].view(f"S{len(template)}").ravel().tolist()
         glues.append(glue[-1, :len(sample)].tobytes())
         pieces[2::2] = glues
-        return b"".join(pieces)
+        try:
+            return b"".join(pieces)
+        finally:
+            pieces[2::2] = repeat(b"", n)  # the glues go now, not when the part comes again
 
     @staticmethod
     def _pieces(series: list[FlowSeries], values, name: bytes, ts: bytes, sizes: list[int]) -> bytes:
@@ -246,7 +248,7 @@ class _Flows:
     """One flow list as an encoder needs it: each flow's tail bytes, label sizes (head + tail)
     and whether any has a head; the flows primed for the encoder's extra labels."""
 
-    __slots__ = ("source", "series", "tails", "sizes", "heads")
+    __slots__ = ("source", "series", "tails", "sizes", "heads", "_parts", "_pieces")
 
     def __init__(self, encoder: SeriesEncoder, series: list[FlowSeries]):
         import numpy as np
@@ -257,6 +259,23 @@ class _Flows:
         self.tails = list(map(_TAIL, series))
         self.sizes = np.fromiter(map(_SIZE, series), np.int64, len(series))
         self.heads = any(map(_HEAD, series))
+        self._parts: dict[tuple[int, int], list[FlowSeries]] = {}
+        self._pieces: dict[tuple[int, int], list[bytes]] = {}
+
+    def pieces(self, start: int, n: int) -> list[bytes]:
+        """The list _glued() fills for series[start:start + n]: the tails at odd places, made once."""
+        pieces = self._pieces.get((start, n))
+        if pieces is None:
+            pieces = self._pieces[start, n] = [b""] * (2 * n + 1)
+            pieces[1::2] = self.tails[start:start + n]
+        return pieces
+
+    def part(self, start: int, n: int) -> list[FlowSeries]:
+        """series[start:start + n], made once (the sender slices every interval's columns alike)."""
+        part = self._parts.get((start, n))
+        if part is None:
+            part = self._parts[start, n] = self.series[start:start + n]
+        return part
 
 
 def group(entries: Iterable[tuple[bytes, float, int]]) -> dict[bytes, list[tuple[float, int]]]:
