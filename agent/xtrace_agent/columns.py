@@ -2,9 +2,9 @@
 
 At 100k exported flows an interval has up to 400k flow values. As Sample tuples they cost about
 100 bytes each while queued and a Python-level step each to make and to encode; in columns they
-are two lists per metric (the flows' `FlowSeries` and the values), and the remote-write encoder
-walks them in C loops with each flow's label bytes encoded once for its lifetime
-(prompb.SeriesEncoder.encode_column). Sinks that want samples (stdout, /metrics, the legacy text
+are per metric the flows' `FlowSeries` (a list) and their values (the accumulator's int64 array),
+and the remote-write encoder writes them with no Python step per series, each flow's label bytes
+encoded once for its lifetime (prompb.SeriesEncoder.encode_column). Sinks that want samples (stdout, /metrics, the legacy text
 endpoint) iterate a column, or read Report.samples, and get exactly the samples the per-sample
 path made, in the same order.
 
