@@ -190,8 +190,11 @@ class SeriesEncoder:
         at = column.origin[1] if flows.source is column.origin[0] else 0
         ts = b"\x10" + varint(round(column.timestamp * 1000))
         name = self._name_label(column.name)
-        sizes = flows.sizes[at:at + len(series)] + (len(name) + 11 + len(ts))
-        lo, hi = int(sizes.min()), int(sizes.max())
+        fixed = len(name) + 11 + len(ts)
+        sizes = flows.sizes[at:at + len(series)] + fixed
+        lo, hi = flows.smallest + fixed, flows.largest + fixed
+        if len(varint(lo)) != len(varint(hi)):  # the list spans two varint lengths: does this part?
+            lo, hi = int(sizes.min()), int(sizes.max())
         width = len(varint(hi))
         if width == len(varint(lo)) and not flows.heads:
             return self._glued(flows.pieces(at, len(series)), column.values, name, ts, sizes, width)
@@ -248,7 +251,7 @@ class _Flows:
     """One flow list as an encoder needs it: each flow's tail bytes, label sizes (head + tail)
     and whether any has a head; the flows primed for the encoder's extra labels."""
 
-    __slots__ = ("source", "series", "tails", "sizes", "heads", "_parts", "_pieces")
+    __slots__ = ("source", "series", "tails", "sizes", "smallest", "largest", "heads", "_parts", "_pieces")
 
     def __init__(self, encoder: SeriesEncoder, series: list[FlowSeries]):
         import numpy as np
@@ -258,6 +261,7 @@ class _Flows:
         self.series = list(series)
         self.tails = list(map(_TAIL, series))
         self.sizes = np.fromiter(map(_SIZE, series), np.int64, len(series))
+        self.smallest, self.largest = (int(self.sizes.min()), int(self.sizes.max())) if len(series) else (0, 0)
         self.heads = any(map(_HEAD, series))
         self._parts: dict[tuple[int, int], list[FlowSeries]] = {}
         self._pieces: dict[tuple[int, int], list[bytes]] = {}

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 
-_SEED = np.uint64(0x243F6A8885A308D3)
-_PRIME = np.uint64(0x9E3779B97F4A7C15)
-_SHIFT = np.uint64(32)
+# odd 64-bit multipliers, one per key word (a key longer than eight words reuses them in turn)
+_MULTIPLIERS = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
+                         0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x94D049BB133111EB, 0xBF58476D1CE4E5B9],
+                        np.uint64)
+_FOLD, _MIX, _FOLD2 = np.uint64(32), np.uint64(0xBF58476D1CE4E5B9), np.uint64(29)
 
 
 def words_of(keys: np.ndarray) -> np.ndarray:
@@ -35,12 +37,13 @@ def words_of(keys: np.ndarray) -> np.ndarray:
 
 
 def hash_words(words: np.ndarray) -> np.ndarray:
-    """A 64-bit hash per row (xor, multiply, fold per word): spreads keys that differ in any bit."""
-    h = np.full(len(words), _SEED, np.uint64)
-    for j in range(words.shape[1]):
-        h ^= words[:, j]
-        h *= _PRIME
-        h ^= h >> _SHIFT
+    """A 64-bit hash per row: the words times odd multipliers summed (mod 2**64, one einsum), then
+    folded and mixed so that every bit reaches the low bits the table's slots are taken from."""
+    multipliers = np.resize(_MULTIPLIERS, words.shape[1])
+    h = np.einsum("nw,w->n", words, multipliers)
+    h ^= h >> _FOLD
+    h *= _MIX
+    h ^= h >> _FOLD2
     return h
 
 
