@@ -71,10 +71,10 @@ def test_a_table_of_many_chunks_drains_every_key_once_and_accumulates_as_the_dic
             whole = flows.kernel_keys.view(np.dtype((np.void, flows.kernel_keys.dtype.itemsize)))
             assert len(flows.packets) == FLOWS and len(np.unique(whole)) == FLOWS  # each key once
             assert drained.interfaces == expected_interfaces
-            spread = (lambda q: (q * program.ncpu + sum(range(program.ncpu)),
-                                 100 * (q * program.ncpu + sum(range(program.ncpu)))))
-            assert drained.untracked == {(2, "malformed"): spread(3), (2, "non_ip"): spread(4),
-                                         (1, "table_full"): spread(5)}  # the entries at 0 are not there
+            spread = [q * program.ncpu + sum(range(program.ncpu)) for q in (3, 4, 5)]  # over the CPUs
+            assert drained.untracked == {(2, "malformed"): (spread[0], 100 * spread[0]),
+                                         (2, "non_ip"): (spread[1], 100 * spread[1]),
+                                         (1, "table_full"): (spread[2], 100 * spread[2])}  # not those at 0
             tracked += int(flows.packets.sum())
             deltas = TableDeltas(flows, lambda ifindex: (f"if{ifindex}", "ingress"))
             by_dict.add(dict(deltas), now=float(interval))
