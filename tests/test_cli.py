@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -144,3 +145,24 @@ def test_directions_from_flags_and_config(tmp_path):
     f.write_text("interfaces: [lo]\nxdp:\n  directions: []\n")
     with pytest.raises(UsageError, match="xdp.directions: must be a non-empty list"):
         _cfg(["--config", str(f)])
+
+
+def test_a_stop_signal_arriving_while_the_main_thread_holds_the_stop_events_lock_still_stops():
+    """The agent stopped on SIGTERM by setting a threading.Event from the signal handler. Python runs
+    a handler in the main thread between two bytecodes, so one arriving while that thread held the
+    event's lock (entering or leaving stop.wait(), likelier on a busy machine) waited for the lock
+    forever: an agent that never exited (seen twice in full test runs). Here the lock is held on
+    purpose while the signal comes; the stop must still arrive, and the process must not hang."""
+    code = textwrap.dedent("""
+        import os, signal, threading, time
+        from xtrace_agent.cli import stop_on_signals
+        stop = threading.Event()
+        stop_on_signals(stop)
+        with stop._cond:  # what stop.wait() holds around its wait
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(200):  # bytecodes: the handler runs here, inside the lock
+                time.sleep(0.001)
+        print("stopped" if stop.wait(5) else "not stopped")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.split() == ["stopped"], out.stderr

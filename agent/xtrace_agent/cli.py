@@ -339,6 +339,34 @@ def run(cfg: AgentConfig, stop: threading.Event, env: dict[str, str] | None = No
     return 0
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGINT and SIGTERM set `stop`, but not from the handler: Python runs a handler in the main
+    thread between two bytecodes, which may be while that thread holds the event's own lock
+    (entering or leaving stop.wait(), most likely on a busy machine, where the thread is preempted
+    there), and set() would then wait for that lock forever: an agent that never exits. The
+    handlers do nothing; the signal's number reaches a pipe (signal.set_wakeup_fd, written by the
+    interpreter's C-level handler) that a thread reads, and that thread sets the event."""
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda *_: None)
+
+    numbers = {int(sig) for sig in STOP_SIGNALS}
+
+    def watch() -> None:
+        while True:
+            got = os.read(read, 64)  # one byte per signal caught
+            if not got or not numbers.isdisjoint(got):
+                stop.set()
+                return
+
+    threading.Thread(target=watch, name="xtrace-signals", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     try:
@@ -349,8 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             print("\n".join(listing(cfg)))
             return 0
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+        stop_on_signals(stop)
         return run(cfg, stop, dict(os.environ))
     except (UsageError, AgentFailure) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
