@@ -12,6 +12,7 @@ FlowId), an ifindex renamed, budget pressure, idle expiry and returning tombston
 import random
 
 import numpy as np
+import pytest
 
 from xtrace_agent.accumulator import Accumulator
 from xtrace_agent.collectors.xdp import XdpCollector
@@ -164,3 +165,52 @@ def test_a_steady_interval_hands_out_the_same_lists_and_a_new_one_when_other_flo
     series3, packets, _, moved3 = acc.columns(3.0)
     assert series3 is series1 and moved3[0] == [b] and moved3[1].tolist() == [3]
     assert packets.tolist()[:2] == [2, 6]
+
+
+def test_flows_of_the_dict_path_that_expire_before_any_table_leave_the_columns_path_working():
+    """After a fallback to add() (or a rename that cleared the key index) flows retire with no key
+    indexed yet; the next table must still be accounted, as the dict path does."""
+    names = Names()
+    row = [(1, 5, 4, 1000, 0, 0)]
+    by_table = Accumulator(10, 4.0, other_of, describe=lambda key: key)
+    by_dict = Accumulator(10, 4.0, other_of, describe=lambda key: key)
+    first = TableDeltas(FlowTable(keys(row), np.array([2]), np.array([20]), one_pass=True), names.group)
+    for acc in (by_table, by_dict):
+        acc.add(dict(first), now=0.0)
+        acc.expire(now=10.0)  # idle past the timeout: retired, its row dropped
+    later = TableDeltas(FlowTable(keys([(1, 6, 4, 1000, 0, 0)]), np.array([3]), np.array([30]), one_pass=True),
+                        names.group)
+    by_table.add_table(later, now=11.0)
+    by_dict.add(dict(later), now=11.0)
+    assert exported(by_table, 11.0) == exported(by_dict, 11.0)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_renames_recreations_quiet_spells_and_pressure_give_the_dict_paths_series(seed):
+    """The same comparison as above with the events at random: links renamed (the key index
+    cleared), an ifindex named like another (one flow on two keys: the dict path), intervals with
+    no traffic or only new flows (the rows expire, the index drops them), a budget that folds."""
+    rng = random.Random(seed)
+    names = Names()
+    source = XdpCollector(AgentConfig(interfaces=()), Health())
+    by_dict = Accumulator(12, idle_timeout=3, other_of=other_of, describe=lambda key: key, memory_flows=30)
+    by_table = Accumulator(12, idle_timeout=3, other_of=other_of, describe=lambda key: key, memory_flows=30)
+    for t in range(60):
+        event = rng.random()
+        if event < 0.08:
+            names.names[rng.choice((1, 2, 3))] = f"eth{rng.randint(0, 5)}"  # renamed, maybe onto another's name
+        elif event < 0.12:
+            names.names = {1: "eth0", 2: "eth1", 3: "eth2"}
+        quiet = rng.random() < 0.15
+        rows = set() if quiet else {(rng.choice((1, 2, 3)), rng.randint(1, 20), rng.choice((4, 6)), rng.randint(1, 2),
+                                     rng.choice((0, 1)), 0) for _ in range(rng.randint(0, 25))}
+        rows = sorted(rows)
+        packets = np.array([rng.randint(1, 9) for _ in rows], np.int64)
+        table = FlowTable(keys(rows) if rows else np.zeros(0, KEY), packets, packets * 100, one_pass=True)
+        source._group = names.group
+        as_dict = source._deltas(dict(table))
+        by_dict.add(as_dict, now=t)
+        by_table.add_table(TableDeltas(table, names.group), now=t)
+        by_dict.expire(now=t)
+        by_table.expire(now=t)
+        assert exported(by_table, t) == exported(by_dict, t), (seed, t)

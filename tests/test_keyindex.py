@@ -73,3 +73,13 @@ def test_a_dropped_row_given_to_a_new_flow_keeps_none_of_the_old_keys():
     assert index.find(hash_words(wn), wn).tolist() == [5]
     index.clear()
     assert index.find(hash_words(wn), wn).tolist() == [-1] and len(index) == 0
+
+
+def test_rows_dropped_before_any_key_was_indexed_are_nothing_to_drop():
+    """Flows the dict path made (Accumulator.add) retire before add_table() ever indexed a key."""
+    index = KeyIndex()
+    index.drop_row(3)
+    w = words_of(keys([1, 2]))
+    assert index.find(hash_words(w), w).tolist() == [-1, -1] and len(index) == 0
+    index.add(hash_words(w), w, np.array([3, 4]))
+    assert index.find(hash_words(w), w).tolist() == [3, 4]

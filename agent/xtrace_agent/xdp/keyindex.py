@@ -106,6 +106,9 @@ class KeyIndex:
             return
         hashes, rows = self._hash, self._rows
         words = self._words
+        if words is None and not self._added:  # rows dropped from an empty index: nothing to drop
+            self._dropped = set()
+            return
         if self._added:
             parts = [(hashes, words, rows)] if words is not None else []
             parts += self._added
