@@ -199,7 +199,7 @@ class Accumulator:
             at = np.asarray(indexed, np.int64)
             self._index.add(table.hashes[at], table.words[at], rows[at])
             kept = rows >= 0
-            self._accumulate(rows[kept], table.packets[kept], table.bytes[kept], now)
+            self._accumulate(rows[kept], packets[kept], bytes_[kept], now)
         else:
             self._accumulate(rows, table.packets, table.bytes, now)
         if folded:
@@ -294,8 +294,8 @@ class Accumulator:
         for key, e in self._others.items():
             if e.description is None:
                 e.description = self._describe(key)
-        series = self._same_list(0, [flows, *(e.description for e in others)], lambda: flows + [
-            e.description for e in others])
+        descriptions = [e.description for e in others]
+        series = self._same_list(0, [flows, *descriptions], lambda: flows + descriptions)
         packets = _joined(self._packets[rows], others, _PACKETS)
         bytes_ = _joined(self._bytes[rows], others, _BYTES)
         if now is None:

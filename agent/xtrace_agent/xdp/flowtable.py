@@ -18,7 +18,7 @@ dicts the per-flow path made, in the same order.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 
 import numpy as np
@@ -54,7 +54,14 @@ def grouped(values: np.ndarray, limit: int = 32) -> tuple[np.ndarray, np.ndarray
     return uniq[order], rank[inverse]
 
 
-def _merged(pairs) -> dict:
+def flow_ids(flow_keys: Iterable[FlowKey], groups: Mapping[int, tuple]) -> list[tuple]:
+    """FlowKey -> FlowId: the ifindex's group ((group,), as `groups` names each ifindex) in its place,
+    the BTH fields only for RoCE."""
+    return [groups[fk[0]] + fk[ENDPOINTS] + (fk[BTH] if fk[TRAFFIC_TYPE] == "roce" else NO_BTH)
+            for fk in flow_keys]
+
+
+def merged(pairs) -> dict:
     """(key, (packets, bytes)) pairs as a dict, adding up a key that comes twice."""
     out: dict = {}
     for key, (p, b) in pairs:
@@ -163,9 +170,7 @@ class TableDeltas(_Lazy):
 
     def ids(self, rows: list[int] | None = None) -> list[tuple]:
         """FlowIds of the given rows (all when None), in that order."""
-        groups = self.groups
-        return [groups[fk[0]] + fk[ENDPOINTS] + (fk[BTH] if fk[TRAFFIC_TYPE] == "roce" else NO_BTH)
-                for fk in self.table.decode(rows)]
+        return flow_ids(self.table.decode(rows), self.groups)
 
     def group_counts(self) -> Counter:
         """Kernel table entries per group (the xtrace_xdp_table_flows gauge)."""
@@ -175,4 +180,4 @@ class TableDeltas(_Lazy):
         return out
 
     def _made(self) -> dict:
-        return _merged(zip(self.ids(), zip(self.packets.tolist(), self.bytes.tolist(), strict=True), strict=True))
+        return merged(zip(self.ids(), zip(self.packets.tolist(), self.bytes.tolist(), strict=True), strict=True))
